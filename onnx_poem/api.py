@@ -1,0 +1,292 @@
+"""Orchestration: load → couple → calibrate → allocate → solve → rewrite → verify → report.
+
+Cascade mode (default): groups are solved in topological order of their
+producers; the inputs ``x̂`` of a group's consumers come from the model with
+all earlier decisions applied, the targets from the original model.
+Parallel mode: every group sees the original model's inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .allocation import keep_counts
+from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
+from .calibration.sources import CalibrationData, ImageOptions, load_calibration
+from .calibration.stats import LayerStats
+from .coupling import ChannelGroup, Consumer, find_groups
+from .errors import ModelError, UsageError
+from .graph import GraphView, check_model, load_model, with_outputs
+from .plan import ConsumerUpdate, GroupDecision, PrunePlan
+from .report import LayerReport, PruneReport, count_macs, count_params
+from .rewrite import apply_plan
+from .solvers import METHODS, RECONSTRUCTION, LayerData, Samples, kept_columns, reconstruct, relative_errors
+from .solvers import select_channels
+from .solvers.activations import apply as act_apply
+from .solvers.activations import derivative as act_derivative
+from .verify import session, verify
+from .weights import effective, stored_arrays
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of :func:`prune` (see the CLI help for their meaning)."""
+
+    ratio: float
+    method: str = "poem"
+    mode: str = "cascade"
+    samples: int = 512
+    seed: int = 0
+    positions: int = 64
+    reservoir: int = 4096
+    held_out: float = 0.125
+    batch_size: int = 32
+    damping: float = 0.01
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.method not in METHODS:
+            raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.mode not in ("cascade", "parallel"):
+            raise UsageError(f"mode must be cascade or parallel, got {self.mode!r}")
+        for name in ("samples", "positions", "reservoir", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.held_out < 1.0:
+            raise UsageError(f"held_out must be in [0, 1), got {self.held_out}")
+        if not self.damping > 0:
+            raise UsageError(f"damping must be > 0, got {self.damping}")
+
+
+def prune(
+    model: onnx.ModelProto | str | Path,
+    *,
+    ratio: float,
+    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    method: str = "poem",
+    image_options: ImageOptions | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """Prune ``model`` structurally and reconstruct the remaining weights.
+
+    Args:
+        model: a ``ModelProto`` (not modified) or a path.
+        ratio: fraction of the units of every prunable group to remove, ``0 <= ratio < 1``.
+        calib: calibration data (``.npz``/``.npy``/image folder path, arrays) or ``None`` (synthetic).
+        method: selection/reconstruction method, one of :data:`onnx_poem.solvers.METHODS`.
+        image_options: preprocessing for an image folder.
+        progress: called as ``progress(done, total, group_id)``.
+        **options: further :class:`PruneConfig` fields (``mode``, ``samples``, ``seed``, ...).
+
+    Returns:
+        The pruned model and the run report.
+    """
+    cfg = PruneConfig(ratio=ratio, method=method, **options)
+    cfg.validate()
+    t0 = time.perf_counter()
+    if isinstance(model, onnx.ModelProto):
+        check_model(model, what="input model", error=ModelError)
+        name = model.graph.name or "model"
+    else:
+        name = Path(model).name
+        model = load_model(model)
+    data = load_calibration(model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options)
+    fit_idx, held_idx = _split(len(data), cfg)
+    shapes = data.sample_shapes()
+    view = GraphView.build(model, input_shapes=shapes)
+    coupling = find_groups(view)
+    report = PruneReport(
+        model=name, method=cfg.method, ratio=cfg.ratio, mode=cfg.mode, seed=cfg.seed,
+        calibration_samples=len(fit_idx), held_out_samples=len(held_idx), synthetic_calibration=data.synthetic,
+    )  # fmt: skip
+    report.unprunable = [{"where": u.where, "reason": u.reason} for u in coupling.unprunable]
+    report.macs_before, report.params_before = count_macs(model, shapes), count_params(model)
+    if not coupling.groups:
+        report.warnings.append("no prunable layer found")
+    keeps = keep_counts(coupling.groups, cfg.ratio)
+    plan = PrunePlan()
+    groups = {g.id: g for g in coupling.groups}
+    todo = [g for g in coupling.groups if keeps[g.id] < g.channels]
+    for done, g in enumerate(todo):
+        if progress:
+            progress(done, len(todo), g.id)
+        current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
+        decision, layers = _solve_group(view, current, g, keeps[g.id], data, fit_idx, held_idx, cfg, len(plan.decisions))
+        plan = plan.extended(decision)
+        report.layers.extend(layers)
+    if progress:
+        progress(len(todo), len(todo), "")
+    pruned = apply_plan(view, groups, plan) if plan.decisions else _copy(model)
+    pruned = _infer(pruned)
+    report.groups = [
+        {"group": g.id, "channels": g.channels, "kept": keeps[g.id], "consumers": [c.label for c in g.consumers]}
+        for g in coupling.groups
+    ]
+    report.macs_after, report.params_after = count_macs(pruned, shapes), count_params(pruned)
+    verify_idx = held_idx if len(held_idx) else fit_idx[: cfg.batch_size]
+    report.agreement = verify(model, pruned, data, verify_idx, batch_size=cfg.batch_size)
+    report.timings["total"] = time.perf_counter() - t0
+    return pruned, report
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as e:  # the checker in verify() reports real problems
+        logger.warning("shape inference of the pruned model failed: %s", e)
+        return model
+
+
+def _split(n: int, cfg: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of sample indices into fitting and held-out sets (both sorted)."""
+    held = int(round(n * cfg.held_out)) if n >= 2 else 0
+    perm = np.random.default_rng([cfg.seed, 7]).permutation(n)
+    return np.sort(perm[held:]), np.sort(perm[:held])
+
+
+def _solve_group(
+    view: GraphView,
+    current: onnx.ModelProto,
+    g: ChannelGroup,
+    keep: int,
+    data: CalibrationData,
+    fit_idx: np.ndarray,
+    held_idx: np.ndarray,
+    cfg: PruneConfig,
+    index: int,
+) -> tuple[GroupDecision, list[LayerReport]]:
+    t0 = time.perf_counter()
+    stats = _collect(view, current, g, data, fit_idx, held_idx, cfg, index)
+    layers = [_layer_data(view, c, st, g.channels) for c, st in zip(g.consumers, stats, strict=True)]
+    filters = np.asarray(view.const(g.params[0].name))
+    filters = np.moveaxis(filters, g.params[0].axis, 0)
+    kept = select_channels(cfg.method, layers, g.channels, keep, filters=filters, seed=cfg.seed + index, lam=cfg.damping)
+    updates, reports = [], []
+    for c, d, st in zip(g.consumers, layers, stats, strict=True):
+        rec = reconstruct(d, kept, method=RECONSTRUCTION[cfg.method], lam=cfg.damping)
+        cols = kept_columns(kept, d.k, d.G.shape[0])
+        errs = {}
+        for tag, W in (("none", d.W0[:, cols]), ("ls", reconstruct(d, kept, method="ls", lam=cfg.damping).W), ("chosen", rec.W)):
+            errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
+        w, b = stored_arrays(view, c, rec.W, kept, g.channels)
+        updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
+        n_params = d.W0.shape[1]
+        reports.append(
+            LayerReport(
+                group=g.id, consumer=c.label, channels=g.channels, kept=keep, activation=d.activation,
+                samples=st.count, samples_per_param=st.count / n_params, errors=errs, choice=rec.choice,
+                fallbacks=rec.fallbacks, seconds=time.perf_counter() - t0,
+            )  # fmt: skip
+        )
+        if st.count < 10 * n_params:
+            logger.info("%s: %.1f samples per weight (< 10): damping holds the fit", c.label, st.count / n_params)
+    return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
+
+
+def _layer_data(view: GraphView, c: Consumer, st: LayerStats, channels: int) -> LayerData:
+    W0, _ = effective(view, c)
+
+    def samples(r: Any) -> Samples:
+        m = W0.shape[0]
+        empty = np.zeros((0, m), dtype=np.float32)
+        return Samples(
+            X=r.get("x") if len(r) else np.zeros((0, W0.shape[1] - 1), dtype=np.float32),
+            Y=r.get("y") if len(r) else empty,
+            S=r.get("s") if len(r) else empty,
+            Z=r.get("z") if len(r) else empty,
+        )
+
+    return LayerData(
+        G=st.G, P=st.P, Gw=st.Gw, Pw=st.Pw, W0=W0, k=(W0.shape[1] - 1) // channels, count=st.count,
+        activation=c.activation.kind, act_params=c.activation.params, fit=samples(st.fit), held=samples(st.held),
+    )  # fmt: skip
+
+
+def _collect(
+    view: GraphView,
+    current: onnx.ModelProto,
+    g: ChannelGroup,
+    data: CalibrationData,
+    fit_idx: np.ndarray,
+    held_idx: np.ndarray,
+    cfg: PruneConfig,
+    index: int,
+) -> list[LayerStats]:
+    """Stream the calibration data once through the original and the current model for group ``g``."""
+    orig_names = [t for c in g.consumers for t in (c.output, c.offset) if t]
+    cur_names = [t for c in g.consumers for t in (c.input, c.offset) if t]
+    same = current is view.model
+    if same:
+        orig_names = list(dict.fromkeys(orig_names + cur_names))
+    s_orig = session(with_outputs(view.model, orig_names))
+    s_cur = None if same else session(with_outputs(current, cur_names))
+    weighted = cfg.method == "poem"
+    stats: list[LayerStats] = []
+    for j, c in enumerate(g.consumers):
+        W0, _ = effective(view, c)
+        seed = int(np.random.SeedSequence([cfg.seed, index, j, 1]).generate_state(1)[0])
+        stats.append(
+            LayerStats.empty(W0.shape[1], W0.shape[0], capacity=cfg.reservoir,
+                             held_capacity=max(cfg.reservoir // 2, 1), seed=seed)
+        )  # fmt: skip
+    rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
+    for held, idx in ((False, fit_idx), (True, held_idx)):
+        for feed in data.batches(idx, cfg.batch_size):
+            orig = dict(zip(orig_names, s_orig.run(orig_names, feed), strict=True))
+            cur = dict(zip(cur_names, s_cur.run(cur_names, feed), strict=True)) if s_cur else orig
+            for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
+                _add_batch(c, st, rng, cur[c.input], orig, cur, held=held, weighted=weighted, cfg=cfg)
+    for st in stats:
+        st.finish(weighted)
+    return stats
+
+
+def _add_batch(
+    c: Consumer,
+    st: LayerStats,
+    rng: np.random.Generator,
+    x_hat: np.ndarray,
+    orig: dict[str, np.ndarray],
+    cur: dict[str, np.ndarray],
+    *,
+    held: bool,
+    weighted: bool,
+    cfg: PruneConfig,
+) -> None:
+    y_full = orig[c.output]
+    total = positions_of(c, x_hat.shape)
+    pos = sample_positions(total, cfg.positions, x_hat.shape[0], rng)
+    x = input_samples(c, x_hat.astype(np.float64), pos)
+    y = output_samples(c, y_full, pos).astype(np.float64)
+    s_orig = s_hat = np.zeros_like(y)
+    if c.offset:
+        s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)
+        s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)
+    a = y + s_orig
+    kind, params = c.activation.kind, c.activation.params
+    z = act_apply(kind, params, a)
+    if held:
+        st.held.add(x=x, y=y, s=s_hat, z=z)
+        return
+    w = np.mean(act_derivative(kind, params, a) ** 2, axis=1) if weighted else None
+    st.add_fit(x, y, w, {"s": s_hat, "z": z})

@@ -1,0 +1,1 @@
+"""Calibration: input sources, sample extraction (im2col), streaming statistics."""

@@ -1,0 +1,127 @@
+"""Streaming calibration statistics of one consumer layer.
+
+For sample columns ``x̄_t = [x̂_t; 1]`` (pruned-prefix input plus the bias
+row) and targets ``y_t`` (original model, the consumer's own output) it
+accumulates, batch by batch, in float64:
+
+* ``G  = Σ_t x̄_t x̄_tᵀ``          (n+1, n+1)
+* ``P  = Σ_t y_t x̄_tᵀ``          (m, n+1)
+* ``Gw = Σ_t d̄_t x̄_t x̄_tᵀ``,  ``Pw = Σ_t d̄_t y_t x̄_tᵀ``  (activation-weighted, POEM selection)
+* ``Σ_t ‖y_t‖²`` and the sample count,
+
+plus two fixed-size reservoirs (Vitter's algorithm R, seeded) of sample
+columns with their targets: one from fitting images, one from held-out
+images.  Memory is independent of the number of calibration samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Reservoir:
+    """Uniform fixed-size sample of rows (algorithm R).
+
+    Attributes:
+        capacity: rows kept at most.
+        seen: rows offered so far.
+        rows: name → ``(k, width)`` float32 arrays, ``k <= capacity``.
+    """
+
+    capacity: int
+    rng: np.random.Generator
+    seen: int = 0
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, **batch: np.ndarray) -> None:
+        """Offer the rows of ``batch`` (every array has the same number of rows)."""
+        n = len(next(iter(batch.values())))
+        if n == 0:
+            return
+        if not self.rows:
+            self.rows = {k: np.empty((0, *v.shape[1:]), dtype=np.float32) for k, v in batch.items()}
+        have = len(next(iter(self.rows.values())))
+        take = min(self.capacity - have, n)
+        if take > 0:
+            self.rows = {k: np.concatenate([self.rows[k], v[:take].astype(np.float32)]) for k, v in batch.items()}
+        rest = np.arange(take, n)
+        if rest.size:
+            # row i (global index seen+i) replaces slot j ~ U{0..seen+i} when j < capacity
+            j = np.floor(self.rng.random(rest.size) * (self.seen + rest + 1)).astype(np.int64)
+            hit = j < self.capacity
+            slots, src = j[hit], rest[hit]
+            # later rows win when two replace the same slot, as in the sequential algorithm
+            _, last = np.unique(slots[::-1], return_index=True)
+            keep = len(slots) - 1 - last
+            for k, v in batch.items():
+                self.rows[k][slots[keep]] = v[src[keep]]
+        self.seen += n
+
+    def get(self, name: str) -> np.ndarray:
+        return self.rows.get(name, np.empty((0, 0), dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(next(iter(self.rows.values()))) if self.rows else 0
+
+
+@dataclass
+class LayerStats:
+    """Accumulated statistics of one consumer (see module docstring)."""
+
+    n1: int
+    m: int
+    G: np.ndarray
+    P: np.ndarray
+    Gw: np.ndarray
+    Pw: np.ndarray
+    yy: float
+    count: int
+    fit: Reservoir
+    held: Reservoir
+
+    @classmethod
+    def empty(cls, n1: int, m: int, *, capacity: int, held_capacity: int, seed: int) -> LayerStats:
+        rng = np.random.default_rng(seed)
+        return cls(
+            n1=n1,
+            m=m,
+            G=np.zeros((n1, n1)),
+            P=np.zeros((m, n1)),
+            Gw=np.zeros((n1, n1)),
+            Pw=np.zeros((m, n1)),
+            yy=0.0,
+            count=0,
+            fit=Reservoir(capacity, np.random.default_rng(rng.integers(2**63))),
+            held=Reservoir(held_capacity, np.random.default_rng(rng.integers(2**63))),
+        )
+
+    def add_fit(self, x: np.ndarray, y: np.ndarray, weight: np.ndarray | None, keep: dict[str, np.ndarray]) -> None:
+        """Accumulate a batch of fitting samples.
+
+        Args:
+            x: ``(N, n)`` inputs (no bias column).
+            y: ``(N, m)`` targets.
+            weight: ``(N,)`` activation weights ``d̄_t`` or ``None`` (then ``Gw = G``).
+            keep: extra per-sample arrays ``(N, ·)`` stored in the fit reservoir with ``x`` and ``y``.
+        """
+        xb = np.empty((x.shape[0], self.n1))
+        xb[:, :-1] = x
+        xb[:, -1] = 1.0
+        yb = y.astype(np.float64)
+        self.G += xb.T @ xb
+        self.P += yb.T @ xb
+        if weight is not None:
+            xw = xb * weight[:, None]
+            self.Gw += xw.T @ xb
+            self.Pw += yb.T @ xw
+        self.yy += float(np.einsum("ij,ij->", yb, yb))
+        self.count += x.shape[0]
+        self.fit.add(x=x, y=y, **keep)
+
+    def finish(self, weighted: bool) -> None:
+        """Make ``Gw``/``Pw`` equal to ``G``/``P`` when no weights were given."""
+        if not weighted:
+            self.Gw, self.Pw = self.G, self.P

@@ -1,0 +1,381 @@
+"""Per-op coupling rules, registered by op type.
+
+A rule is called when the channels of a group reach an input slot of a node.
+It answers with one of:
+
+* :class:`Through` - the channels pass to the node's output(s) unchanged in
+  order (elementwise ops, BatchNormalization, pooling, depthwise conv,
+  flatten), listing the constants to slice;
+* :class:`Consume` - the node is a layer that reads the channels as input
+  columns and can be reconstructed (Conv with ``group == 1``, Gemm, MatMul);
+* :class:`Stop` - anything else; the whole group is left unpruned with the reason.
+
+Op types without a rule stop the group ("not supported").  The defaults are
+listed in :data:`UNARY_ELEMENTWISE` and the ``@coupling_rule`` registrations below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..graph import GraphView
+from .groups import Activation, Consumer, ParamSlice, ReshapeFix
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Where the channels are: ``tensor``'s ``axis`` (of ``rank`` dims), ``cols`` entries per channel."""
+
+    tensor: str
+    axis: int
+    rank: int | None
+    cols: int = 1
+
+
+@dataclass(frozen=True)
+class Through:
+    outputs: tuple[Edge, ...]
+    params: tuple[ParamSlice, ...] = ()
+    reshape: ReshapeFix | None = None
+    grouped: int | None = None
+
+
+@dataclass(frozen=True)
+class Consume:
+    consumer: Consumer
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+Step = Through | Consume | Stop
+Rule = Callable[[GraphView, int, int, Edge, int], Step]
+
+RULES: dict[str, Rule] = {}
+
+#: Ops that act elementwise on their first input and keep its shape.
+UNARY_ELEMENTWISE = (
+    "Relu", "LeakyRelu", "PRelu_scalar", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softplus",
+    "Softsign", "Elu", "Selu", "Celu", "Gelu", "Mish", "Erf", "Identity", "Dropout", "Neg", "Abs",
+    "Exp", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "ThresholdedRelu",
+)  # fmt: skip
+
+POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
+
+
+def coupling_rule(*ops: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the coupling rule of ``ops``."""
+
+    def deco(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+
+    return deco
+
+
+def _out_edge(view: GraphView, node: int, edge: Edge, index: int = 0) -> Edge:
+    out = view.nodes[node].output[index]
+    return Edge(out, edge.axis, edge.rank, edge.cols)
+
+
+def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) -> ParamSlice | None | str:
+    """Classify constant ``name`` broadcast against the channel tensor.
+
+    Returns ``None`` for a channel-independent constant (all broadcast dims 1),
+    a :class:`ParamSlice` for one vector along the channel axis, or a reason string.
+    """
+    v = view.const(name)
+    if v is None:
+        return "operand is not a constant"
+    if v.size == 1:
+        return None
+    if edge.cols != 1 or edge.rank is None:
+        return "per-channel constant after a flatten"
+    axis = edge.axis % edge.rank
+    lead = edge.rank - v.ndim
+    if lead < 0:
+        return "constant has more dimensions than the tensor"
+    v_axis = axis - lead
+    shape = list(v.shape)
+    if v_axis < 0 or shape[v_axis] != channels or any(d != 1 for i, d in enumerate(shape) if i != v_axis):
+        return f"constant of shape {tuple(v.shape)} is not per-channel"
+    if view.const_users(name) != 1:
+        return f"constant {name} is shared by several nodes"
+    return ParamSlice(name, v_axis)
+
+
+@coupling_rule(*UNARY_ELEMENTWISE)
+def _unary(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if slot != 0:
+        return Stop("channels reach a non-data input")
+    return Through((_out_edge(view, node, edge),))
+
+
+@coupling_rule("Clip")
+def _clip(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if slot != 0:
+        return Stop("channels reach a Clip bound")
+    for name in view.nodes[node].input[1:]:
+        if name and (v := view.const(name)) is not None and v.size != 1:
+            return Stop("Clip with non-scalar bounds")
+        if name and not view.is_const(name):
+            return Stop("Clip with computed bounds")
+    return Through((_out_edge(view, node, edge),))
+
+
+@coupling_rule("BatchNormalization")
+def _batchnorm(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if slot != 0 or edge.cols != 1 or edge.axis % (edge.rank or 2) != 1:
+        return Stop("BatchNormalization not on the channel axis")
+    params = []
+    for name in view.nodes[node].input[1:5]:
+        if not view.is_const(name) or view.const_users(name) != 1:
+            return Stop("BatchNormalization with non-constant or shared parameters")
+        params.append(ParamSlice(name, 0))
+    return Through((_out_edge(view, node, edge),), tuple(params))
+
+
+@coupling_rule("Add", "Sub", "Mul", "Div")
+def _binary(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    n = view.nodes[node]
+    other = n.input[1 - slot]
+    if not view.is_const(other):
+        return Stop(f"{n.op_type} with another computed tensor (residual or gate; not pruned yet)")
+    if n.op_type == "Div" and slot == 1:
+        return Stop("channels are a divisor")
+    p = _const_per_channel(view, other, edge, channels)
+    if isinstance(p, str):
+        return Stop(f"{n.op_type}: {p}")
+    return Through((_out_edge(view, node, edge),), (p,) if p is not None else ())
+
+
+@coupling_rule(*POOLS)
+def _pool(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if edge.cols != 1 or edge.rank is None or edge.axis % edge.rank != 1:
+        return Stop("pooling over a tensor whose channel axis is not 1")
+    return Through((_out_edge(view, node, edge),))
+
+
+def _spatial(view: GraphView, edge: Edge) -> int | None:
+    shape = view.shapes.get(edge.tensor)
+    if shape is None or len(shape) < 2 or edge.axis % len(shape) != 1:
+        return None
+    size = 1
+    for d in shape[2:]:
+        if d is None:
+            return None
+        size *= d
+    return size
+
+
+@coupling_rule("Flatten")
+def _flatten(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if int(view.attr(node, "axis", 1)) != 1:
+        return Stop("Flatten with axis != 1")
+    s = _spatial(view, edge)
+    if s is None or edge.cols != 1:
+        return Stop("Flatten of a tensor of unknown spatial size")
+    return Through((Edge(view.nodes[node].output[0], 1, 2, s),))
+
+
+@coupling_rule("Reshape")
+def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    n = view.nodes[node]
+    shape = view.const(n.input[1]) if slot == 0 else None
+    s = _spatial(view, edge)
+    if shape is None or s is None or edge.cols != 1:
+        return Stop("Reshape other than a flatten of a known (N, C, ...) tensor")
+    dims = [int(d) for d in shape.reshape(-1)]
+    if len(dims) != 2 or dims[0] not in (-1, 0) and dims[0] != (view.shapes.get(edge.tensor) or (None,))[0]:
+        return Stop(f"Reshape to {dims} is not a flatten to (N, C·H·W)")
+    if dims[1] == -1:
+        return Through((Edge(n.output[0], 1, 2, s),))
+    if dims[1] != channels * s or view.const_users(n.input[1]) != 1:
+        return Stop(f"Reshape to {dims} is not a flatten to (N, C·H·W)")
+    return Through((Edge(n.output[0], 1, 2, s),), reshape=ReshapeFix(node, n.input[1], 1, s))
+
+
+@coupling_rule("Conv")
+def _conv(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    n = view.nodes[node]
+    if slot != 0:
+        return Stop("channels reach a Conv weight")
+    w = view.const(n.input[1])
+    if w is None or view.const_users(n.input[1]) != 1:
+        return Stop("Conv with computed or shared weights")
+    if w.ndim != 4 or edge.cols != 1:
+        return Stop(f"{w.ndim - 2}-D Conv (only 2-D is supported)")
+    group = int(view.attr(node, "group", 1))
+    if group == 1:
+        if w.shape[1] != channels:
+            return Stop(f"Conv expects {w.shape[1]} input channels, group has {channels}")
+        return Consume(conv_consumer(view, node))
+    if group == channels and w.shape[0] == channels and w.shape[1] == 1:
+        params = [ParamSlice(n.input[1], 0)]
+        if len(n.input) > 2 and n.input[2]:
+            params.append(ParamSlice(n.input[2], 0))
+        return Through((_out_edge(view, node, edge),), tuple(params), grouped=node)
+    return Stop(f"grouped Conv (group={group}) is not supported yet")
+
+
+@coupling_rule("Gemm")
+def _gemm(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    n = view.nodes[node]
+    if slot != 0 or int(view.attr(node, "transA", 0)):
+        return Stop("channels reach a Gemm operand other than A")
+    b = view.const(n.input[1])
+    if b is None or b.ndim != 2 or view.const_users(n.input[1]) != 1:
+        return Stop("Gemm with computed or shared weights")
+    trans_b = bool(view.attr(node, "transB", 0))
+    k = b.shape[1] if trans_b else b.shape[0]
+    if k != channels * edge.cols:
+        return Stop(f"Gemm expects {k} inputs, group gives {channels}×{edge.cols}")
+    return Consume(dense_consumer(view, node, "gemm", edge.cols))
+
+
+@coupling_rule("MatMul")
+def _matmul(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    n = view.nodes[node]
+    b = view.const(n.input[1])
+    if slot != 0 or b is None or b.ndim != 2 or view.const_users(n.input[1]) != 1:
+        return Stop("MatMul whose B is not a constant matrix")
+    if edge.rank is not None and edge.axis % edge.rank != edge.rank - 1:
+        return Stop("MatMul over an axis other than the channel axis")
+    if b.shape[0] != channels * edge.cols:
+        return Stop(f"MatMul expects {b.shape[0]} inputs, group gives {channels}×{edge.cols}")
+    return Consume(dense_consumer(view, node, "matmul", edge.cols))
+
+
+def _single_user(view: GraphView, tensor: str) -> tuple[int, int] | None:
+    if tensor in view.outputs:
+        return None
+    users = view.users(tensor)
+    return (users[0].node, users[0].slot) if len(users) == 1 else None
+
+
+ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softplus", "Elu")
+
+
+def activation_of(view: GraphView, node: int) -> Activation | None:
+    """The :class:`Activation` computed by ``node``, ``None`` if it is not an activation op."""
+    n = view.nodes[node]
+    op = n.op_type
+    if op == "Relu":
+        return Activation("relu")
+    if op == "LeakyRelu":
+        return Activation("leaky_relu", (float(view.attr(node, "alpha", 0.01)),))
+    if op == "Clip":
+        lo, hi = -np.inf, np.inf
+        if len(n.input) > 1 and n.input[1]:
+            v = view.const(n.input[1])
+            if v is None:
+                return None
+            lo = float(v)
+        if len(n.input) > 2 and n.input[2]:
+            v = view.const(n.input[2])
+            if v is None:
+                return None
+            hi = float(v)
+        if view.attr(node, "min") is not None:
+            lo = float(view.attr(node, "min"))
+        if view.attr(node, "max") is not None:
+            hi = float(view.attr(node, "max"))
+        return Activation("clip", (lo, hi))
+    if op == "HardSigmoid":
+        return Activation("hard_sigmoid", (float(view.attr(node, "alpha", 0.2)), float(view.attr(node, "beta", 0.5))))
+    if op == "Elu":
+        return Activation("elu", (float(view.attr(node, "alpha", 1.0)),))
+    if op in ACTIVATION_OPS:
+        return Activation({"Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish", "Softplus": "softplus"}[op])
+    return None
+
+
+def _post(view: GraphView, out: str) -> dict[str, object]:
+    """Follow a consumer's output through BN, a residual Add and an activation."""
+    post: dict[str, object] = {"output": out}
+    nxt = _single_user(view, out)
+    if nxt is not None and view.nodes[nxt[0]].op_type == "BatchNormalization" and nxt[1] == 0:
+        bn = nxt[0]
+        if all(view.is_const(t) and view.const_users(t) == 1 for t in view.nodes[bn].input[1:5]):
+            post["bn"] = bn
+            out = view.nodes[bn].output[0]
+            post["output"] = out
+            nxt = _single_user(view, out)
+    cur = out
+    if nxt is not None and view.nodes[nxt[0]].op_type == "Add":
+        other = view.nodes[nxt[0]].input[1 - nxt[1]]
+        if not view.is_const(other):
+            post["offset"] = other
+            cur = view.nodes[nxt[0]].output[0]
+            nxt = _single_user(view, cur)
+    if nxt is not None and nxt[1] == 0 and (act := activation_of(view, nxt[0])) is not None:
+        post["activation"] = act
+        post["act_out"] = view.nodes[nxt[0]].output[0]
+    elif "offset" in post:
+        del post["offset"]  # an add without a following activation: plain identity target
+    return post
+
+
+def conv_consumer(view: GraphView, node: int) -> Consumer:
+    """Describe Conv ``node`` (group 1, 2-D) as a :class:`Consumer`."""
+    n = view.nodes[node]
+    w = view.const(n.input[1])
+    assert w is not None  # checked by the rule
+    k = tuple(int(d) for d in w.shape[2:])
+    pads = tuple(int(p) for p in view.attr(node, "pads", [0] * 4))
+    auto_pad = view.attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    post = _post(view, n.output[0])
+    return Consumer(
+        node=node,
+        label=view.node_label(node),
+        kind="conv",
+        weight=n.input[1],
+        bias=n.input[2] if len(n.input) > 2 and n.input[2] else None,
+        input=n.input[0],
+        kernel=k,
+        strides=tuple(int(s) for s in view.attr(node, "strides", [1, 1])),
+        pads=pads,
+        dilations=tuple(int(d) for d in view.attr(node, "dilations", [1, 1])),
+        auto_pad=auto_pad,
+        **post,  # type: ignore[arg-type]
+    )
+
+
+def dense_consumer(view: GraphView, node: int, kind: str, cols: int) -> Consumer:
+    """Describe Gemm / MatMul ``node`` as a :class:`Consumer` reading ``cols`` columns per channel."""
+    n = view.nodes[node]
+    bias: str | None = None
+    bias_add: int | None = None
+    out = n.output[0]
+    if kind == "gemm":
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    else:
+        nxt = _single_user(view, out)
+        if nxt is not None and view.nodes[nxt[0]].op_type == "Add":
+            other = view.nodes[nxt[0]].input[1 - nxt[1]]
+            v = view.const(other)
+            b = view.const(n.input[1])
+            if v is not None and b is not None and v.size == b.shape[1] and view.const_users(other) == 1:
+                bias, bias_add, out = other, nxt[0], view.nodes[nxt[0]].output[0]
+    post = _post(view, out)
+    return Consumer(
+        node=node,
+        label=view.node_label(node),
+        kind=kind,
+        weight=n.input[1],
+        bias=bias,
+        input=n.input[0],
+        cols_per_channel=cols,
+        alpha=float(view.attr(node, "alpha", 1.0)) if kind == "gemm" else 1.0,
+        beta=float(view.attr(node, "beta", 1.0)) if kind == "gemm" else 1.0,
+        trans_b=bool(view.attr(node, "transB", 0)) if kind == "gemm" else False,
+        bias_add=bias_add,
+        **post,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,242 @@
+"""ONNX model access: loading, saving, a read-only index of the graph, sub-models.
+
+This is the only module that imports ``onnx_graphsurgeon`` (used to cut a model
+down to the nodes that produce a chosen set of tensors).  Everything else in
+the package sees a :class:`GraphView`: producers and consumers of every tensor,
+constant values (initializers *and* ``Constant`` nodes) as NumPy arrays,
+attributes and inferred shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from .errors import ModelError, OutputError
+
+logger = logging.getLogger(__name__)
+
+Shape = tuple[int | None, ...]
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load and check an ONNX model file.
+
+    Raises:
+        ModelError: the file is missing, unreadable, not ONNX, or fails ``onnx.checker``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file not found: {p}")
+    if not p.is_file():
+        raise ModelError(f"model path is not a file: {p}")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf raises several unrelated types
+        raise ModelError(f"cannot read {p} as an ONNX model: {type(e).__name__}: {e}") from e
+    if len(model.graph.node) == 0:
+        raise ModelError(f"{p} holds no graph nodes (not an ONNX model?)")
+    check_model(model, what=str(p), error=ModelError)
+    return model
+
+
+def check_model(model: onnx.ModelProto, *, what: str, error: type[Exception]) -> None:
+    """Run ``onnx.checker.check_model(full_check=True)``; raise ``error`` with one line on failure."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"{what} fails the ONNX checker: {first}") from e
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike[str], *, force: bool) -> None:
+    """Serialise ``model`` to a temporary file beside ``path``, then rename it into place.
+
+    Raises:
+        OutputError: ``path`` exists and ``force`` is false, or it cannot be written.
+    """
+    p = Path(path)
+    if p.exists() and not force:
+        raise OutputError(f"output exists: {p} (use --force to overwrite)")
+    data = model.SerializeToString(deterministic=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent or "."))
+    except OSError as e:
+        raise OutputError(f"cannot write to {p.parent}: {e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {p}: {e}") from e
+
+
+@dataclass(frozen=True)
+class Use:
+    """One input slot of a node that reads a tensor."""
+
+    node: int
+    slot: int
+
+
+@dataclass
+class GraphView:
+    """Read-only index over a ``ModelProto`` (nodes are referred to by their position).
+
+    Attributes:
+        model: the indexed model (not modified).
+        producer: tensor name → index of the node that outputs it.
+        uses: tensor name → the (node, input slot) pairs that read it.
+        outputs: names of the graph outputs.
+        inputs: names of the graph inputs that are not initializers.
+        shapes: tensor name → inferred shape (``None`` for unknown dimensions).
+    """
+
+    model: onnx.ModelProto
+    producer: dict[str, int] = field(default_factory=dict)
+    uses: dict[str, list[Use]] = field(default_factory=dict)
+    outputs: set[str] = field(default_factory=set)
+    inputs: list[str] = field(default_factory=list)
+    shapes: dict[str, Shape] = field(default_factory=dict)
+    _init: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    _const_node: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto, *, input_shapes: dict[str, Sequence[int]] | None = None) -> GraphView:
+        """Index ``model``; ``input_shapes`` (concrete shapes) sharpen shape inference."""
+        view = cls(model=model)
+        g = model.graph
+        view._init = {t.name: t for t in g.initializer}
+        view.inputs = [i.name for i in g.input if i.name not in view._init]
+        view.outputs = {o.name for o in g.output}
+        for i, n in enumerate(g.node):
+            for o in n.output:
+                if o:
+                    view.producer[o] = i
+            for s, t in enumerate(n.input):
+                if t:
+                    view.uses.setdefault(t, []).append(Use(i, s))
+            if n.op_type == "Constant" and len(n.output) == 1:
+                view._const_node[n.output[0]] = i
+        view.shapes = infer_shapes(model, input_shapes or {})
+        return view
+
+    @property
+    def nodes(self) -> Sequence[onnx.NodeProto]:
+        return self.model.graph.node
+
+    def node_label(self, i: int) -> str:
+        """A human-readable, stable name for node ``i``."""
+        n = self.nodes[i]
+        return n.name or f"{n.op_type}#{i}"
+
+    def is_const(self, name: str) -> bool:
+        return name in self._init or name in self._const_node
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or ``Constant`` node output, else ``None``."""
+        if name in self._init:
+            return numpy_helper.to_array(self._init[name])
+        if name in self._const_node:
+            node = self.nodes[self._const_node[name]]
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+        return None
+
+    def attr(self, i: int, name: str, default: Any = None) -> Any:
+        for a in self.nodes[i].attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def users(self, tensor: str) -> list[Use]:
+        return self.uses.get(tensor, [])
+
+    def const_users(self, name: str) -> int:
+        """How many node inputs read constant ``name`` (weights shared by two nodes are not pruned)."""
+        return len(self.uses.get(name, []))
+
+
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> dict[str, Shape]:
+    """Shapes of every tensor that ONNX shape inference can resolve.
+
+    ``input_shapes`` replace the declared input shapes (e.g. a fixed batch), so
+    symbolic dimensions resolve where the graph allows.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.value_info[:]
+    for vi in m.graph.input:
+        if vi.name in input_shapes:
+            dims = vi.type.tensor_type.shape.dim
+            for d, v in zip(dims, input_shapes[vi.name], strict=False):
+                d.Clear()
+                d.dim_value = int(v)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception as e:  # inference failure only limits what can be pruned
+        logger.warning("shape inference failed (%s); channel counts come from weights only", e)
+    out: dict[str, Shape] = {}
+    for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    for t in model.graph.initializer:
+        out[t.name] = tuple(t.dims)
+    return out
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` cut down to the nodes needed for tensors ``names``, which become its outputs.
+
+    The returned model's outputs are exactly ``names`` (in order); nodes that do
+    not contribute to them are dropped, so onnxruntime computes only the prefix.
+    """
+    wanted = list(dict.fromkeys(names))
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    outs = []
+    for n in wanted:
+        if n not in tensors:
+            raise ModelError(f"tensor {n!r} not found in the graph")
+        t = tensors[n]
+        if isinstance(t, gs.Variable) and t.dtype is None:
+            t.dtype = np.float32
+        outs.append(t)
+    graph.outputs = outs
+    graph.cleanup(remove_unused_graph_inputs=False)
+    sub = gs.export_onnx(graph, do_type_check=False)
+    sub.ir_version = model.ir_version
+    del sub.opset_import[:]
+    sub.opset_import.extend(model.opset_import)
+    return sub
+
+
+def dtype_of(model: onnx.ModelProto, name: str) -> np.dtype[Any] | None:
+    """NumPy dtype of graph input ``name``."""
+    for vi in model.graph.input:
+        if vi.name == name:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    return None
+
+
+def declared_shape(model: onnx.ModelProto, name: str) -> tuple[int | str | None, ...]:
+    """Declared shape of graph input ``name``: ints, symbolic names, or ``None``."""
+    for vi in model.graph.input:
+        if vi.name == name:
+            dims = vi.type.tensor_type.shape.dim
+            return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
+    raise ModelError(f"model has no input {name!r}")

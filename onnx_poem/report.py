@@ -1,0 +1,144 @@
+"""Run report: MACs and parameters before/after, per-group table, fallbacks, timings.
+
+MACs count the multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul
+for one sample (batch 1, other dimensions as in the calibration data).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .graph import GraphView
+
+
+def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates per sample of the layers of ``model``."""
+    view = GraphView.build(model, input_shapes=input_shapes)
+    total = 0
+    for i, n in enumerate(view.nodes):
+        out = view.shapes.get(n.output[0]) if n.output else None
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            w = view.shapes.get(n.input[1])
+            a = view.shapes.get(n.input[0])
+            if out is None or w is None or a is None or None in out or None in w or None in a:
+                continue
+            if n.op_type == "Conv":
+                total += math.prod(out) * math.prod(w[1:])
+            elif n.op_type == "ConvTranspose":
+                total += math.prod(a[:1]) * math.prod(a[2:]) * math.prod(w)
+            else:
+                k = a[-1] if not (n.op_type == "Gemm" and view.attr(i, "transA", 0)) else a[0]
+                total += math.prod(out) * int(k)
+    return int(total)
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of all initializers and ``Constant`` tensors."""
+    total = sum(math.prod(t.dims) for t in model.graph.initializer)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    total += math.prod(a.t.dims)
+    return int(total)
+
+
+@dataclass
+class LayerReport:
+    """One reconstructed consumer of one group."""
+
+    group: str
+    consumer: str
+    channels: int
+    kept: int
+    activation: str
+    samples: int
+    samples_per_param: float
+    errors: dict[str, float] = field(default_factory=dict)
+    choice: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class PruneReport:
+    """Everything a run measured and decided."""
+
+    model: str
+    method: str
+    ratio: float
+    mode: str
+    seed: int
+    calibration_samples: int
+    held_out_samples: int
+    synthetic_calibration: bool
+    macs_before: int = 0
+    macs_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    layers: list[LayerReport] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    unprunable: list[dict[str, str]] = field(default_factory=list)
+    agreement: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["macs_ratio"] = self.macs_ratio
+        d["params_ratio"] = self.params_ratio
+        return _finite(d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def summary(self) -> str:
+        """Human-readable summary table."""
+        pruned = sum(1 for g in self.groups if g["kept"] < g["channels"])
+        lines = [
+            f"model        {self.model}",
+            f"method       {self.method} ({self.mode}), ratio {self.ratio:g}, seed {self.seed}",
+            f"calibration  {self.calibration_samples} samples"
+            + (" (synthetic)" if self.synthetic_calibration else "")
+            + f", {self.held_out_samples} held out",
+            f"{'':13}{'before':>14}{'after':>14}{'ratio':>9}",
+            f"{'MACs':13}{self.macs_before:>14,}{self.macs_after:>14,}{self.macs_ratio:>9.3f}",
+            f"{'params':13}{self.params_before:>14,}{self.params_after:>14,}{self.params_ratio:>9.3f}",
+            f"groups       {pruned} of {len(self.groups)} pruned; {len(self.unprunable)} parts left unpruned",
+        ]
+        for name, a in self.agreement.items():
+            txt = f"rel. error {a.get('rel_error', float('nan')):.4f}"
+            if "top1_agreement" in a:
+                txt += f", top-1 agreement {100 * a['top1_agreement']:.1f} %"
+            lines.append(f"output       {name}: {txt} (held-out samples)")
+        lines.append(f"time         {self.timings.get('total', 0.0):.1f} s")
+        return "\n".join(lines)
+
+
+def _finite(x: Any) -> Any:
+    """Replace NaN/Inf by ``None`` so the JSON is standard."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, float | np.floating) and not math.isfinite(float(x)):
+        return None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x

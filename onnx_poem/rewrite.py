@@ -1,0 +1,113 @@
+"""Apply a :class:`PrunePlan` to a model: indexing and attribute edits only, no numerics.
+
+Order matters: first every consumer's new (input-pruned) weights are set, then
+every group slices its constants along their channel axes, so a layer that
+is both a consumer of one group and the producer of the next ends up pruned
+on both axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .coupling import ChannelGroup
+from .graph import GraphView
+from .plan import PrunePlan
+
+
+def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan) -> onnx.ModelProto:
+    """A new model with ``plan`` applied to ``view.model`` (which is not modified)."""
+    arrays: dict[str, np.ndarray] = {}
+    new_bias: dict[int, str] = {}  # consumer node → name of a bias the rewrite creates
+
+    def get(name: str) -> np.ndarray:
+        if name not in arrays:
+            v = view.const(name)
+            assert v is not None, name
+            arrays[name] = v
+        return arrays[name]
+
+    for dec in plan.decisions:
+        for u in dec.updates:
+            arrays[u.weight] = u.weight_value
+            if u.bias is not None:
+                old = get(u.bias)
+                arrays[u.bias] = u.bias_value.reshape(old.shape) if old.size == u.bias_value.size else u.bias_value
+            else:
+                name = f"{u.weight}__poem_bias"
+                arrays[name] = u.bias_value
+                new_bias[u.node] = name
+    group_attr: dict[int, int] = {}
+    shape_fix: dict[str, np.ndarray] = {}
+    for dec in plan.decisions:
+        g = groups[dec.group_id]
+        keep = np.asarray(dec.keep, dtype=np.int64)
+        for p in g.params:
+            arrays[p.name] = np.take(get(p.name), keep, axis=p.axis)
+        if g.producer in new_bias:
+            arrays[new_bias[g.producer]] = np.take(arrays[new_bias[g.producer]], keep, axis=0)
+        for r in g.reshapes:
+            shape = shape_fix.get(r.shape, get(r.shape)).copy()
+            shape.reshape(-1)[r.position] = len(keep) * r.cols_per_channel
+            shape_fix[r.shape] = arrays[r.shape] = shape
+        for node in g.grouped:
+            group_attr[node] = len(keep)
+    model = onnx.ModelProto()
+    model.CopyFrom(view.model)
+    _write(model, view, arrays, new_bias, group_attr)
+    del model.graph.value_info[:]
+    return model
+
+
+def _write(
+    model: onnx.ModelProto,
+    view: GraphView,
+    arrays: dict[str, np.ndarray],
+    new_bias: dict[int, str],
+    group_attr: dict[int, int],
+) -> None:
+    g = model.graph
+    done: set[str] = set()
+    for i, t in enumerate(g.initializer):
+        if t.name in arrays:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+            g.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(arrays[t.name], dtype=dtype), t.name))
+            done.add(t.name)
+    for node in g.node:
+        if node.op_type == "Constant" and node.output[0] in arrays:
+            for a in node.attribute:
+                if a.name == "value":
+                    dtype = onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type)
+                    a.t.CopyFrom(numpy_helper.from_array(np.asarray(arrays[node.output[0]], dtype=dtype), a.t.name))
+                    done.add(node.output[0])
+    inserts: list[tuple[int, onnx.NodeProto]] = []
+    for node_idx, name in sorted(new_bias.items()):
+        node = g.node[node_idx]
+        w_dtype = onnx.helper.tensor_dtype_to_np_dtype(
+            next(t.data_type for t in g.initializer if t.name == node.input[1])
+            if any(t.name == node.input[1] for t in g.initializer)
+            else onnx.TensorProto.FLOAT
+        )
+        g.initializer.append(numpy_helper.from_array(np.asarray(arrays[name], dtype=w_dtype), name))
+        done.add(name)
+        if node.op_type in ("Conv", "Gemm"):
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = name
+        else:  # MatMul: y = MatMul(x, B) becomes Add(MatMul(x, B), bias) under the same output name
+            out = node.output[0]
+            node.output[0] = f"{out}__poem_mm"
+            inserts.append((node_idx + 1, helper.make_node("Add", [node.output[0], name], [out], name=f"{name}_add")))
+    for pos, n in sorted(inserts, key=lambda x: -x[0]):
+        g.node.insert(pos, n)
+    for idx, groups in group_attr.items():
+        # node indices shift by the inserted Adds before them
+        shift = sum(1 for pos, _ in inserts if pos <= idx)
+        for a in g.node[idx + shift].attribute:
+            if a.name == "group":
+                a.i = groups
+    missing = set(arrays) - done
+    if missing:
+        raise RuntimeError(f"rewrite could not place constants: {sorted(missing)}")

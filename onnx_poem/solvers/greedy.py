@@ -1,0 +1,106 @@
+"""Greedy backward group elimination (ALGORITHMS.md §2).
+
+Problem per consumer: choose kept channels S and ``W̃`` minimising
+``‖Y − W̃ X̄_S‖²``, given only ``G = X̄X̄ᵀ: (n+1, n+1)`` and ``P = Y X̄ᵀ: (m, n+1)``.
+Channel ``c`` owns the ``k`` columns ``c·k … c·k+k-1``; the last column
+(bias) is never removed.  With ``H = (G + δI)⁻¹`` and the refit
+``W = (P + δW0) H``, removing group M costs
+
+    ΔE_M = tr( W_M (H_MM)⁻¹ W_Mᵀ )
+
+and the downdates ``W ← W − W_M (H_MM)⁻¹ H_M:``, ``H ← H − H_:M (H_MM)⁻¹ H_M:``
+keep ``W`` the optimal refit on the remaining columns.  Several consumers of
+one group are eliminated together; a channel's cost is the sum over them.
+``H`` is re-inverted from ``G`` every ``C/8`` removals to stop drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .linalg import damping, spd_inverse
+
+
+@dataclass(frozen=True)
+class QuadProblem:
+    """One consumer's quadratic problem.
+
+    Attributes:
+        G: ``(n+1, n+1)`` float64 Gram of the inputs (bias row last).
+        P: ``(m, n+1)`` float64 cross term targets × inputs.
+        W0: ``(m, n+1)`` original weights (damping target).
+        k: columns per channel (``n = C·k``).
+    """
+
+    G: np.ndarray
+    P: np.ndarray
+    W0: np.ndarray
+    k: int
+
+
+class _State:
+    def __init__(self, p: QuadProblem, lam: float) -> None:
+        self.p = p
+        self.delta = damping(p.G, lam)
+        self.Gd = p.G + self.delta * np.eye(p.G.shape[0])
+        self.Pd = p.P + self.delta * p.W0
+        self.H = spd_inverse(self.Gd)
+        self.W = self.Pd @ self.H
+
+    def cols(self, channels: np.ndarray) -> np.ndarray:
+        """``(A, k)`` column indices of ``channels``."""
+        return channels[:, None] * self.p.k + np.arange(self.p.k)
+
+    def costs(self, alive: np.ndarray) -> np.ndarray:
+        idx = self.cols(alive)
+        if self.p.k == 1:
+            d = np.maximum(self.H[idx[:, 0], idx[:, 0]], 1e-300)
+            return np.sum(self.W[:, idx[:, 0]] ** 2, axis=0) / d
+        hmm = self.H[idx[:, :, None], idx[:, None, :]]  # (A, k, k)
+        inv = np.linalg.inv(hmm + 1e-300 * np.eye(self.p.k))
+        wm = self.W[:, idx]  # (m, A, k)
+        return np.einsum("mak,akl,mal->a", wm, inv, wm)
+
+    def remove(self, channel: int) -> None:
+        M = self.cols(np.array([channel]))[0]
+        inv = np.linalg.inv(self.H[np.ix_(M, M)])
+        hm = self.H[M, :]  # (k, n1)
+        self.W -= (self.W[:, M] @ inv) @ hm
+        self.H -= self.H[:, M] @ inv @ hm
+        self.H[M, :] = 0.0
+        self.H[:, M] = 0.0
+        self.W[:, M] = 0.0
+        self.H = 0.5 * (self.H + self.H.T)
+
+    def reinvert(self, alive: np.ndarray) -> None:
+        keep = np.concatenate([self.cols(np.sort(alive)).reshape(-1), [self.p.G.shape[0] - 1]])
+        self.H = np.zeros_like(self.H)
+        self.H[np.ix_(keep, keep)] = spd_inverse(self.Gd[np.ix_(keep, keep)])
+        self.W = np.zeros_like(self.W)
+        self.W[:, keep] = self.Pd[:, keep] @ self.H[np.ix_(keep, keep)]
+
+
+def greedy_eliminate(problems: list[QuadProblem], channels: int, keep: int, *, lam: float = 0.01) -> np.ndarray:
+    """Indices of the ``keep`` channels (sorted) left after greedy elimination of the others.
+
+    Ties are broken toward the lower channel index, so the result is deterministic.
+    """
+    if keep >= channels:
+        return np.arange(channels)
+    states = [_State(p, lam) for p in problems]
+    alive = np.arange(channels)
+    every = max(1, channels // 8)
+    for step in range(channels - keep):
+        cost = np.zeros(len(alive))
+        for s in states:
+            cost += s.costs(alive)
+        j = int(np.argmin(cost))
+        victim = int(alive[j])
+        alive = np.delete(alive, j)
+        for s in states:
+            s.remove(victim)
+            if (step + 1) % every == 0 and step + 1 < channels - keep:
+                s.reinvert(alive)
+    return alive

@@ -1,0 +1,49 @@
+"""Damped symmetric solves with a logged fallback.
+
+Damping ``G + δI`` with ``δ = λ·mean(diag G)`` is a ridge penalty; paired with
+``P + δ·W0`` it pulls the solution toward ``W0`` (the original weights), not
+toward zero: ``W = (P + δW0)(G + δI)⁻¹`` minimises ``‖Y − WX‖² + δ‖W − W0‖²``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.linalg
+
+logger = logging.getLogger(__name__)
+
+
+def damping(G: np.ndarray, lam: float) -> float:
+    """``δ = λ·mean(diag G)`` (1e-12 floor so an all-zero Gram stays invertible)."""
+    return float(lam * max(float(np.mean(np.diag(G))), 1e-12))
+
+
+def spd_inverse(G: np.ndarray, fallbacks: list[str] | None = None) -> np.ndarray:
+    """Inverse of a symmetric positive definite ``G: (n, n)``; pseudo-inverse if Cholesky fails."""
+    try:
+        c = scipy.linalg.cho_factor(G, lower=False, check_finite=False)
+        inv = scipy.linalg.cho_solve(c, np.eye(G.shape[0]), check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+        if fallbacks is not None:
+            fallbacks.append("Cholesky failed; used the pseudo-inverse")
+        logger.warning("Cholesky factorisation failed; falling back to the pseudo-inverse")
+        inv = np.linalg.pinv(G, hermitian=True)
+    return 0.5 * (inv + inv.T)
+
+
+def ridge_solve(
+    G: np.ndarray, P: np.ndarray, W0: np.ndarray, delta: float, fallbacks: list[str] | None = None
+) -> np.ndarray:
+    """``W = (P + δW0)(G + δI)⁻¹`` for ``G: (n, n)``, ``P, W0: (m, n)`` → ``(m, n)``."""
+    A = G + delta * np.eye(G.shape[0])
+    B = P + delta * W0
+    try:
+        c = scipy.linalg.cho_factor(A, lower=False, check_finite=False)
+        return scipy.linalg.cho_solve(c, B.T, check_finite=False).T
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+        if fallbacks is not None:
+            fallbacks.append("Cholesky failed; used least squares (lstsq)")
+        logger.warning("Cholesky solve failed; falling back to lstsq")
+        return np.linalg.lstsq(A, B.T, rcond=None)[0].T

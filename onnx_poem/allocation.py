@@ -12,4 +12,4 @@ from .coupling import ChannelGroup
 
 def keep_counts(groups: Sequence[ChannelGroup], ratio: float) -> dict[str, int]:
     """Channels kept per group id for the uniform pruning ratio ``ratio``."""
-    return {g.id: min(g.channels, max(1, int(round((1.0 - ratio) * g.channels)))) for g in groups}
+    return {g.id: min(g.channels, max(1, round((1.0 - ratio) * g.channels))) for g in groups}

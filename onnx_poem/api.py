@@ -28,8 +28,16 @@ from .graph import GraphView, check_model, load_model, with_outputs
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .report import LayerReport, PruneReport, count_macs, count_params
 from .rewrite import apply_plan
-from .solvers import METHODS, RECONSTRUCTION, LayerData, Samples, kept_columns, reconstruct, relative_errors
-from .solvers import select_channels
+from .solvers import (
+    METHODS,
+    RECONSTRUCTION,
+    LayerData,
+    Samples,
+    kept_columns,
+    reconstruct,
+    relative_errors,
+    select_channels,
+)
 from .solvers.activations import apply as act_apply
 from .solvers.activations import derivative as act_derivative
 from .verify import session, verify
@@ -110,9 +118,15 @@ def prune(
     view = GraphView.build(model, input_shapes=shapes)
     coupling = find_groups(view)
     report = PruneReport(
-        model=name, method=cfg.method, ratio=cfg.ratio, mode=cfg.mode, seed=cfg.seed,
-        calibration_samples=len(fit_idx), held_out_samples=len(held_idx), synthetic_calibration=data.synthetic,
-    )  # fmt: skip
+        model=name,
+        method=cfg.method,
+        ratio=cfg.ratio,
+        mode=cfg.mode,
+        seed=cfg.seed,
+        calibration_samples=len(fit_idx),
+        held_out_samples=len(held_idx),
+        synthetic_calibration=data.synthetic,
+    )
     report.unprunable = [{"where": u.where, "reason": u.reason} for u in coupling.unprunable]
     report.macs_before, report.params_before = count_macs(model, shapes), count_params(model)
     if not coupling.groups:
@@ -125,7 +139,9 @@ def prune(
         if progress:
             progress(done, len(todo), g.id)
         current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
-        decision, layers = _solve_group(view, current, g, keeps[g.id], data, fit_idx, held_idx, cfg, len(plan.decisions))
+        decision, layers = _solve_group(
+            view, current, g, keeps[g.id], data, fit_idx, held_idx, cfg, len(plan.decisions)
+        )
         plan = plan.extended(decision)
         report.layers.extend(layers)
     if progress:
@@ -159,7 +175,7 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _split(n: int, cfg: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of sample indices into fitting and held-out sets (both sorted)."""
-    held = int(round(n * cfg.held_out)) if n >= 2 else 0
+    held = round(n * cfg.held_out) if n >= 2 else 0
     perm = np.random.default_rng([cfg.seed, 7]).permutation(n)
     return np.sort(perm[held:]), np.sort(perm[:held])
 
@@ -180,23 +196,37 @@ def _solve_group(
     layers = [_layer_data(view, c, st, g.channels) for c, st in zip(g.consumers, stats, strict=True)]
     filters = np.asarray(view.const(g.params[0].name))
     filters = np.moveaxis(filters, g.params[0].axis, 0)
-    kept = select_channels(cfg.method, layers, g.channels, keep, filters=filters, seed=cfg.seed + index, lam=cfg.damping)
+    kept = select_channels(
+        cfg.method, layers, g.channels, keep, filters=filters, seed=cfg.seed + index, lam=cfg.damping
+    )
     updates, reports = [], []
     for c, d, st in zip(g.consumers, layers, stats, strict=True):
         rec = reconstruct(d, kept, method=RECONSTRUCTION[cfg.method], lam=cfg.damping)
         cols = kept_columns(kept, d.k, d.G.shape[0])
         errs = {}
-        for tag, W in (("none", d.W0[:, cols]), ("ls", reconstruct(d, kept, method="ls", lam=cfg.damping).W), ("chosen", rec.W)):
+        for tag, W in (
+            ("none", d.W0[:, cols]),
+            ("ls", reconstruct(d, kept, method="ls", lam=cfg.damping).W),
+            ("chosen", rec.W),
+        ):
             errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
         w, b = stored_arrays(view, c, rec.W, kept, g.channels)
         updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
         n_params = d.W0.shape[1]
         reports.append(
             LayerReport(
-                group=g.id, consumer=c.label, channels=g.channels, kept=keep, activation=d.activation,
-                samples=st.count, samples_per_param=st.count / n_params, errors=errs, choice=rec.choice,
-                fallbacks=rec.fallbacks, seconds=time.perf_counter() - t0,
-            )  # fmt: skip
+                group=g.id,
+                consumer=c.label,
+                channels=g.channels,
+                kept=keep,
+                activation=d.activation,
+                samples=st.count,
+                samples_per_param=st.count / n_params,
+                errors=errs,
+                choice=rec.choice,
+                fallbacks=rec.fallbacks,
+                seconds=time.perf_counter() - t0,
+            )
         )
         if st.count < 10 * n_params:
             logger.info("%s: %.1f samples per weight (< 10): damping holds the fit", c.label, st.count / n_params)
@@ -217,9 +247,18 @@ def _layer_data(view: GraphView, c: Consumer, st: LayerStats, channels: int) -> 
         )
 
     return LayerData(
-        G=st.G, P=st.P, Gw=st.Gw, Pw=st.Pw, W0=W0, k=(W0.shape[1] - 1) // channels, count=st.count,
-        activation=c.activation.kind, act_params=c.activation.params, fit=samples(st.fit), held=samples(st.held),
-    )  # fmt: skip
+        G=st.G,
+        P=st.P,
+        Gw=st.Gw,
+        Pw=st.Pw,
+        W0=W0,
+        k=(W0.shape[1] - 1) // channels,
+        count=st.count,
+        activation=c.activation.kind,
+        act_params=c.activation.params,
+        fit=samples(st.fit),
+        held=samples(st.held),
+    )
 
 
 def _collect(
@@ -246,9 +285,10 @@ def _collect(
         W0, _ = effective(view, c)
         seed = int(np.random.SeedSequence([cfg.seed, index, j, 1]).generate_state(1)[0])
         stats.append(
-            LayerStats.empty(W0.shape[1], W0.shape[0], capacity=cfg.reservoir,
-                             held_capacity=max(cfg.reservoir // 2, 1), seed=seed)
-        )  # fmt: skip
+            LayerStats.empty(
+                W0.shape[1], W0.shape[0], capacity=cfg.reservoir, held_capacity=max(cfg.reservoir // 2, 1), seed=seed
+            )
+        )
     rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
     for held, idx in ((False, fit_idx), (True, held_idx)):
         for feed in data.batches(idx, cfg.batch_size):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ class GraphView:
     _const_node: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, model: onnx.ModelProto, *, input_shapes: dict[str, Sequence[int]] | None = None) -> GraphView:
+    def build(cls, model: onnx.ModelProto, *, input_shapes: Mapping[str, Sequence[int]] | None = None) -> GraphView:
         """Index ``model``; ``input_shapes`` (concrete shapes) sharpen shape inference."""
         view = cls(model=model)
         g = model.graph
@@ -169,7 +169,7 @@ class GraphView:
         return len(self.uses.get(name, []))
 
 
-def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, Sequence[int]]) -> dict[str, Shape]:
+def infer_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, Shape]:
     """Shapes of every tensor that ONNX shape inference can resolve.
 
     ``input_shapes`` replace the declared input shapes (e.g. a fixed batch), so

@@ -22,19 +22,18 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
     view = GraphView.build(model, input_shapes=input_shapes)
     total = 0
     for i, n in enumerate(view.nodes):
-        out = view.shapes.get(n.output[0]) if n.output else None
         if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            w = view.shapes.get(n.input[1])
-            a = view.shapes.get(n.input[0])
-            if out is None or w is None or a is None or None in out or None in w or None in a:
+            shapes = [view.shapes.get(t) for t in (n.output[0], n.input[1], n.input[0])]
+            if any(s is None or None in s for s in shapes):
                 continue
+            out, w, a = (tuple(int(d or 0) for d in s or ()) for s in shapes)
             if n.op_type == "Conv":
                 total += math.prod(out) * math.prod(w[1:])
             elif n.op_type == "ConvTranspose":
                 total += math.prod(a[:1]) * math.prod(a[2:]) * math.prod(w)
             else:
                 k = a[-1] if not (n.op_type == "Gemm" and view.attr(i, "transA", 0)) else a[0]
-                total += math.prod(out) * int(k)
+                total += math.prod(out) * k
     return int(total)
 
 

@@ -25,7 +25,7 @@ def verify(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
     data: CalibrationData,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     *,
     batch_size: int,
 ) -> dict[str, dict[str, float]]:

@@ -50,7 +50,7 @@ class CalibrationData:
     def __len__(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
 
-    def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    def batches(self, indices: Sequence[int] | np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds for onnxruntime, ``batch_size`` samples at a time, in the order of ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
         for start in range(0, len(idx), batch_size):
@@ -153,9 +153,7 @@ def _validate(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
             )
         for i, (have, w) in enumerate(zip(arr.shape, want, strict=True)):
             if i > 0 and isinstance(w, int) and w > 0 and have != w:
-                raise CalibrationError(
-                    f"calibration input {name!r} has shape {arr.shape}, model expects {_fmt(want)}"
-                )
+                raise CalibrationError(f"calibration input {name!r} has shape {arr.shape}, model expects {_fmt(want)}")
         dt = dtype_of(model, name)
         if dt is not None and arr.dtype != dt:
             raise CalibrationError(
@@ -177,8 +175,8 @@ def _synthetic(model: onnx.ModelProto, names: list[str], samples: int, seed: int
         shape = declared_shape(model, name)
         if dt is None or dt.kind != "f":
             raise CalibrationError(f"input {name!r} is not floating point: synthetic data needs --calib")
-        dims = shape[1:]
-        if any(not isinstance(d, int) or d <= 0 for d in dims):
+        dims = [d for d in shape[1:] if isinstance(d, int) and d > 0]
+        if len(dims) != len(shape) - 1:
             raise CalibrationError(f"input {name!r} has dynamic dimensions {_fmt(shape)}: pass --calib")
         out[name] = rng.standard_normal((samples, *dims)).astype(dt)
     logger.warning("no calibration data: using synthetic standard-normal inputs; real data gives far better results")
@@ -198,9 +196,11 @@ def _read_images(path: Path, model: onnx.ModelProto, name: str, samples: int, op
     if layout not in ("NCHW", "NHWC"):
         raise UsageError(f"layout must be NCHW or NHWC, got {layout!r}")
     c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
-    size = opts.size or (h, w)
-    if not all(isinstance(d, int) and d > 0 for d in size):
-        raise CalibrationError(f"input {name!r} has no fixed image size: pass --input-size")
+    size = opts.size
+    if size is None:
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+            raise CalibrationError(f"input {name!r} has no fixed image size: pass --input-size")
+        size = (h, w)
     channels = c if isinstance(c, int) and c > 0 else 3
     mean = np.asarray(opts.mean, dtype=np.float32).reshape(-1)
     std = np.asarray(opts.std, dtype=np.float32).reshape(-1)
@@ -212,7 +212,8 @@ def _read_images(path: Path, model: onnx.ModelProto, name: str, samples: int, op
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((int(size[1]), int(size[0])), Image.BILINEAR)
+                rgb = im.convert("L" if channels == 1 else "RGB")
+                im = rgb.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.float32)
         except Exception as e:
             raise CalibrationError(f"cannot read image {f}: {e}") from e

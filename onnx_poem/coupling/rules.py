@@ -17,7 +17,7 @@ listed in :data:`UNARY_ELEMENTWISE` and the ``@coupling_rule`` registrations bel
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,10 +60,33 @@ RULES: dict[str, Rule] = {}
 
 #: Ops that act elementwise on their first input and keep its shape.
 UNARY_ELEMENTWISE = (
-    "Relu", "LeakyRelu", "PRelu_scalar", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softplus",
-    "Softsign", "Elu", "Selu", "Celu", "Gelu", "Mish", "Erf", "Identity", "Dropout", "Neg", "Abs",
-    "Exp", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "ThresholdedRelu",
-)  # fmt: skip
+    "Relu",
+    "LeakyRelu",
+    "PRelu_scalar",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Mish",
+    "Erf",
+    "Identity",
+    "Dropout",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "ThresholdedRelu",
+)
 
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 
@@ -84,7 +107,7 @@ def _out_edge(view: GraphView, node: int, edge: Edge, index: int = 0) -> Edge:
     return Edge(out, edge.axis, edge.rank, edge.cols)
 
 
-def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) -> ParamSlice | None | str:
+def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) -> ParamSlice | str | None:
     """Classify constant ``name`` broadcast against the channel tensor.
 
     Returns ``None`` for a channel-independent constant (all broadcast dims 1),
@@ -192,7 +215,7 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     if shape is None or s is None or edge.cols != 1:
         return Stop("Reshape other than a flatten of a known (N, C, ...) tensor")
     dims = [int(d) for d in shape.reshape(-1)]
-    if len(dims) != 2 or dims[0] not in (-1, 0) and dims[0] != (view.shapes.get(edge.tensor) or (None,))[0]:
+    if len(dims) != 2 or (dims[0] not in (-1, 0) and dims[0] != (view.shapes.get(edge.tensor) or (None,))[0]):
         return Stop(f"Reshape to {dims} is not a flatten to (N, C·H·W)")
     if dims[1] == -1:
         return Through((Edge(n.output[0], 1, 2, s),))

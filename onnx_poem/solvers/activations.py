@@ -15,9 +15,19 @@ from scipy.special import erf, expit
 Piece = tuple[float, float, float, float]
 
 KINDS = (
-    "identity", "relu", "leaky_relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish",
-    "softplus", "elu", "gelu", "silu",
-)  # fmt: skip
+    "identity",
+    "relu",
+    "leaky_relu",
+    "clip",
+    "sigmoid",
+    "tanh",
+    "hard_sigmoid",
+    "hard_swish",
+    "softplus",
+    "elu",
+    "gelu",
+    "silu",
+)
 
 
 def apply(kind: str, params: Sequence[float], y: np.ndarray) -> np.ndarray:

@@ -121,7 +121,9 @@ def relative_errors(d: LayerData, W: np.ndarray, cols: np.ndarray, s: Samples) -
     return e_pre, e_post
 
 
-def _u_step(r: np.ndarray, z: np.ndarray, lam: float, pieces: Sequence[tuple[float, float, float, float]]) -> np.ndarray:
+def _u_step(
+    r: np.ndarray, z: np.ndarray, lam: float, pieces: Sequence[tuple[float, float, float, float]]
+) -> np.ndarray:
     """Elementwise ``argmin_u (f(u) − z)² + λ(u − r)²`` over the linear pieces of ``f``."""
     best = np.empty_like(r)
     best_cost = np.full(r.shape, np.inf)

@@ -1,0 +1,269 @@
+"""Command line: ``onnx-poem MODEL.onnx --ratio R`` and ``onnx-poem inspect MODEL.onnx``.
+
+Flags, logging, progress bars and exit codes live here; no numerics.
+Exit codes: 0 success, 1 bad model/data/verification, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .api import prune
+from .calibration.sources import ImageOptions
+from .errors import OutputError, PoemError, UsageError
+from .graph import GraphView, load_model, save_model_atomic
+from .solvers import METHODS
+
+logger = logging.getLogger("onnx_poem")
+
+
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to ``prune``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("onnx_poem")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _fail(e: Exception, debug: bool) -> None:
+    if debug:
+        raise e
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2 if isinstance(e, UsageError) else 1)
+
+
+class _Progress:
+    """A click progress bar over groups, shown only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if not self.enabled or total == 0:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="pruning", file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.label = f"pruning {label[-40:]:40}" if label else "pruning"
+        self.bar.update(done - self.done)
+        self.done = done
+        if done >= total:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        vals = [int(p) for p in parts if p]
+    except ValueError as e:
+        raise click.BadParameter(f"expected HxW, got {text!r}") from e
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) < 1:
+        raise click.BadParameter(f"expected HxW, got {text!r}")
+    return vals[0], vals[1]
+
+
+@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnx-poem")
+def main() -> None:
+    """Structured pruning of ONNX models with output-error-minimising reconstruction (POEM).
+
+    \b
+    onnx-poem MODEL.onnx --ratio 0.5 --calib data.npz    prune (the default command)
+    onnx-poem inspect MODEL.onnx                          show what can be pruned
+    """
+
+
+@main.command("prune")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--ratio",
+    "-r",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    required=True,
+    help="Fraction of the units of every prunable layer to remove, 0 <= R < 1.",
+)
+@click.option(
+    "--calib",
+    "-c",
+    type=click.Path(path_type=Path),
+    help=".npz (keyed by input name), .npy (single input) or a folder of images.",
+)
+@click.option("--method", "-m", type=click.Choice(METHODS), default="poem", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["cascade", "parallel"]),
+    default="cascade",
+    show_default=True,
+    help="cascade: inputs from the already-pruned prefix; parallel: from the original model.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output model [default: MODEL.poem.onnx beside the input].",
+)
+@click.option(
+    "--samples",
+    "-n",
+    type=click.IntRange(1),
+    default=512,
+    show_default=True,
+    help="Calibration samples to use at most.",
+)
+@click.option(
+    "--positions",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Sampled output positions per image for the statistics.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option("--force", "-f", is_flag=True, help="Overwrite existing output and report files.")
+@click.option("--allow-unpruned", is_flag=True, help="Write the model even if nothing could be pruned.")
+@click.option("--input-size", help="Image folder: resize to HxW [default: the model's input size].")
+@click.option("--mean", help="Image folder: per-channel mean after scaling, e.g. 0.485,0.456,0.406.")
+@click.option("--std", help="Image folder: per-channel std after scaling, e.g. 0.229,0.224,0.225.")
+@click.option("--scale", type=float, default=1 / 255, show_default="1/255", help="Image folder: pixel scale.")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Image folder: tensor layout.")
+@click.option("--verbose", "-v", count=True, help="More log output (-vv for debug).")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prune_cmd(
+    model: Path,
+    ratio: float,
+    calib: Path | None,
+    method: str,
+    mode: str,
+    output: Path | None,
+    samples: int,
+    positions: int,
+    seed: int,
+    report: Path | None,
+    force: bool,
+    allow_unpruned: bool,
+    input_size: str | None,
+    mean: str | None,
+    std: str | None,
+    scale: float,
+    layout: str | None,
+    verbose: int,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Prune MODEL and write a smaller ONNX model."""
+    _setup_logging(verbose, quiet)
+    try:
+        out = output or model.with_name(model.name.removesuffix(".onnx") + ".poem.onnx")
+        _check_paths(model, out, report, force)
+        opts = ImageOptions(
+            size=_size(input_size), mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout
+        )
+        progress = _Progress(sys.stderr.isatty() and not quiet)
+        pruned, rep = prune(
+            model,
+            ratio=ratio,
+            calib=calib,
+            method=method,
+            mode=mode,
+            samples=samples,
+            positions=positions,
+            seed=seed,
+            image_options=opts,
+            progress=progress,
+        )
+        for u in rep.unprunable:
+            logger.info("not pruned: %s: %s", u["where"], u["reason"])
+        if not any(g["kept"] < g["channels"] for g in rep.groups) and ratio > 0 and not allow_unpruned:
+            raise PoemError(
+                "nothing in this model could be pruned (see `onnx-poem inspect`); "
+                "nothing written (use --allow-unpruned to write it anyway)"
+            )
+        save_model_atomic(pruned, out, force=force)
+        if report is not None:
+            _write_text(report, rep.to_json() + "\n", force)
+        if not quiet:
+            click.echo(rep.summary())
+            click.echo(f"written      {out}")
+    except PoemError as e:
+        _fail(e, debug)
+
+
+def _check_paths(model: Path, out: Path, report: Path | None, force: bool) -> None:
+    if out.resolve() == model.resolve():
+        raise UsageError(f"output path equals the input model: {out}")
+    if out.exists() and not force:
+        raise UsageError(f"output exists: {out} (use --force to overwrite)")
+    if report is not None:
+        if report.resolve() in (model.resolve(), out.resolve()):
+            raise UsageError(f"report path collides with a model path: {report}")
+        if report.exists() and not force:
+            raise UsageError(f"report exists: {report} (use --force to overwrite)")
+
+
+def _write_text(path: Path, text: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise OutputError(f"report exists: {path}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect_cmd(model: Path, debug: bool) -> None:
+    """Show the channel groups of MODEL and what is left unpruned, without pruning."""
+    _setup_logging(0, False)
+    from .coupling import find_groups
+
+    try:
+        view = GraphView.build(load_model(model))
+        coupling = find_groups(view)
+    except PoemError as e:
+        _fail(e, debug)
+        return
+    click.echo(f"{len(coupling.groups)} prunable groups")
+    for g in coupling.groups:
+        cons = ", ".join(f"{c.label} [{c.activation.kind}{'+residual' if c.offset else ''}]" for c in g.consumers)
+        click.echo(f"  {g.id}: {g.channels} channels -> {cons}")
+    click.echo(f"{len(coupling.unprunable)} parts left unpruned")
+    for u in coupling.unprunable:
+        click.echo(f"  {u.where}: {u.reason}")

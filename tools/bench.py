@@ -1,0 +1,182 @@
+"""Benchmark onnx-poem on the protocol of ../shared/docs/BENCHMARK.md.
+
+Usage (development tool; needs the ``bench`` extra for the onnxsim peer)::
+
+    python tools/bench.py --models cifar10_resnet20,mnist_cnn --methods poem,reap \
+        --ratios 0.3,0.5 --peer --out benchmarks/results
+
+Every (model, method, ratio) runs in a fresh subprocess so that its peak RSS
+is its own.  One CSV row per run with every field BENCHMARK.md lists; the
+Markdown table and the command that produced it go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import session, tasks  # noqa: E402
+
+FIELDS = [
+    "model", "method", "ratio", "macs_ratio", "params_ratio", "metric", "drop", "lat_b1", "lat_b32",
+    "prune_s", "fwd_ratio", "peak_rss_mb", "calib_samples", "seed",
+]  # fmt: skip
+PEERS = ("onnxsim-l2", "onnxsim-wanda")
+
+
+def _latency(orig: bytes, pruned: bytes, feed1: dict, feed32: dict, runs: int) -> tuple[float, float]:
+    """Median latency ratio pruned/original at batch 1 and 32, runs interleaved in one process."""
+    so, sp = session(orig, 2), session(pruned, 2)
+    ratios = []
+    for feed in (feed1, feed32):
+        for s in (so, sp):
+            s.run(None, feed)  # warm-up
+        to, tp = [], []
+        for _ in range(runs):
+            t = time.perf_counter()
+            so.run(None, feed)
+            to.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            sp.run(None, feed)
+            tp.append(time.perf_counter() - t)
+        ratios.append(statistics.median(tp) / statistics.median(to))
+    return ratios[0], ratios[1]
+
+
+def _tile(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(np.resize(v, (n, *v.shape[1:]))) for k, v in feed.items()}
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """Prune (or not) one model in this process and measure one row."""
+    import onnx
+
+    from onnx_poem import prune
+    from onnx_poem.report import count_macs, count_params
+
+    shared = Path(args.shared)
+    task = tasks(shared)[args.model]()
+    model_path = shared / "models" / task.model_file
+    calib = task.calib(args.samples)
+    original = onnx.load(str(model_path))
+    shapes = {k: (1, *v.shape[1:]) for k, v in calib.items()}
+    so = session(original.SerializeToString(), 2)
+    t = time.perf_counter()
+    for s in range(0, args.samples, 32):
+        so.run(None, {k: v[s : s + 32] for k, v in calib.items()})
+    fwd = time.perf_counter() - t
+    t = time.perf_counter()
+    if args.method == "original":
+        pruned = original
+    elif args.method in PEERS:
+        from onnxsim import pruning
+
+        if args.method == "onnxsim-l2":
+            pruned = pruning.apply_structured_pruning(original, sparsity=args.ratio)
+        else:
+            batches = [{k: v[s : s + 32] for k, v in calib.items()} for s in range(0, args.samples, 32)]
+            pruned = pruning.apply_structured_wanda_pruning(original, calibration_data=batches, sparsity=args.ratio)
+    else:
+        pruned, _ = prune(original, ratio=args.ratio, calib=calib, method=args.method, seed=args.seed,
+                          mode=args.mode)  # fmt: skip
+    prune_s = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out = Path(args.work) / f"{args.model}.{args.method}.{args.ratio}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(pruned, str(out))
+    metric = task.evaluate(session(str(out), 2))
+    lat1 = lat32 = float("nan")
+    if args.latency and args.method != "original":
+        lat1, lat32 = _latency(original.SerializeToString(), pruned.SerializeToString(), _tile(calib, 1),
+                               _tile(calib, 32), args.latency)  # fmt: skip
+    return {
+        "model": args.model, "method": args.method, "ratio": args.ratio,
+        "macs_ratio": count_macs(pruned, shapes) / count_macs(original, shapes),
+        "params_ratio": count_params(pruned) / count_params(original),
+        "metric": metric, "lat_b1": lat1, "lat_b32": lat32, "prune_s": prune_s,
+        "fwd_ratio": prune_s / fwd, "peak_rss_mb": rss, "calib_samples": args.samples, "seed": args.seed,
+    }  # fmt: skip
+
+
+def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--one", "--models", model, "--methods", method, "--ratios", str(ratio),
+           "--shared", a.shared, "--work", a.work, "--samples", str(a.samples), "--seed", str(a.seed),
+           "--mode", a.mode, "--latency", str(a.latency)]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  FAILED {model} {method} {ratio}: {tail}", file=sys.stderr)
+        return {"model": model, "method": method, "ratio": ratio, "metric": float("nan"), "error": tail}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}"
+    return str(v)
+
+
+def write_results(rows: list[dict], out: Path, command: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = {(r["model"]): r["metric"] for r in rows if r["method"] == "original"}
+    for r in rows:
+        r["drop"] = base.get(r["model"], float("nan")) - r.get("metric", float("nan"))
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*FIELDS, "error"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    lines = [f"Generated by:\n\n```\n{command}\n```\n", "| " + " | ".join(FIELDS) + " |",
+             "|" + "---|" * len(FIELDS)]  # fmt: skip
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k, "")) for k in FIELDS) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="cifar10_resnet20,cifar10_kerascnn,mnist_cnn")
+    p.add_argument("--methods", default="poem,reap")
+    p.add_argument("--ratios", default="0.3,0.5")
+    p.add_argument("--peer", action="store_true", help="also run onnxsim's structured L2 and Wanda pruning")
+    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
+    p.add_argument("--work", default="/tmp/onnx-poem-bench")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="cascade")
+    p.add_argument("--latency", type=int, default=0, help="interleaved latency runs per side (0: skip)")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        a.model, a.method, a.ratio = a.models, a.methods, float(a.ratios)
+        print(json.dumps(run_one(a)))
+        return
+    command = "python tools/bench.py " + " ".join(sys.argv[1:])
+    rows = []
+    methods = a.methods.split(",") + (list(PEERS) if a.peer else [])
+    for model in a.models.split(","):
+        rows.append(_spawn(model, "original", 0.0, a))
+        print(f"{model} original {rows[-1].get('metric')}", file=sys.stderr, flush=True)
+        for ratio in (float(r) for r in a.ratios.split(",")):
+            for method in methods:
+                rows.append(_spawn(model, method, ratio, a))
+                r = rows[-1]
+                print(f"{model} {method} {ratio}: metric {r.get('metric')} macs {r.get('macs_ratio')} "
+                      f"time {r.get('prune_s')}", file=sys.stderr, flush=True)  # fmt: skip
+                write_results(rows, Path(a.out), command)
+    write_results(rows, Path(a.out), command)
+
+
+if __name__ == "__main__":
+    main()

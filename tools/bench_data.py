@@ -102,8 +102,9 @@ def _imagenet(shared: Path) -> Task:
         x, y = load(1)
         return top1(sess, x, y)
 
-    return Task("imagenet_efficientnet_lite0", "imagenet_efficientnet_lite0.onnx", lambda n: {"input": load(0, n)[0]},
-                evaluate)  # fmt: skip
+    return Task(
+        "imagenet_efficientnet_lite0", "imagenet_efficientnet_lite0.onnx", lambda n: {"input": load(0, n)[0]}, evaluate
+    )
 
 
 def _minilm(shared: Path) -> Task:

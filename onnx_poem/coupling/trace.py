@@ -18,6 +18,9 @@ from .rules import RULES, Consume, Edge, Stop, Through
 
 logger = logging.getLogger(__name__)
 
+#: binary elementwise ops through which channels pass when both operands carry them
+JOINABLE = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+
 
 def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | Unprunable | None:
     """Channels, sliced constants and output edge of producer node ``i`` (``None``: not a layer)."""
@@ -62,28 +65,54 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
 
 
 def _trace(view: GraphView, producer: int, channels: int, start: Edge) -> ChannelGroup | Unprunable:
+    """Follow the channels of ``start`` to their consumers (breadth first).
+
+    A binary elementwise node (``Add``/``Mul``/...) whose *both* operands carry
+    this group's channels (``x·Φ(x)`` GELU, ``x·σ(x)`` SiLU, decomposed
+    HardSwish) passes them through once both operands have been reached; one
+    that mixes in another computed tensor stops the group.
+    """
     params: list[ParamSlice] = []
     consumers: dict[int, Consumer] = {}
     reshapes: list[ReshapeFix] = []
     grouped: list[int] = []
     tensors: list[str] = []
     queue = [start]
-    seen: set[str] = set()
+    seen: dict[str, Edge] = {}
+    pending: dict[int, tuple[Edge, str]] = {}  # binary node → (edge reached, reason if never joined)
     label = view.node_label(producer)
-    while queue:
+    while queue or pending:
+        if not queue:
+            node, (edge, reason) = next(iter(pending.items()))
+            return Unprunable(label, f"stopped at {view.node_label(node)} ({view.nodes[node].op_type}): {reason}")
         edge = queue.pop(0)
         if edge.tensor in seen:
             continue
-        seen.add(edge.tensor)
+        seen[edge.tensor] = edge
         tensors.append(edge.tensor)
         if edge.tensor in view.outputs:
             return Unprunable(label, f"channels reach graph output {edge.tensor!r}")
         for use in view.users(edge.tensor):
-            op = view.nodes[use.node].op_type
-            rule = RULES.get(op)
-            step = rule(view, use.node, use.slot, edge, channels) if rule else Stop(f"op {op} is not supported")
+            n = view.nodes[use.node]
+            if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(t) for t in n.input):
+                other = n.input[1 - use.slot]
+                if (
+                    (other in seen
+                    and seen[other] == Edge(other, edge.axis, edge.rank, edge.cols))
+                    or other == edge.tensor
+                ):
+                    pending.pop(use.node, None)
+                    queue.append(Edge(n.output[0], edge.axis, edge.rank, edge.cols))
+                elif use.node not in pending:
+                    pending[use.node] = (
+                        edge,
+                        f"{n.op_type} with another computed tensor (residual or gate; not pruned yet)",
+                    )
+                continue
+            rule = RULES.get(n.op_type)
+            step = rule(view, use.node, use.slot, edge, channels) if rule else Stop(f"op {n.op_type} is not supported")
             if isinstance(step, Stop):
-                return Unprunable(label, f"stopped at {view.node_label(use.node)} ({op}): {step.reason}")
+                return Unprunable(label, f"stopped at {view.node_label(use.node)} ({n.op_type}): {step.reason}")
             if isinstance(step, Consume):
                 consumers[use.node] = step.consumer
                 continue

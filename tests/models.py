@@ -1,0 +1,198 @@
+"""Tiny ONNX graphs built in code for the tests (no binaries).
+
+Every builder returns a ``ModelProto`` that passes ``onnx.checker`` (full
+check); weights come from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+class _B:
+    """Small graph builder: ``t = b.conv(x, cout)`` etc. appends nodes and initializers."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.n = 0
+
+    def name(self, p: str) -> str:
+        self.n += 1
+        return f"{p}{self.n}"
+
+    def const(self, arr: np.ndarray, p: str = "w") -> str:
+        nm = self.name(p)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), nm))
+        return nm
+
+    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+        out = self.name(op.lower() + "_")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        *,
+        stride: int = 1,
+        pad: int = 1,
+        group: int = 1,
+        bias: bool = True,
+        dilation: int = 1,
+    ) -> str:
+        w = (self.rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin // group * k * k)).astype(np.float32)
+        ins = [x, self.const(w)]
+        if bias:
+            ins.append(self.const((0.1 * self.rng.standard_normal(cout)).astype(np.float32), "b"))
+        return self.node(
+            "Conv",
+            ins,
+            kernel_shape=[k, k],
+            pads=[pad] * 4,
+            strides=[stride] * 2,
+            group=group,
+            dilations=[dilation] * 2,
+        )
+
+    def bn(self, x: str, c: int) -> str:
+        r = self.rng
+        params = [
+            (1 + 0.2 * r.standard_normal(c)).astype(np.float32),
+            (0.1 * r.standard_normal(c)).astype(np.float32),
+            (0.1 * r.standard_normal(c)).astype(np.float32),
+            (0.5 + r.random(c)).astype(np.float32),
+        ]
+        return self.node("BatchNormalization", [x, *(self.const(p, "bn") for p in params)], epsilon=1e-5)
+
+    def gemm(self, x: str, cin: int, cout: int) -> str:
+        w = (self.rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
+        b = (0.1 * self.rng.standard_normal(cout)).astype(np.float32)
+        return self.node("Gemm", [x, self.const(w), self.const(b, "b")], transB=1)
+
+    def model(self, inputs: list[tuple[str, list[object]]], outputs: list[str]) -> onnx.ModelProto:
+        g = helper.make_graph(
+            self.nodes,
+            "test",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+            self.inits,
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+        m.ir_version = 8
+        m = onnx.shape_inference.infer_shapes(m)
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+
+def conv_chain(seed: int = 0, *, bn: str = "none") -> onnx.ModelProto:
+    """conv(3→8) → [BN] → relu → [BN] → conv(8→12) → relu → conv(12→4) (output).
+
+    ``bn``: ``none``, ``before`` (conv → BN → relu) or ``after`` (Keras order, relu → BN).
+    """
+    b = _B(seed)
+    t = b.conv("x", 3, 8)
+    if bn == "before":
+        t = b.bn(t, 8)
+    t = b.node("Relu", [t])
+    if bn == "after":
+        t = b.bn(t, 8)
+    t = b.node("Relu", [b.conv(t, 8, 12, stride=2)])
+    y = b.conv(t, 12, 4, k=1, pad=0)
+    return b.model([("x", ["N", 3, 10, 10])], [y])
+
+
+def flatten_gemm(seed: int = 0, *, reshape: bool = False) -> onnx.ModelProto:
+    """conv(1→6) → relu → maxpool → flatten/reshape → gemm(6·16→10) → relu → gemm(10→3)."""
+    b = _B(seed)
+    t = b.node("MaxPool", [b.node("Relu", [b.conv("x", 1, 6)])], kernel_shape=[2, 2], strides=[2, 2])
+    if reshape:
+        t = b.node("Reshape", [t, b.const(np.array([-1, 96], dtype=np.int64), "shape")])
+    else:
+        t = b.node("Flatten", [t], axis=1)
+    t = b.node("Relu", [b.gemm(t, 96, 10)])
+    return b.model([("x", ["N", 1, 8, 8])], [b.gemm(t, 10, 3)])
+
+
+def residual(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→8) → relu → [conv(8→6) → relu → conv(6→8)] + skip → relu → GAP → flatten → gemm(8→5)."""
+    b = _B(seed)
+    x0 = b.node("Relu", [b.conv("x", 3, 8)])
+    t = b.node("Relu", [b.conv(x0, 8, 6)])
+    t = b.node("Relu", [b.node("Add", [b.conv(t, 6, 8), x0])])
+    t = b.node("Flatten", [b.node("GlobalAveragePool", [t])], axis=1)
+    return b.model([("x", ["N", 3, 8, 8])], [b.gemm(t, 8, 5)])
+
+
+def depthwise(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→8) → clip(0,6) → dwconv(8) → clip(0,6) → conv(8→5, 1x1)."""
+    b = _B(seed)
+    lo, hi = b.const(np.array(0, np.float32), "lo"), b.const(np.array(6, np.float32), "hi")
+    t = b.node("Clip", [b.conv("x", 3, 8), lo, hi])
+    lo2, hi2 = b.const(np.array(0, np.float32), "lo"), b.const(np.array(6, np.float32), "hi")
+    t = b.node("Clip", [b.conv(t, 8, 8, group=8), lo2, hi2])
+    return b.model([("x", ["N", 3, 8, 8])], [b.conv(t, 8, 5, k=1, pad=0)])
+
+
+def ffn(seed: int = 0) -> onnx.ModelProto:
+    """Transformer FFN on (N, T, 6): MatMul(6→16) + b → GELU (Erf form) → MatMul(16→6) + b."""
+    b = _B(seed)
+    w1 = b.const((b.rng.standard_normal((6, 16)) / np.sqrt(6)).astype(np.float32))
+    w2 = b.const((b.rng.standard_normal((16, 6)) / 4).astype(np.float32))
+    h = b.node("Add", [b.node("MatMul", ["x", w1]), b.const((0.1 * b.rng.standard_normal(16)).astype(np.float32))])
+    e = b.node("Erf", [b.node("Div", [h, b.const(np.array(np.sqrt(2), np.float32), "c")])])
+    g = b.node(
+        "Mul",
+        [
+            b.node("Mul", [h, b.node("Add", [e, b.const(np.array(1, np.float32), "c")])]),
+            b.const(np.array(0.5, np.float32), "c"),
+        ],
+    )
+    y = b.node("Add", [b.node("MatMul", [g, w2]), b.const(np.zeros(6, np.float32))])
+    return b.model([("x", ["N", 4, 6])], [y])
+
+
+def relu_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul(6→16) + b → Relu → MatMul(16→5) (no bias) on (N, 6)."""
+    b = _B(seed)
+    w1 = b.const((b.rng.standard_normal((6, 16)) / np.sqrt(6)).astype(np.float32))
+    w2 = b.const((b.rng.standard_normal((16, 5)) / 4).astype(np.float32))
+    h = b.node("Relu", [b.node("Add", [b.node("MatMul", ["x", w1]), b.const(np.full(16, 0.1, np.float32))])])
+    return b.model([("x", ["N", 6])], [b.node("MatMul", [h, w2])])
+
+
+def concat(seed: int = 0) -> onnx.ModelProto:
+    """Two convs concatenated on channels, then conv: not supported by the chain coupling."""
+    b = _B(seed)
+    a = b.node("Relu", [b.conv("x", 3, 4)])
+    c = b.node("Relu", [b.conv("x", 3, 4)])
+    t = b.node("Concat", [a, c], axis=1)
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 8, 3)])
+
+
+def inputs_for(model: onnx.ModelProto, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` standard-normal samples for the single input of ``model`` (symbolic dims except batch fixed)."""
+    vi = model.graph.input[0]
+    dims = [d.dim_value for d in vi.type.tensor_type.shape.dim][1:]
+    return np.random.default_rng(seed).standard_normal((n, *dims)).astype(np.float32)
+
+
+BUILDERS = {
+    "conv_chain": conv_chain,
+    "conv_bn_before": lambda seed=0: conv_chain(seed, bn="before"),
+    "conv_bn_after": lambda seed=0: conv_chain(seed, bn="after"),
+    "flatten_gemm": flatten_gemm,
+    "reshape_gemm": lambda seed=0: flatten_gemm(seed, reshape=True),
+    "residual": residual,
+    "depthwise": depthwise,
+    "ffn": ffn,
+    "relu_mlp": relu_mlp,
+}

@@ -1,0 +1,104 @@
+"""prune() on the test graphs: every method, validity, determinism, the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models import BUILDERS, inputs_for
+from onnx_poem import CalibrationError, ModelError, UsageError, prune
+from onnx_poem.solvers import METHODS
+
+
+def _out(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {model.graph.input[0].name: x})[0]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_a_valid_smaller_model(name: str, method: str) -> None:
+    model = BUILDERS[name]()
+    x = inputs_for(model, 48)
+    pruned, rep = prune(model, ratio=0.5, calib=x, method=method, positions=8)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert rep.macs_after < rep.macs_before
+    assert _out(pruned, x[:4]).shape == _out(model, x[:4]).shape
+    assert all(g["kept"] == max(1, round(0.5 * g["channels"])) for g in rep.groups)
+
+
+def test_input_model_is_not_modified() -> None:
+    model = BUILDERS["conv_chain"]()
+    before = model.SerializeToString()
+    prune(model, ratio=0.5, calib=inputs_for(model, 32))
+    assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("mode", ["cascade", "parallel"])
+def test_same_inputs_and_seed_give_identical_bytes(mode: str) -> None:
+    model = BUILDERS["conv_bn_after"]()
+    x = inputs_for(model, 40)
+    a, _ = prune(model, ratio=0.5, calib=x, seed=3, mode=mode)
+    b, _ = prune(model, ratio=0.5, calib=x, seed=3, mode=mode)
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def test_reconstruction_beats_no_reconstruction() -> None:
+    model = BUILDERS["conv_chain"]()
+    x = inputs_for(model, 64)
+    _, rep = prune(model, ratio=0.5, calib=x, method="reap", positions=16)
+    for layer in rep.layers:
+        assert layer.errors["pre_ls"] <= layer.errors["pre_none"] + 1e-9
+
+
+def test_report_is_json_and_complete() -> None:
+    import json
+
+    model = BUILDERS["residual"]()
+    _, rep = prune(model, ratio=0.3, calib=inputs_for(model, 32))
+    d = json.loads(rep.to_json())
+    assert d["unprunable"] and d["layers"] and 0 < d["macs_ratio"] < 1
+    for key in ("pre_none", "pre_ls", "pre_chosen", "post_none", "post_ls", "post_chosen"):
+        assert key in d["layers"][0]["errors"]
+    assert "logits" in rep.summary() or "MACs" in rep.summary()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"ratio": 1.0}, UsageError),
+        ({"ratio": -0.1}, UsageError),
+        ({"ratio": 0.5, "method": "magic"}, UsageError),
+        ({"ratio": 0.5, "samples": 0}, UsageError),
+        ({"ratio": 0.5, "calib": {"wrong": np.zeros((4, 3, 10, 10), np.float32)}, "method": "reap"}, None),
+        ({"ratio": 0.5, "calib": np.zeros((4, 3, 9, 10), np.float32)}, CalibrationError),
+        ({"ratio": 0.5, "calib": np.zeros((4, 3, 10, 10), np.float64)}, CalibrationError),
+        ({"ratio": 0.5, "calib": np.full((4, 3, 10, 10), np.nan, np.float32)}, CalibrationError),
+        ({"ratio": 0.5, "calib": np.zeros((4, 10, 10), np.float32)}, CalibrationError),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type[Exception] | None) -> None:
+    model = BUILDERS["conv_chain"]()
+    if error is None:  # a single-input model accepts one array of any name
+        prune(model, **kwargs)
+        return
+    with pytest.raises(error):
+        prune(model, **kwargs)
+
+
+def test_bad_model_path(tmp_path) -> None:
+    with pytest.raises(ModelError):
+        prune(tmp_path / "missing.onnx", ratio=0.5)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(ModelError):
+        prune(bad, ratio=0.5)
+
+
+def test_synthetic_calibration_warns(caplog) -> None:
+    model = BUILDERS["conv_chain"]()
+    _, rep = prune(model, ratio=0.5, samples=16)
+    assert rep.synthetic_calibration
+    assert "synthetic" in caplog.text

@@ -1,0 +1,106 @@
+"""Rewrite exactness: dead channels, keep-all plans, ratio 0, validity after every rewrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from models import BUILDERS, inputs_for
+from onnx_poem import prune
+from onnx_poem.coupling import find_groups
+from onnx_poem.graph import GraphView
+from onnx_poem.plan import ConsumerUpdate, GroupDecision, PrunePlan
+from onnx_poem.report import count_params
+from onnx_poem.rewrite import apply_plan
+from onnx_poem.weights import effective, stored_arrays
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {model.graph.input[0].name: x})
+
+
+def _kill_channels(model: onnx.ModelProto, dead: dict[str, list[int]]) -> onnx.ModelProto:
+    """Zero the consumer input columns of channels ``dead[group_id]`` (so they carry no signal)."""
+    view = GraphView.build(model)
+    groups = {g.id: g for g in find_groups(view).groups}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name: i for i, t in enumerate(m.graph.initializer)}
+    for gid, chans in dead.items():
+        g = groups[gid]
+        for c in g.consumers:
+            w = view.const(c.weight).copy()
+            k = w.shape[1] // g.channels if c.kind == "conv" or c.trans_b else w.shape[0] // g.channels
+            for ch in chans:
+                if c.kind == "conv":
+                    w[:, ch] = 0
+                elif c.kind == "gemm" and c.trans_b:
+                    w[:, ch * k : (ch + 1) * k] = 0
+                else:
+                    w[ch * k : (ch + 1) * k] = 0
+            m.graph.initializer[inits[c.weight]].CopyFrom(numpy_helper.from_array(w, c.weight))
+    return m
+
+
+def _identity_plan(view: GraphView, dead: dict[str, list[int]]) -> tuple[dict, PrunePlan]:
+    groups = {g.id: g for g in find_groups(view).groups}
+    decisions = []
+    for gid, chans in dead.items():
+        g = groups[gid]
+        keep = np.array([c for c in range(g.channels) if c not in chans])
+        updates = []
+        for c in g.consumers:
+            W0, _ = effective(view, c)
+            cols = np.concatenate(
+                [
+                    (
+                        keep[:, None] * ((W0.shape[1] - 1) // g.channels) + np.arange((W0.shape[1] - 1) // g.channels)
+                    ).reshape(-1),
+                    [W0.shape[1] - 1],
+                ]
+            )
+            w, b = stored_arrays(view, c, W0[:, cols], keep, g.channels)
+            updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
+        decisions.append(GroupDecision(gid, g.channels, tuple(int(i) for i in keep), tuple(updates)))
+    return groups, PrunePlan(tuple(decisions))
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_pruning_dead_channels_is_exact(name: str) -> None:
+    base = BUILDERS[name]()
+    view0 = GraphView.build(base)
+    dead = {g.id: [0, g.channels - 1] for g in find_groups(view0).groups}
+    model = _kill_channels(base, dead)
+    view = GraphView.build(model)
+    groups, plan = _identity_plan(view, dead)
+    pruned = apply_plan(view, groups, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    x = inputs_for(model, 4)
+    for a, b in zip(run(model, x), run(pruned, x), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert count_params(pruned) < count_params(model)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_keep_all_plan_is_a_no_op(name: str) -> None:
+    model = BUILDERS[name]()
+    view = GraphView.build(model)
+    groups, plan = _identity_plan(view, {g.id: [] for g in find_groups(view).groups})
+    pruned = apply_plan(view, groups, plan)
+    x = inputs_for(model, 3)
+    for a, b in zip(run(model, x), run(pruned, x), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_ratio_zero_reproduces_the_original(name: str) -> None:
+    model = BUILDERS[name]()
+    x = inputs_for(model, 16)
+    pruned, report = prune(model, ratio=0.0, calib=x)
+    assert report.macs_after == report.macs_before
+    for a, b in zip(run(model, x), run(pruned, x), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,153 @@
+"""Solver properties on synthetic data (no ONNX)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from onnx_poem.solvers import LayerData, Samples, kept_columns, reconstruct, select_channels
+from onnx_poem.solvers.activations import KINDS, apply, derivative, piecewise
+from onnx_poem.solvers.greedy import QuadProblem, greedy_eliminate
+from onnx_poem.solvers.reconstruct import _u_step, post_errors
+
+
+def _layer(
+    C: int = 8,
+    k: int = 2,
+    m: int = 5,
+    N: int = 4000,
+    *,
+    act: str = "relu",
+    seed: int = 0,
+    planted: np.ndarray | None = None,
+) -> LayerData:
+    rng = np.random.default_rng(seed)
+    n = C * k
+    X = rng.standard_normal((N, n))
+    W = rng.standard_normal((m, n))
+    if planted is not None:  # only these channels matter
+        mask = np.zeros(C, bool)
+        mask[planted] = True
+        W[:, ~np.repeat(mask, k)] *= 1e-3
+    b = rng.standard_normal(m) * 0.1
+    Y = X @ W.T + b
+    Xb = np.hstack([X, np.ones((N, 1))])
+    Z = apply(act, (0.0, 6.0) if act == "clip" else (0.1,) if act == "leaky_relu" else (), Y)
+    half = N // 2
+    params = (0.0, 6.0) if act == "clip" else (0.1,) if act == "leaky_relu" else ()
+    d = np.mean(derivative(act, params, Y) ** 2, axis=1)
+    fit = Samples(X[:half], Y[:half], np.zeros((half, m)), Z[:half])
+    held = Samples(X[half:], Y[half:], np.zeros((N - half, m)), Z[half:])
+    return LayerData(
+        G=Xb.T @ Xb,
+        P=Y.T @ Xb,
+        Gw=(Xb * d[:, None]).T @ Xb,
+        Pw=(Y * d[:, None]).T @ Xb,
+        W0=np.hstack([W, b[:, None]]),
+        k=k,
+        count=N,
+        activation=act,
+        act_params=params,
+        fit=fit,
+        held=held,
+    )
+
+
+def test_keep_all_reproduces_weights() -> None:
+    d = _layer()
+    keep = np.arange(8)
+    for method in ("ls", "poem", "none"):
+        W = reconstruct(d, keep, method=method, lam=1e-9).W
+        np.testing.assert_allclose(W, d.W0, rtol=1e-5, atol=1e-6)
+    assert select_channels("reap", [d], 8, 8, filters=np.ones((8, 1)), seed=0).tolist() == list(range(8))
+
+
+def _ls_error(d: LayerData, keep: np.ndarray) -> float:
+    """Squared pre-activation error of the least-squares weights on all samples."""
+    cols = kept_columns(keep, d.k, d.G.shape[0])
+    W = reconstruct(d, keep, method="ls", lam=1e-9).W
+    R = d.P[:, cols] - W @ d.G[np.ix_(cols, cols)]
+    assert np.abs(R).max() < 1e-6 * np.abs(d.P).max()  # W is the LS optimum on its support
+    X = np.vstack([d.fit.X, d.held.X])
+    Xs = np.hstack([X[:, cols[:-1]], np.ones((d.count, 1))])
+    return float(np.sum((Xs @ W.T - np.vstack([d.fit.Y, d.held.Y])) ** 2))
+
+
+def test_error_never_decreases_as_fewer_channels_are_kept() -> None:
+    d = _layer(C=10, k=1, seed=3)
+    errs = []
+    for keep in range(10, 0, -1):
+        kept = select_channels("reap", [d], 10, keep, filters=np.ones((10, 1)), seed=0, lam=1e-9)
+        errs.append(_ls_error(d, kept))
+    assert all(b >= a - 1e-6 * max(1.0, a) for a, b in itertools.pairwise(errs))
+
+
+@pytest.mark.parametrize("method", ["reap", "poem"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_planted_support_is_recovered(method: str, k: int) -> None:
+    planted = np.array([1, 4, 6])
+    d = _layer(C=9, k=k, planted=planted, seed=5)
+    kept = select_channels(method, [d], 9, 3, filters=np.ones((9, 1)), seed=0)
+    assert kept.tolist() == planted.tolist()
+
+
+def test_greedy_matches_exhaustive_best_first_step() -> None:
+    d = _layer(C=6, k=2, act="identity", seed=7)
+    kept = greedy_eliminate([QuadProblem(d.G, d.P, d.W0, 2)], 6, 5, lam=1e-9)
+    errs = [_ls_error(d, np.array([c for c in range(6) if c != drop])) for drop in range(6)]
+    assert sorted(set(range(6)) - set(kept.tolist())) == [int(np.argmin(errs))]
+
+
+def test_inputs_are_not_mutated() -> None:
+    d = _layer()
+    copies = {k: v.copy() for k, v in (("G", d.G), ("P", d.P), ("W0", d.W0), ("X", d.fit.X))}
+    for G in (d.G, d.P, d.W0, d.fit.X):
+        G.setflags(write=False)
+    kept = select_channels("poem", [d], 8, 4, filters=np.ones((8, 1)), seed=0)
+    reconstruct(d, kept, method="poem")
+    for k, v in copies.items():
+        np.testing.assert_array_equal(v, {"G": d.G, "P": d.P, "W0": d.W0, "X": d.fit.X}[k])
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "clip"])
+def test_poem_is_never_worse_than_ls_on_held_out(act: str) -> None:
+    d = _layer(C=8, k=2, act=act, seed=11, N=3000)
+    kept = select_channels("poem", [d], 8, 4, filters=np.ones((8, 1)), seed=0)
+    cols = kept_columns(kept, 2, d.G.shape[0])
+    W_ls = reconstruct(d, kept, method="ls").W
+    rec = reconstruct(d, kept, method="poem")
+    e_ls = post_errors(d, W_ls, cols, d.held)
+    e_p = post_errors(d, rec.W, cols, d.held)
+    assert np.all(e_p <= e_ls + 1e-9)  # chosen per output on these rows
+    assert e_p.sum() < e_ls.sum()  # and strictly better overall on a ReLU-like layer
+
+
+def test_u_step_is_the_exact_minimiser() -> None:
+    rng = np.random.default_rng(0)
+    r, z = rng.standard_normal(200) * 3, np.abs(rng.standard_normal(200))
+    for kind, params in (("relu", ()), ("leaky_relu", (0.2,)), ("clip", (0.0, 1.5)), ("hard_sigmoid", (0.2, 0.5))):
+        u = _u_step(r, z, 2.0, piecewise(kind, params))
+        grid = np.linspace(-15, 15, 30001)[:, None]
+        cost = (apply(kind, params, grid) - z) ** 2 + 2.0 * (grid - r) ** 2
+        best = cost.min(axis=0)
+        got = (apply(kind, params, u) - z) ** 2 + 2.0 * (u - r) ** 2
+        assert np.all(got <= best + 1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_derivatives_match_finite_differences(kind: str) -> None:
+    params = {"leaky_relu": (0.1,), "clip": (0.0, 6.0), "hard_sigmoid": (0.2, 0.5), "elu": (1.0,)}.get(kind, ())
+    y = np.linspace(-7.3, 7.1, 997) + 1.234e-3  # avoids the kinks
+    h = 1e-6
+    fd = (apply(kind, params, y + h) - apply(kind, params, y - h)) / (2 * h)
+    np.testing.assert_allclose(derivative(kind, params, y), fd, atol=1e-4)
+
+
+def test_selection_baselines() -> None:
+    f = np.array([[3.0, 0], [0.1, 0], [-5, 1], [0.5, 0.5]])
+    assert select_channels("l1", [], 4, 2, filters=f, seed=0).tolist() == [0, 2]
+    assert select_channels("l2", [], 4, 2, filters=f, seed=0).tolist() == [0, 2]
+    a = select_channels("random", [], 4, 2, filters=f, seed=3)
+    assert a.tolist() == select_channels("random", [], 4, 2, filters=f, seed=3).tolist() and len(a) == 2

@@ -1,0 +1,62 @@
+"""Streaming statistics equal their batch definitions; reservoirs are bounded and seeded."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnx_poem.calibration.stats import LayerStats, Reservoir
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    d=st.integers(1, 6),
+    m=st.integers(1, 4),
+    cuts=st.lists(st.integers(0, 60), max_size=5),
+    seed=st.integers(0, 100),
+)
+def test_streaming_gram_equals_batch_gram(n: int, d: int, m: int, cuts: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    y = rng.standard_normal((n, m))
+    w = rng.random(n)
+    st_ = LayerStats.empty(d + 1, m, capacity=8, held_capacity=4, seed=0)
+    bounds = sorted({0, n, *[c for c in cuts if c <= n]})
+    for a, b in itertools.pairwise(bounds):
+        st_.add_fit(x[a:b], y[a:b], w[a:b], {"z": y[a:b]})
+    xb = np.hstack([x, np.ones((n, 1))])
+    np.testing.assert_allclose(st_.G, xb.T @ xb, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(st_.P, y.T @ xb, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(st_.Gw, (xb * w[:, None]).T @ xb, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(st_.Pw, (y * w[:, None]).T @ xb, rtol=1e-10, atol=1e-10)
+    assert st_.count == n
+    assert len(st_.fit) == min(n, 8)
+
+
+def test_reservoir_is_bounded_uniform_and_seeded() -> None:
+    def fill(seed: int) -> np.ndarray:
+        r = Reservoir(50, np.random.default_rng(seed))
+        for s in range(0, 5000, 37):
+            idx = np.arange(s, min(s + 37, 5000), dtype=np.float64)
+            r.add(i=idx[:, None])
+        assert len(r) == 50 and r.seen == 5000
+        return r.get("i")[:, 0]
+
+    a, b = fill(3), fill(3)
+    np.testing.assert_array_equal(a, b)
+    assert len(set(a.tolist())) == 50
+    # uniform over the stream: the mean index is near the middle (std of the mean ≈ 204)
+    means = [fill(s).mean() for s in range(20)]
+    assert abs(np.mean(means) - 2500) < 300
+
+
+def test_memory_does_not_grow_with_samples() -> None:
+    st_ = LayerStats.empty(5, 2, capacity=16, held_capacity=8, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        st_.add_fit(rng.standard_normal((100, 4)), rng.standard_normal((100, 2)), None, {})
+    assert st_.fit.get("x").shape == (16, 4) and st_.G.shape == (5, 5)

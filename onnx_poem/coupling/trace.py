@@ -97,10 +97,8 @@ def _trace(view: GraphView, producer: int, channels: int, start: Edge) -> Channe
             if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(t) for t in n.input):
                 other = n.input[1 - use.slot]
                 if (
-                    (other in seen
-                    and seen[other] == Edge(other, edge.axis, edge.rank, edge.cols))
-                    or other == edge.tensor
-                ):
+                    other in seen and seen[other] == Edge(other, edge.axis, edge.rank, edge.cols)
+                ) or other == edge.tensor:
                     pending.pop(use.node, None)
                     queue.append(Edge(n.output[0], edge.axis, edge.rank, edge.cols))
                 elif use.node not in pending:

@@ -1,0 +1,62 @@
+"""Real pretrained models of ../shared (BENCHMARK.md); skipped when ../shared is absent."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import CIFAR_MEAN, CIFAR_STD, shared_file
+
+from onnx_poem import prune
+
+pytestmark = pytest.mark.slow
+
+
+def _top1(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([s.run(None, {"input": x[i : i + 500]})[0] for i in range(0, len(x), 500)])
+    return float(100 * np.mean(np.argmax(logits, 1) == y))
+
+
+def _check(pruned: onnx.ModelProto, rep, max_macs: float) -> None:
+    onnx.checker.check_model(pruned, full_check=True)
+    assert rep.macs_ratio <= max_macs
+    assert not rep.synthetic_calibration
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    z = np.load(shared_file("data/mnist5k.npz"))
+    return ((z["x"].astype(np.float32) / 255 - 0.5) / 0.5)[:, None], z["y"]
+
+
+def test_mnist_cnn(mnist) -> None:
+    x, y = mnist
+    model = onnx.load(shared_file("models/mnist_cnn.onnx"))
+    pruned, rep = prune(model, ratio=0.5, calib=x[1::2][:256], method="poem")
+    _check(pruned, rep, 0.6)
+    assert len(rep.groups) == 3 and all(g["kept"] < g["channels"] for g in rep.groups)
+    assert _top1(pruned, x[0::2][:1000], y[0::2][:1000]) > 97.0  # original: 99.4
+
+
+def test_cifar10_kerascnn(cifar) -> None:
+    x, y = cifar
+    model = onnx.load(shared_file("models/cifar10_kerascnn.onnx"))
+    pruned, rep = prune(model, ratio=0.3, calib=x[5000:5256], method="reap", positions=32)
+    _check(pruned, rep, 0.6)
+    assert _top1(pruned, x[:1000], y[:1000]) > 55.0  # original: 77
+
+
+def test_cifar10_resnet20_poem_is_post_activation(cifar) -> None:
+    x, y = cifar
+    xn = ((x / 255 - CIFAR_MEAN) / CIFAR_STD).astype(np.float32)
+    model = onnx.load(shared_file("models/cifar10_resnet20.onnx"))
+    pruned, rep = prune(model, ratio=0.5, calib=xn[5000:5384], method="poem")
+    _check(pruned, rep, 0.6)
+    assert len(rep.groups) == 9  # block-internal channels; the residual stream stays
+    assert any("Add" in u["reason"] for u in rep.unprunable)
+    relu_layers = [la for la in rep.layers if la.activation == "relu"]
+    better = sum(la.errors["post_chosen"] < la.errors["post_ls"] for la in relu_layers)
+    assert better > len(relu_layers) / 2  # POEM is not REAP under another name
+    assert _top1(pruned, xn[:2000], y[:2000]) > 55.0  # original: 81

@@ -128,7 +128,8 @@ def prune(
         synthetic_calibration=data.synthetic,
     )
     report.unprunable = [{"where": u.where, "reason": u.reason} for u in coupling.unprunable]
-    report.macs_before, report.params_before = count_macs(model, shapes), count_params(model)
+    one = {k: v[:1] for k, v in data.arrays.items()}
+    report.macs_before, report.params_before = count_macs(model, one), count_params(model)
     if not coupling.groups:
         report.warnings.append("no prunable layer found")
     keeps = keep_counts(coupling.groups, cfg.ratio)
@@ -152,7 +153,7 @@ def prune(
         {"group": g.id, "channels": g.channels, "kept": keeps[g.id], "consumers": [c.label for c in g.consumers]}
         for g in coupling.groups
     ]
-    report.macs_after, report.params_after = count_macs(pruned, shapes), count_params(pruned)
+    report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)
     verify_idx = held_idx if len(held_idx) else fit_idx[: cfg.batch_size]
     report.agreement = verify(model, pruned, data, verify_idx, batch_size=cfg.batch_size)
     report.timings["total"] = time.perf_counter() - t0
@@ -294,11 +295,20 @@ def _collect(
         for feed in data.batches(idx, cfg.batch_size):
             orig = dict(zip(orig_names, s_orig.run(orig_names, feed), strict=True))
             cur = dict(zip(cur_names, s_cur.run(cur_names, feed), strict=True)) if s_cur else orig
+            mask = _token_mask(feed)
             for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
-                _add_batch(c, st, rng, cur[c.input], orig, cur, held=held, weighted=weighted, cfg=cfg)
+                _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=weighted, cfg=cfg)
     for st in stats:
         st.finish(weighted)
     return stats
+
+
+def _token_mask(feed: dict[str, np.ndarray]) -> np.ndarray | None:
+    """``(B, T)`` valid-token flags from an integer ``*mask*`` input (padding is not calibration data)."""
+    for name, v in feed.items():
+        if "mask" in name.lower() and v.ndim == 2 and v.dtype.kind in "iub":
+            return v != 0
+    return None
 
 
 def _add_batch(
@@ -308,6 +318,7 @@ def _add_batch(
     x_hat: np.ndarray,
     orig: dict[str, np.ndarray],
     cur: dict[str, np.ndarray],
+    mask: np.ndarray | None,
     *,
     held: bool,
     weighted: bool,
@@ -315,13 +326,15 @@ def _add_batch(
 ) -> None:
     y_full = orig[c.output]
     total = positions_of(c, x_hat.shape)
-    pos = sample_positions(total, cfg.positions, x_hat.shape[0], rng)
-    x = input_samples(c, x_hat.astype(np.float64), pos)
-    y = output_samples(c, y_full, pos).astype(np.float64)
+    tokens = mask is not None and c.kind != "conv" and x_hat.ndim == 3 and mask.shape == x_hat.shape[:2]
+    pos, ok = sample_positions(total, cfg.positions, x_hat.shape[0], rng, mask if tokens else None)
+    keep = ok.reshape(-1)
+    x = input_samples(c, x_hat.astype(np.float64), pos)[keep]
+    y = output_samples(c, y_full, pos).astype(np.float64)[keep]
     s_orig = s_hat = np.zeros_like(y)
     if c.offset:
-        s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)
-        s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)
+        s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)[keep]
+        s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
     a = y + s_orig
     kind, params = c.activation.kind, c.activation.params
     z = act_apply(kind, params, a)

@@ -8,32 +8,45 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 
-from .graph import GraphView
+from .graph import GraphView, with_outputs
+from .verify import session
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> int:
-    """Multiply-accumulates per sample of the layers of ``model``."""
-    view = GraphView.build(model, input_shapes=input_shapes)
+def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> int:
+    """Multiply-accumulates for one sample of the Conv/ConvTranspose/Gemm/MatMul nodes of ``model``.
+
+    Shapes are measured by running ``sample`` (a batch of one, every model
+    input) through onnxruntime, so computed reshapes (transformers) resolve.
+    """
+    view = GraphView.build(model)
+    wanted = [t for n in view.nodes if n.op_type in MAC_OPS for t in (n.input[0], n.input[1], n.output[0])]
+    dynamic = [t for t in dict.fromkeys(wanted) if not view.is_const(t) and t not in view.inputs]
+    shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in sample.items()}
+    if dynamic:
+        sess = session(with_outputs(model, dynamic))
+        shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
     total = 0
     for i, n in enumerate(view.nodes):
-        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            shapes = [view.shapes.get(t) for t in (n.output[0], n.input[1], n.input[0])]
-            if any(s is None or None in s for s in shapes):
-                continue
-            out, w, a = (tuple(int(d or 0) for d in s or ()) for s in shapes)
-            if n.op_type == "Conv":
-                total += math.prod(out) * math.prod(w[1:])
-            elif n.op_type == "ConvTranspose":
-                total += math.prod(a[:1]) * math.prod(a[2:]) * math.prod(w)
-            else:
-                k = a[-1] if not (n.op_type == "Gemm" and view.attr(i, "transA", 0)) else a[0]
-                total += math.prod(out) * k
+        if n.op_type not in MAC_OPS:
+            continue
+        a, out = shapes[n.input[0]], shapes[n.output[0]]
+        w = shapes[n.input[1]] if n.input[1] in shapes else tuple(np.shape(np.asarray(view.const(n.input[1]))))
+        if n.op_type == "Conv":
+            total += math.prod(out) * math.prod(w[1:])
+        elif n.op_type == "ConvTranspose":
+            total += math.prod(a[:1]) * math.prod(a[2:]) * math.prod(w)
+        else:
+            k = a[0] if (n.op_type == "Gemm" and view.attr(i, "transA", 0)) else a[-1]
+            total += math.prod(out) * int(k)
     return int(total)
 
 
@@ -122,7 +135,7 @@ class PruneReport:
         for name, a in self.agreement.items():
             txt = f"rel. error {a.get('rel_error', float('nan')):.4f}"
             if "top1_agreement" in a:
-                txt += f", top-1 agreement {100 * a['top1_agreement']:.1f} %"
+                txt += f", cosine {a['cosine']:.4f}, argmax agreement {100 * a['top1_agreement']:.1f} %"
             lines.append(f"output       {name}: {txt} (held-out samples)")
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s")
         return "\n".join(lines)

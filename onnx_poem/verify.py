@@ -33,7 +33,8 @@ def verify(
 
     Returns:
         output name → ``rel_error`` (‖ŷ − y‖ / ‖y‖ over all samples), ``max_abs_error``
-        and, for ``(N, K)`` outputs with K > 1, ``top1_agreement``.
+        and, for ``(N, K)`` outputs with K > 1, ``top1_agreement`` (same argmax; meaningful for
+        class scores) and ``cosine`` (mean per-sample cosine similarity; meaningful for embeddings).
 
     Raises:
         VerificationError: the checker rejects ``pruned`` or onnxruntime cannot run it.
@@ -49,6 +50,7 @@ def verify(
     sq_ref = dict.fromkeys(names, 0.0)
     max_abs = dict.fromkeys(names, 0.0)
     agree = dict.fromkeys(names, 0)
+    cosine = dict.fromkeys(names, 0.0)
     count = 0
     for feed in data.batches(indices, batch_size):
         ref = s_orig.run(names, feed)
@@ -65,12 +67,15 @@ def verify(
             max_abs[n] = max(max_abs[n], float(np.max(np.abs(o64 - r64))) if r64.size else 0.0)
             if r64.ndim == 2 and r64.shape[1] > 1:
                 agree[n] += int(np.sum(np.argmax(r64, 1) == np.argmax(o64, 1)))
+                norms = np.linalg.norm(r64, axis=1) * np.linalg.norm(o64, axis=1)
+                cosine[n] += float(np.sum(np.sum(r64 * o64, axis=1) / np.maximum(norms, 1e-30)))
         count += len(next(iter(feed.values())))
     result: dict[str, dict[str, float]] = {}
     for n in names:
         result[n] = {"rel_error": float(np.sqrt(sq_err[n] / max(sq_ref[n], 1e-30))), "max_abs_error": max_abs[n]}
-        if count and len(original.graph.output) and _is_2d_scores(original, n):
+        if count and _is_2d_scores(original, n):
             result[n]["top1_agreement"] = agree[n] / count
+            result[n]["cosine"] = cosine[n] / count
     return result
 
 

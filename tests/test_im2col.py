@@ -65,7 +65,8 @@ def test_patches_times_weights_equal_runtime_conv(cin, k, stride, pad, dil, auto
     a, y = sess.run(["a", "y"], {"x": x})
     total = positions_of(c, a.shape)
     assert total == y.shape[2] * y.shape[3]
-    pos = sample_positions(total, 7, 2, np.random.default_rng(seed))
+    pos, ok = sample_positions(total, 7, 2, np.random.default_rng(seed))
+    assert ok.all()
     cols = input_samples(c, a.astype(np.float64), pos)
     W = view.const("w2").reshape(5, -1)
     np.testing.assert_allclose(cols @ W.T, output_samples(c, y, pos), rtol=1e-4, atol=1e-4)
@@ -79,8 +80,18 @@ def _with_output(m: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def test_sample_positions_are_distinct_and_seeded() -> None:
-    a = sample_positions(100, 10, 3, np.random.default_rng(1))
-    b = sample_positions(100, 10, 3, np.random.default_rng(1))
+    a, _ = sample_positions(100, 10, 3, np.random.default_rng(1))
+    b, _ = sample_positions(100, 10, 3, np.random.default_rng(1))
     assert a.shape == (3, 10) and (a == b).all()
     assert all(len(set(r)) == 10 for r in a)
-    assert sample_positions(5, 10, 2, np.random.default_rng(0)).tolist() == [list(range(5))] * 2
+    assert sample_positions(5, 10, 2, np.random.default_rng(0))[0].tolist() == [list(range(5))] * 2
+
+
+def test_masked_positions_prefer_valid_tokens() -> None:
+    valid = np.zeros((3, 40), dtype=bool)
+    valid[0, :25] = True  # more valid tokens than needed
+    valid[1, :4] = True  # fewer
+    pos, ok = sample_positions(40, 10, 3, np.random.default_rng(0), valid)
+    assert ok[0].all() and (pos[0] < 25).all()
+    assert ok[1].sum() == 4 and set(pos[1][ok[1]]) == {0, 1, 2, 3}
+    assert not ok[2].any()

@@ -42,12 +42,24 @@ def positions_of(c: Consumer, in_shape: tuple[int, ...]) -> int:
     return int(np.prod(in_shape[1:-1], dtype=np.int64)) if len(in_shape) > 2 else 1
 
 
-def sample_positions(total: int, per_sample: int, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """``(batch, P)`` distinct positions out of ``total`` per sample; all of them when ``total <= per_sample``."""
+def sample_positions(
+    total: int, per_sample: int, batch: int, rng: np.random.Generator, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(batch, P)`` distinct positions out of ``total`` per sample, and which of them are valid.
+
+    All positions are taken when ``total <= per_sample``.  With ``valid: (batch,
+    total)`` (e.g. a transformer's attention mask) valid positions are drawn
+    first; the returned ``(batch, P)`` flags mark the ones to keep.
+    """
     if total <= per_sample:
-        return np.broadcast_to(np.arange(total), (batch, total)).copy()
-    keys = rng.random((batch, total))
-    return np.sort(np.argpartition(keys, per_sample - 1, axis=1)[:, :per_sample], axis=1)
+        pos = np.broadcast_to(np.arange(total), (batch, total)).copy()
+    else:
+        keys = rng.random((batch, total))
+        if valid is not None:
+            keys = keys + 2.0 * ~valid
+        pos = np.sort(np.argpartition(keys, per_sample - 1, axis=1)[:, :per_sample], axis=1)
+    ok = np.take_along_axis(valid, pos, axis=1) if valid is not None else np.ones(pos.shape, dtype=bool)
+    return pos, ok
 
 
 def input_samples(c: Consumer, x: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from .calibration.im2col import input_samples, output_samples, positions_of, sam
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.stats import LayerStats
 from .coupling import ChannelGroup, Consumer, find_groups
+from .coupling.groups import positions
 from .errors import ModelError, UsageError
 from .graph import GraphView, check_model, load_model, with_outputs
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
@@ -62,6 +63,7 @@ class PruneConfig:
     held_out: float = 0.125
     batch_size: int = 32
     damping: float = 0.01
+    prune_residual: bool = False
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -116,7 +118,7 @@ def prune(
     fit_idx, held_idx = _split(len(data), cfg)
     shapes = data.sample_shapes()
     view = GraphView.build(model, input_shapes=shapes)
-    coupling = find_groups(view)
+    coupling = find_groups(view, residual=cfg.prune_residual)
     report = PruneReport(
         model=name,
         method=cfg.method,
@@ -135,7 +137,10 @@ def prune(
     keeps = keep_counts(coupling.groups, cfg.ratio)
     plan = PrunePlan()
     groups = {g.id: g for g in coupling.groups}
-    todo = [g for g in coupling.groups if keeps[g.id] < g.channels]
+    # block-internal groups first: a residual group's consumers then see their final inputs,
+    # and no group reads a tensor whose channels an earlier decision already removed
+    todo = [g for g in coupling.groups if keeps[g.id] < g.channels and not g.residual]
+    todo += [g for g in coupling.groups if keeps[g.id] < g.channels and g.residual]
     for done, g in enumerate(todo):
         if progress:
             progress(done, len(todo), g.id)
@@ -194,24 +199,23 @@ def _solve_group(
 ) -> tuple[GroupDecision, list[LayerReport]]:
     t0 = time.perf_counter()
     stats = _collect(view, current, g, data, fit_idx, held_idx, cfg, index)
-    layers = [_layer_data(view, c, st, g.channels) for c, st in zip(g.consumers, stats, strict=True)]
-    filters = np.asarray(view.const(g.params[0].name))
-    filters = np.moveaxis(filters, g.params[0].axis, 0)
+    layers = [_layer_data(view, c, st) for c, st in zip(g.consumers, stats, strict=True)]
     kept = select_channels(
-        cfg.method, layers, g.channels, keep, filters=filters, seed=cfg.seed + index, lam=cfg.damping
+        cfg.method, layers, g.channels, keep, filters=_filters(view, g), seed=cfg.seed + index, lam=cfg.damping
     )
     updates, reports = [], []
     for c, d, st in zip(g.consumers, layers, stats, strict=True):
-        rec = reconstruct(d, kept, method=RECONSTRUCTION[cfg.method], lam=cfg.damping)
-        cols = kept_columns(kept, d.k, d.G.shape[0])
+        own = positions(c.index, kept)  # kept channels of this consumer
+        rec = reconstruct(d, own, method=RECONSTRUCTION[cfg.method], lam=cfg.damping)
+        cols = kept_columns(own, d.k, d.G.shape[0])
         errs = {}
         for tag, W in (
             ("none", d.W0[:, cols]),
-            ("ls", reconstruct(d, kept, method="ls", lam=cfg.damping).W),
+            ("ls", reconstruct(d, own, method="ls", lam=cfg.damping).W),
             ("chosen", rec.W),
         ):
             errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
-        w, b = stored_arrays(view, c, rec.W, kept, g.channels)
+        w, b = stored_arrays(view, c, rec.W, own, c.in_channels or g.channels)
         updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
         n_params = d.W0.shape[1]
         reports.append(
@@ -234,8 +238,23 @@ def _solve_group(
     return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
 
 
-def _layer_data(view: GraphView, c: Consumer, st: LayerStats, channels: int) -> LayerData:
+def _filters(view: GraphView, g: ChannelGroup) -> np.ndarray:
+    """``(atoms, F)`` weights of every producer of ``g``, side by side (zeros where an atom is absent)."""
+    blocks = []
+    for prod in g.producers or (g.producer,):
+        p = next(p for p in g.params if p.name == view.nodes[prod].input[1])
+        w = np.moveaxis(np.asarray(view.const(p.name), dtype=np.float64), p.axis, 0)
+        w = w.reshape(w.shape[0], -1)
+        idx = np.arange(g.channels) if p.index is None else np.asarray(p.index)
+        block = np.zeros((g.channels, w.shape[1]))
+        block[idx >= 0] = w[idx[idx >= 0]]
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)
+
+
+def _layer_data(view: GraphView, c: Consumer, st: LayerStats) -> LayerData:
     W0, _ = effective(view, c)
+    channels = c.in_channels or 1
 
     def samples(r: Any) -> Samples:
         m = W0.shape[0]
@@ -259,6 +278,7 @@ def _layer_data(view: GraphView, c: Consumer, st: LayerStats, channels: int) -> 
         act_params=c.activation.params,
         fit=samples(st.fit),
         held=samples(st.held),
+        index=None if c.index is None else np.asarray(c.index, dtype=np.int64),
     )
 
 
@@ -334,7 +354,9 @@ def _add_batch(
     s_orig = s_hat = np.zeros_like(y)
     if c.offset:
         s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)[keep]
-        s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
+        s_hat = s_orig
+        if cur[c.offset].shape == orig[c.offset].shape:  # else pruned already: use the original shortcut
+            s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
     a = y + s_orig
     kind, params = c.activation.kind, c.activation.params
     z = act_apply(kind, params, a)

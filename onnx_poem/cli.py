@@ -133,6 +133,12 @@ def main() -> None:
     help="cascade: inputs from the already-pruned prefix; parallel: from the original model.",
 )
 @click.option(
+    "--prune-residual/--no-prune-residual",
+    default=False,
+    show_default=True,
+    help="Also prune channels joined by residual adds (the residual stream).",
+)
+@click.option(
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -171,6 +177,7 @@ def prune_cmd(
     calib: Path | None,
     method: str,
     mode: str,
+    prune_residual: bool,
     output: Path | None,
     samples: int,
     positions: int,
@@ -207,6 +214,7 @@ def prune_cmd(
             seed=seed,
             image_options=opts,
             progress=progress,
+            prune_residual=prune_residual,
         )
         for u in rep.unprunable:
             logger.info("not pruned: %s: %s", u["where"], u["reason"])

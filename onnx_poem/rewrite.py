@@ -1,9 +1,10 @@
 """Apply a :class:`PrunePlan` to a model: indexing and attribute edits only, no numerics.
 
 Order matters: first every consumer's new (input-pruned) weights are set, then
-every group slices its constants along their channel axes, so a layer that
-is both a consumer of one group and the producer of the next ends up pruned
-on both axes.
+every group slices its constants along their channel axes (at the positions
+of the kept atoms in each member), so a layer that is both a consumer of one
+group and the producer of another ends up pruned on both axes.  Channel
+``Pad`` amounts become the number of kept atoms in the padded regions.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .coupling import ChannelGroup
+from .coupling.groups import positions
 from .graph import GraphView
 from .plan import PrunePlan
 
@@ -45,15 +47,25 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
         g = groups[dec.group_id]
         keep = np.asarray(dec.keep, dtype=np.int64)
         for p in g.params:
-            arrays[p.name] = np.take(get(p.name), keep, axis=p.axis)
-        if g.producer in new_bias:
-            arrays[new_bias[g.producer]] = np.take(arrays[new_bias[g.producer]], keep, axis=0)
+            arrays[p.name] = np.take(get(p.name), positions(p.index, keep), axis=p.axis)
+        for prod in g.producers:
+            if prod in new_bias:
+                index = next(p.index for p in g.params if p.name == view.nodes[prod].input[1])
+                arrays[new_bias[prod]] = np.take(arrays[new_bias[prod]], positions(index, keep), axis=0)
         for r in g.reshapes:
             shape = shape_fix.get(r.shape, get(r.shape)).copy()
-            shape.reshape(-1)[r.position] = len(keep) * r.cols_per_channel
+            shape.reshape(-1)[r.position] = len(positions(r.index, keep)) * r.cols_per_channel
             shape_fix[r.shape] = arrays[r.shape] = shape
-        for node in g.grouped:
-            group_attr[node] = len(keep)
+        for gr in g.grouped:
+            group_attr[gr.node] = len(positions(gr.index, keep))
+        for pad in g.pads:
+            out_pos = np.asarray(pad.index, dtype=np.int64)[keep]
+            out_pos = out_pos[out_pos >= 0]
+            pads = get(pad.pads).copy()
+            ax = pad.axis % pad.rank
+            pads[ax] = int(np.sum(out_pos < pad.before))
+            pads[ax + pad.rank] = int(np.sum(out_pos >= pad.size - pad.after))
+            arrays[pad.pads] = pads
     model = onnx.ModelProto()
     model.CopyFrom(view.model)
     _write(model, view, arrays, new_bias, group_attr)

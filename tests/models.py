@@ -132,6 +132,23 @@ def residual(seed: int = 0) -> onnx.ModelProto:
     return b.model([("x", ["N", 3, 8, 8])], [b.gemm(t, 8, 5)])
 
 
+def resnet_option_a(seed: int = 0) -> onnx.ModelProto:
+    """Two stages of a CIFAR ResNet: stem(3→4), a block at 4 channels, a strided block to 8 channels
+    whose shortcut is ``Slice`` (stride 2 on H, W) + channel ``Pad`` (2 before, 2 after), GAP → gemm(8→5)."""
+    b = _B(seed)
+    x0 = b.node("Relu", [b.conv("x", 3, 4)])
+    t = b.node("Relu", [b.conv(x0, 4, 3)])
+    x1 = b.node("Relu", [b.node("Add", [b.conv(t, 3, 4), x0])])
+    t = b.node("Relu", [b.conv(x1, 4, 6, stride=2)])
+    i64 = np.int64
+    sl = b.node("Slice", [x1, b.const(np.array([0, 0], i64), "s"), b.const(np.array([8, 8], i64), "e"),
+                          b.const(np.array([2, 3], i64), "a"), b.const(np.array([2, 2], i64), "st")])  # fmt: skip
+    pad = b.node("Pad", [sl, b.const(np.array([0, 2, 0, 0, 0, 2, 0, 0], i64), "p")], mode="constant")
+    x2 = b.node("Relu", [b.node("Add", [b.conv(t, 6, 8), pad])])
+    t = b.node("Flatten", [b.node("GlobalAveragePool", [x2])], axis=1)
+    return b.model([("x", ["N", 3, 8, 8])], [b.gemm(t, 8, 5)])
+
+
 def depthwise(seed: int = 0) -> onnx.ModelProto:
     """conv(3→8) → clip(0,6) → dwconv(8) → clip(0,6) → conv(8→5, 1x1)."""
     b = _B(seed)
@@ -170,12 +187,18 @@ def relu_mlp(seed: int = 0) -> onnx.ModelProto:
 
 
 def concat(seed: int = 0) -> onnx.ModelProto:
-    """Two convs concatenated on channels, then conv: not supported by the chain coupling."""
+    """Two convs (3→4 each) concatenated on channels (8), then conv(8→3)."""
     b = _B(seed)
     a = b.node("Relu", [b.conv("x", 3, 4)])
     c = b.node("Relu", [b.conv("x", 3, 4)])
     t = b.node("Concat", [a, c], axis=1)
     return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 8, 3)])
+
+
+def lone_conv(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→4) → relu → output: nothing to prune (its channels are the graph output)."""
+    b = _B(seed)
+    return b.model([("x", ["N", 3, 6, 6])], [b.node("Relu", [b.conv("x", 3, 4)])])
 
 
 def inputs_for(model: onnx.ModelProto, n: int, seed: int = 0) -> np.ndarray:
@@ -192,7 +215,9 @@ BUILDERS = {
     "flatten_gemm": flatten_gemm,
     "reshape_gemm": lambda seed=0: flatten_gemm(seed, reshape=True),
     "residual": residual,
+    "resnet_option_a": resnet_option_a,
     "depthwise": depthwise,
     "ffn": ffn,
+    "concat": concat,
     "relu_mlp": relu_mlp,
 }

@@ -46,7 +46,7 @@ def test_residual_block_internal_only() -> None:
     assert len(c.groups) == 1
     assert c.groups[0].consumers[0].offset is not None  # shortcut is the offset before the ReLU
     reasons = " ".join(u.reason for u in c.unprunable)
-    assert "Add with another computed tensor" in reasons
+    assert "residual stream" in reasons
 
 
 def test_depthwise_is_carried_through() -> None:
@@ -61,7 +61,27 @@ def test_gelu_erf_pattern_passes_channels() -> None:
     assert g.consumers[0].bias is not None
 
 
-def test_concat_is_left_unpruned_with_reason() -> None:
-    c = find_groups(GraphView.build(concat()))
-    assert not c.groups
-    assert any("Concat" in u.reason for u in c.unprunable)
+def test_concat_joins_producers_side_by_side() -> None:
+    (g,) = find_groups(GraphView.build(concat())).groups
+    assert g.channels == 8 and len(g.producers) == 2 and not g.residual
+    first, second = (p for p in g.params if p.axis == 0 and p.name.startswith("w"))
+    assert first.index == (0, 1, 2, 3, -1, -1, -1, -1) and second.index == (-1, -1, -1, -1, 0, 1, 2, 3)
+
+
+def test_residual_stream_is_one_group_with_option_a_offsets() -> None:
+    view = GraphView.build(BUILDERS["resnet_option_a"]())
+    assert not any(g.residual for g in find_groups(view).groups)  # default: stream left alone
+    c = find_groups(view, residual=True)
+    (stream,) = [g for g in c.groups if g.residual]
+    assert stream.channels == 8  # stage-2 channels; the 4 stage-1 channels sit at positions 2..5
+    assert len(stream.producers) == 3 and len(stream.pads) == 1
+    stage1 = [p for p in stream.params if p.index is not None and sum(i >= 0 for i in p.index) == 4]
+    assert stage1
+    idx = stage1[0].index
+    assert sorted(i for i in idx if i >= 0) == [0, 1, 2, 3]
+    assert [a for a, i in enumerate(idx) if i >= 0] == [2, 3, 4, 5] or len(set(idx) - {-1}) == 4
+
+
+def test_residual_policy_reports_the_stream() -> None:
+    c = find_groups(GraphView.build(BUILDERS["residual"]()), residual=False)
+    assert any("residual stream" in u.reason and "--prune-residual" in u.reason for u in c.unprunable)

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from models import BUILDERS, concat, inputs_for
+from models import BUILDERS, inputs_for, lone_conv
 from onnx_poem.cli import main
 
 
@@ -121,7 +121,7 @@ def test_unreadable_calibration_file(work: Path) -> None:
 
 
 def test_no_prunable_layer_writes_nothing_unless_asked(tmp_path: Path) -> None:
-    model = concat()
+    model = lone_conv()
     onnx.save(model, tmp_path / "c.onnx")
     np.save(tmp_path / "x.npy", inputs_for(model, 8))
     res = invoke(str(tmp_path / "c.onnx"), "--ratio", "0.5", "--calib", str(tmp_path / "x.npy"))

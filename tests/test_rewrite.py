@@ -11,10 +11,12 @@ from onnx import numpy_helper
 from models import BUILDERS, inputs_for
 from onnx_poem import prune
 from onnx_poem.coupling import find_groups
+from onnx_poem.coupling.groups import positions
 from onnx_poem.graph import GraphView
 from onnx_poem.plan import ConsumerUpdate, GroupDecision, PrunePlan
 from onnx_poem.report import count_params
 from onnx_poem.rewrite import apply_plan
+from onnx_poem.solvers import kept_columns
 from onnx_poem.weights import effective, stored_arrays
 
 
@@ -24,9 +26,9 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 
 
 def _kill_channels(model: onnx.ModelProto, dead: dict[str, list[int]]) -> onnx.ModelProto:
-    """Zero the consumer input columns of channels ``dead[group_id]`` (so they carry no signal)."""
+    """Zero the consumer input columns of atoms ``dead[group_id]`` (so they carry no signal)."""
     view = GraphView.build(model)
-    groups = {g.id: g for g in find_groups(view).groups}
+    groups = {g.id: g for g in find_groups(view, residual=True).groups}
     m = onnx.ModelProto()
     m.CopyFrom(model)
     inits = {t.name: i for i, t in enumerate(m.graph.initializer)}
@@ -34,8 +36,8 @@ def _kill_channels(model: onnx.ModelProto, dead: dict[str, list[int]]) -> onnx.M
         g = groups[gid]
         for c in g.consumers:
             w = view.const(c.weight).copy()
-            k = w.shape[1] // g.channels if c.kind == "conv" or c.trans_b else w.shape[0] // g.channels
-            for ch in chans:
+            k = w.shape[1] // c.in_channels if c.kind == "conv" or c.trans_b else w.shape[0] // c.in_channels
+            for ch in positions(c.index, np.array(chans)):
                 if c.kind == "conv":
                     w[:, ch] = 0
                 elif c.kind == "gemm" and c.trans_b:
@@ -47,7 +49,7 @@ def _kill_channels(model: onnx.ModelProto, dead: dict[str, list[int]]) -> onnx.M
 
 
 def _identity_plan(view: GraphView, dead: dict[str, list[int]]) -> tuple[dict, PrunePlan]:
-    groups = {g.id: g for g in find_groups(view).groups}
+    groups = {g.id: g for g in find_groups(view, residual=True).groups}
     decisions = []
     for gid, chans in dead.items():
         g = groups[gid]
@@ -55,15 +57,9 @@ def _identity_plan(view: GraphView, dead: dict[str, list[int]]) -> tuple[dict, P
         updates = []
         for c in g.consumers:
             W0, _ = effective(view, c)
-            cols = np.concatenate(
-                [
-                    (
-                        keep[:, None] * ((W0.shape[1] - 1) // g.channels) + np.arange((W0.shape[1] - 1) // g.channels)
-                    ).reshape(-1),
-                    [W0.shape[1] - 1],
-                ]
-            )
-            w, b = stored_arrays(view, c, W0[:, cols], keep, g.channels)
+            own = positions(c.index, keep)
+            cols = kept_columns(own, (W0.shape[1] - 1) // c.in_channels, W0.shape[1])
+            w, b = stored_arrays(view, c, W0[:, cols], own, c.in_channels)
             updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
         decisions.append(GroupDecision(gid, g.channels, tuple(int(i) for i in keep), tuple(updates)))
     return groups, PrunePlan(tuple(decisions))
@@ -73,7 +69,7 @@ def _identity_plan(view: GraphView, dead: dict[str, list[int]]) -> tuple[dict, P
 def test_pruning_dead_channels_is_exact(name: str) -> None:
     base = BUILDERS[name]()
     view0 = GraphView.build(base)
-    dead = {g.id: [0, g.channels - 1] for g in find_groups(view0).groups}
+    dead = {g.id: [0, g.channels - 1] for g in find_groups(view0, residual=True).groups}
     model = _kill_channels(base, dead)
     view = GraphView.build(model)
     groups, plan = _identity_plan(view, dead)
@@ -89,7 +85,7 @@ def test_pruning_dead_channels_is_exact(name: str) -> None:
 def test_keep_all_plan_is_a_no_op(name: str) -> None:
     model = BUILDERS[name]()
     view = GraphView.build(model)
-    groups, plan = _identity_plan(view, {g.id: [] for g in find_groups(view).groups})
+    groups, plan = _identity_plan(view, {g.id: [] for g in find_groups(view, residual=True).groups})
     pruned = apply_plan(view, groups, plan)
     x = inputs_for(model, 3)
     for a, b in zip(run(model, x), run(pruned, x), strict=True):
@@ -100,7 +96,7 @@ def test_keep_all_plan_is_a_no_op(name: str) -> None:
 def test_ratio_zero_reproduces_the_original(name: str) -> None:
     model = BUILDERS[name]()
     x = inputs_for(model, 16)
-    pruned, report = prune(model, ratio=0.0, calib=x)
+    pruned, report = prune(model, ratio=0.0, calib=x, prune_residual=True)
     assert report.macs_after == report.macs_before
     for a, b in zip(run(model, x), run(pruned, x), strict=True):
         np.testing.assert_array_equal(a, b)

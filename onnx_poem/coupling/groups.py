@@ -1,16 +1,24 @@
 """Value types of the coupling analysis: channel groups, consumers, unprunable parts.
 
-A :class:`ChannelGroup` is the unit of pruning: the ``channels`` output
-channels of one producer layer, followed through every per-channel operation
-(activation, BatchNormalization, pooling, per-channel constants, depthwise
-convolutions, flatten) up to the layers that consume them.  Removing channel
-``c`` slices index ``c`` out of every :class:`ParamSlice` and removes the input
-columns ``c·s … c·s+s-1`` of every :class:`Consumer`.
+A :class:`ChannelGroup` is the unit of pruning: a set of *atoms*, each a set
+of channel positions in one or more tensors that must be removed together.
+In a plain chain an atom is one output channel of one producer layer, followed
+through every per-channel operation (activation, BatchNormalization, pooling,
+per-channel constants, depthwise convolutions, flatten) up to the layers that
+consume it.  Residual ``Add``s join the channels of several producers into one
+group; a channel ``Pad`` (CIFAR option-A shortcut) or a ``Concat`` maps channel
+``i`` of one tensor to channel ``i + offset`` of another.  Every member carries
+an ``index``: atom → its channel position there, ``-1`` where the atom is absent
+(``None``: the identity).  Removing atom ``a`` slices position ``index[a]`` out
+of every :class:`ParamSlice` and removes the input columns of that channel from
+every :class:`Consumer`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,18 @@ class ParamSlice:
 
     name: str
     axis: int
+    index: tuple[int, ...] | None = None
+
+
+Index = tuple[int, ...] | None
+
+
+def positions(index: Index, keep: np.ndarray) -> np.ndarray:
+    """Sorted channel positions of the kept atoms ``keep`` in a member with ``index``."""
+    if index is None:
+        return np.asarray(keep, dtype=np.int64)
+    idx = np.asarray(index, dtype=np.int64)[np.asarray(keep, dtype=np.int64)]
+    return np.sort(idx[idx >= 0])
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,8 @@ class Consumer:
     activation: Activation = field(default_factory=Activation)
     act_out: str | None = None
     bias_add: int | None = None
+    index: tuple[int, ...] | None = None
+    in_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,33 @@ class ReshapeFix:
     shape: str
     position: int
     cols_per_channel: int
+    index: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """A depthwise conv whose ``group`` attribute equals its channel count."""
+
+    node: int
+    index: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PadFix:
+    """A channel ``Pad`` whose pads constant ``pads`` changes with the kept atoms.
+
+    ``index`` maps atoms to output positions; ``before``/``after`` are the padded
+    channel counts and ``size`` the output channel count before pruning.
+    """
+
+    node: int
+    pads: str
+    axis: int
+    rank: int
+    index: tuple[int, ...]
+    before: int
+    after: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -104,14 +153,18 @@ class ChannelGroup:
     """Channels that must be pruned together (see module docstring).
 
     Attributes:
-        id: stable identifier (the producer's label).
-        producer: index of the producing node.
-        channels: number of channels ``C`` before pruning.
+        id: stable identifier (the first producer's label).
+        producer: index of the first producing node.
+        channels: number of atoms before pruning.
         params: every constant sliced along its channel axis (producer weight and bias first).
         consumers: the layers reconstructed after pruning.
         reshapes: Reshape shape constants to rewrite.
         grouped: depthwise conv nodes whose ``group`` attribute equals the channel count.
         tensors: the tensors that carry the channels (for reports).
+        producers: every producer layer of the group (``producer`` is the first).
+        pads: channel ``Pad`` nodes whose pads change.
+        residual: some atom is produced by several layers (channels joined by a residual
+            ``Add``), as opposed to producers side by side (``Concat``).
     """
 
     id: str
@@ -120,8 +173,11 @@ class ChannelGroup:
     params: tuple[ParamSlice, ...]
     consumers: tuple[Consumer, ...]
     reshapes: tuple[ReshapeFix, ...] = ()
-    grouped: tuple[int, ...] = ()
+    grouped: tuple[Grouped, ...] = ()
     tensors: tuple[str, ...] = ()
+    producers: tuple[int, ...] = ()
+    pads: tuple[PadFix, ...] = ()
+    residual: bool = False
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,27 @@ def _binary(view: GraphView, node: int, slot: int, edge: Edge, channels: int) ->
     return Through((_out_edge(view, node, edge),), (p,) if p is not None else ())
 
 
+@coupling_rule("Slice")
+def _slice(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    n = view.nodes[node]
+    if slot != 0 or edge.rank is None:
+        return Stop("channels reach a Slice parameter")
+    starts = view.const(n.input[1])
+    axes = view.const(n.input[3]) if len(n.input) > 3 and n.input[3] else None
+    if starts is None or (len(n.input) > 3 and n.input[3] and axes is None):
+        return Stop("Slice with computed parameters")
+    sliced = {int(a) % edge.rank for a in (axes if axes is not None else range(starts.size))}
+    if edge.axis % edge.rank in sliced:
+        return Stop("Slice on the channel axis is not supported yet")
+    return Through((_out_edge(view, node, edge),))
+
+
+@coupling_rule("Pad")
+def _pad(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    # channel pads are handled by the tracer; this is a Pad of the other axes
+    return Through((_out_edge(view, node, edge),)) if slot == 0 else Stop("channels reach a Pad parameter")
+
+
 @coupling_rule(*POOLS)
 def _pool(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     if edge.cols != 1 or edge.rank is None or edge.axis % edge.rank != 1:

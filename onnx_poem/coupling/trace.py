@@ -1,25 +1,42 @@
 """Find the prunable channel groups of a graph.
 
 Every Conv (``group == 1``), Gemm and MatMul with a constant weight is a
-*producer*.  From its output the channels are followed through the rules of
-:mod:`onnx_poem.coupling.rules` until every path ends in a consumer layer.  If
-any path reaches an op with no rule, a non-constant operand (residual Add,
-Concat, ...), or a graph output, the group is left unpruned and the reason is
-recorded as an :class:`Unprunable`.
+*producer*.  From its output the channels are followed, forward *and*
+backward, through the rules of :mod:`onnx_poem.coupling.rules`, so a group is
+a connected set of channel-carrying tensors:
+
+* forward through per-channel ops up to the consumer layers;
+* through a binary ``Add``/``Mul``/... of two computed tensors (residual
+  joins, ``x·Φ(x)`` GELU), pulling in the other operand and, backward, every
+  producer behind it;
+* through a channel ``Pad`` (CIFAR option-A shortcut) or ``Concat``, which
+  put the channels of one tensor at an offset of another (a new *space*).
+
+Positions of all spaces are merged with union-find into *atoms* (the unit
+pruned); each member records ``index``: atom → its position.  If any path
+reaches an op with no rule, a graph input or a graph output, the whole group
+is left unpruned and the reason recorded as an :class:`Unprunable`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from ..graph import GraphView
-from .groups import ChannelGroup, Consumer, Coupling, ParamSlice, ReshapeFix, Unprunable
+from .groups import ChannelGroup, Consumer, Coupling, Grouped, PadFix, ParamSlice, ReshapeFix, Unprunable
 from .rules import RULES, Consume, Edge, Stop, Through
 
 logger = logging.getLogger(__name__)
 
 #: binary elementwise ops through which channels pass when both operands carry them
 JOINABLE = ("Add", "Sub", "Mul", "Div", "Max", "Min")
+
+
+class _Stop(Exception):
+    """Internal: the component cannot be pruned (the message is the reason)."""
 
 
 def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | Unprunable | None:
@@ -64,82 +81,265 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
     return int(w.shape[1]), [ParamSlice(n.input[1], 1)], Edge(out, (rank or 2) - 1, rank)
 
 
-def _trace(view: GraphView, producer: int, channels: int, start: Edge) -> ChannelGroup | Unprunable:
-    """Follow the channels of ``start`` to their consumers (breadth first).
+@dataclass
+class _Component:
+    """Breadth-first construction of one channel group (see module docstring)."""
 
-    A binary elementwise node (``Add``/``Mul``/...) whose *both* operands carry
-    this group's channels (``x·Φ(x)`` GELU, ``x·σ(x)`` SiLU, decomposed
-    HardSwish) passes them through once both operands have been reached; one
-    that mixes in another computed tensor stops the group.
-    """
-    params: list[ParamSlice] = []
-    consumers: dict[int, Consumer] = {}
-    reshapes: list[ReshapeFix] = []
-    grouped: list[int] = []
-    tensors: list[str] = []
-    queue = [start]
-    seen: dict[str, Edge] = {}
-    pending: dict[int, tuple[Edge, str]] = {}  # binary node → (edge reached, reason if never joined)
-    label = view.node_label(producer)
-    while queue or pending:
-        if not queue:
-            node, (edge, reason) = next(iter(pending.items()))
-            return Unprunable(label, f"stopped at {view.node_label(node)} ({view.nodes[node].op_type}): {reason}")
-        edge = queue.pop(0)
-        if edge.tensor in seen:
-            continue
-        seen[edge.tensor] = edge
-        tensors.append(edge.tensor)
-        if edge.tensor in view.outputs:
-            return Unprunable(label, f"channels reach graph output {edge.tensor!r}")
-        for use in view.users(edge.tensor):
-            n = view.nodes[use.node]
-            if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(t) for t in n.input):
-                other = n.input[1 - use.slot]
-                if (
-                    other in seen and seen[other] == Edge(other, edge.axis, edge.rank, edge.cols)
-                ) or other == edge.tensor:
-                    pending.pop(use.node, None)
-                    queue.append(Edge(n.output[0], edge.axis, edge.rank, edge.cols))
-                elif use.node not in pending:
-                    pending[use.node] = (
-                        edge,
-                        f"{n.op_type} with another computed tensor (residual or gate; not pruned yet)",
+    view: GraphView
+    sizes: list[int] = field(default_factory=list)
+    links: list[tuple[int, int, int, int, int]] = field(default_factory=list)  # (sa, sb, start_a, start_b, n)
+    member: dict[str, tuple[int, Edge]] = field(default_factory=dict)
+    params: list[tuple[ParamSlice, int]] = field(default_factory=list)
+    consumers: dict[int, tuple[Consumer, int]] = field(default_factory=dict)
+    producers: dict[int, int] = field(default_factory=dict)
+    reshapes: list[tuple[ReshapeFix, int]] = field(default_factory=list)
+    grouped: list[tuple[int, int]] = field(default_factory=list)
+    pads: list[tuple[int, str, int, int, int, int, int]] = field(default_factory=list)
+    queue: list[str] = field(default_factory=list)
+    visited: set[tuple[int, str]] = field(default_factory=set)
+
+    def space(self, size: int) -> int:
+        self.sizes.append(size)
+        return len(self.sizes) - 1
+
+    def join(self, tensor: str, space: int, edge: Edge, via: int | None = None) -> None:
+        """Put ``tensor`` (carrying the channels as ``edge`` says) into ``space``, reached through node ``via``."""
+        if via is not None:
+            self.visited.add((via, tensor))
+        edge = replace(edge, tensor=tensor)
+        if tensor in self.member:
+            other, old = self.member[tensor]
+            if other != space:
+                if self.sizes[other] != self.sizes[space]:
+                    raise _Stop(
+                        f"tensor {tensor!r} is reached with {self.sizes[other]} and {self.sizes[space]} channels"
                     )
-                continue
-            rule = RULES.get(n.op_type)
-            step = rule(view, use.node, use.slot, edge, channels) if rule else Stop(f"op {n.op_type} is not supported")
-            if isinstance(step, Stop):
-                return Unprunable(label, f"stopped at {view.node_label(use.node)} ({n.op_type}): {step.reason}")
-            if isinstance(step, Consume):
-                consumers[use.node] = step.consumer
-                continue
-            assert isinstance(step, Through)
-            params.extend(step.params)
-            queue.extend(step.outputs)
-            if step.reshape is not None:
-                reshapes.append(step.reshape)
-            if step.grouped is not None:
-                grouped.append(step.grouped)
-    if not consumers:
-        return Unprunable(label, "its channels reach no layer that could be reconstructed")
-    return ChannelGroup(
-        id=label,
-        producer=producer,
-        channels=channels,
-        params=tuple(params),
-        consumers=tuple(consumers[k] for k in sorted(consumers)),
-        reshapes=tuple(reshapes),
-        grouped=tuple(grouped),
-        tensors=tuple(tensors),
-    )
+                self.links.append((other, space, 0, 0, self.sizes[space]))
+            if (old.axis % (old.rank or 1), old.cols) != (edge.axis % (edge.rank or 1), edge.cols):
+                raise _Stop(f"tensor {tensor!r} carries the channels on two different axes")
+            return
+        self.member[tensor] = (space, edge)
+        self.queue.append(tensor)
+
+    def run(self) -> None:
+        while self.queue:
+            t = self.queue.pop(0)
+            space, edge = self.member[t]
+            if t in self.view.outputs:
+                raise _Stop(f"channels reach graph output {t!r}")
+            p = self.view.producer.get(t)
+            if p is None:
+                raise _Stop(f"channels come from graph input {t!r}")
+            if (p, t) not in self.visited:
+                self.visited.add((p, t))
+                self.backward(p, t, space, edge)
+            for use in self.view.users(t):
+                if (use.node, t) not in self.visited:
+                    self.visited.add((use.node, t))
+                    self.forward(use.node, use.slot, t, space, edge)
+
+    def _where(self, node: int) -> str:
+        return f"{self.view.node_label(node)} ({self.view.nodes[node].op_type})"
+
+    def _channel_pads(self, node: int, edge: Edge) -> tuple[str, int, int] | None:
+        """(pads constant, before, after) of a ``Pad`` on the channel axis; ``None`` if it pads other axes only."""
+        n = self.view.nodes[node]
+        pads = self.view.const(n.input[1]) if len(n.input) > 1 else None
+        if pads is None or edge.rank is None or pads.size != 2 * edge.rank or (len(n.input) > 3 and n.input[3]):
+            raise _Stop(f"stopped at {self._where(node)}: computed or axis-restricted pads")
+        if len(n.input) > 2 and n.input[2] and float(np.asarray(self.view.const(n.input[2])).reshape(-1)[0]) != 0:
+            raise _Stop(f"stopped at {self._where(node)}: non-zero pad value")
+        ax = edge.axis % edge.rank
+        before, after = int(pads[ax]), int(pads[ax + edge.rank])
+        if before < 0 or after < 0:
+            raise _Stop(f"stopped at {self._where(node)}: negative pads")
+        return (n.input[1], before, after) if before or after else None
+
+    def backward(self, node: int, t: str, space: int, edge: Edge) -> None:
+        """``t`` (an output of ``node``) carries the channels: so must ``node``'s inputs, or it is a producer."""
+        view, n = self.view, self.view.nodes[node]
+        prod = _producer(view, node)
+        if isinstance(prod, Unprunable):
+            raise _Stop(f"{prod.where}: {prod.reason}")
+        if prod is not None:
+            channels, params, _ = prod
+            if channels != self.sizes[space]:
+                raise _Stop(f"producer {self._where(node)} has {channels} channels, expected {self.sizes[space]}")
+            self.producers[node] = space
+            self.params.extend((p, space) for p in params)
+            return
+        if n.op_type in JOINABLE and not any(view.is_const(x) for x in n.input):
+            for x in n.input:
+                self.join(x, space, edge, via=node)
+            return
+        if n.op_type == "Pad" and (cp := self._channel_pads(node, edge)) is not None:
+            name, before, after = cp
+            src = self.space(self.sizes[space] - before - after)
+            self.links.append((src, space, 0, before, self.sizes[src]))
+            self.pads.append((node, name, edge.axis, edge.rank or 0, space, before, after))
+            self.join(n.input[0], src, edge, via=node)
+            return
+        if n.op_type == "Concat":
+            self._concat(node, space, edge)
+            return
+        data = [k for k, x in enumerate(n.input) if x and not view.is_const(x)]
+        slot = data[0] if len(data) == 1 else 0
+        rule = RULES.get(n.op_type)
+        step = rule(view, node, slot, edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
+        if not isinstance(step, Through) or len(step.outputs) != 1 or step.outputs[0] != replace(edge, tensor=t):
+            reason = step.reason if isinstance(step, Stop) else "channels reach it from its output side"
+            raise _Stop(f"stopped at {self._where(node)}: {reason}")
+        self._through(node, step, space)
+        self.join(n.input[slot], space, edge, via=node)
+
+    def forward(self, node: int, slot: int, t: str, space: int, edge: Edge) -> None:
+        """``t`` (input ``slot`` of ``node``) carries the channels: follow them through ``node``."""
+        view, n = self.view, self.view.nodes[node]
+        if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(x) for x in n.input):
+            self.join(n.input[1 - slot], space, edge, via=node)
+            self.join(n.output[0], space, edge, via=node)
+            return
+        if n.op_type == "Pad" and slot == 0 and (cp := self._channel_pads(node, edge)) is not None:
+            name, before, after = cp
+            dst = self.space(self.sizes[space] + before + after)
+            self.links.append((space, dst, 0, before, self.sizes[space]))
+            self.pads.append((node, name, edge.axis, edge.rank or 0, dst, before, after))
+            self.join(n.output[0], dst, edge, via=node)
+            return
+        if n.op_type == "Concat":
+            out = self.member.get(n.output[0])
+            self._concat(node, out[0] if out else None, edge)
+            self.visited.add((node, n.output[0]))
+            return
+        rule = RULES.get(n.op_type)
+        step = rule(view, node, slot, edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
+        if isinstance(step, Stop):
+            raise _Stop(f"stopped at {self._where(node)}: {step.reason}")
+        if isinstance(step, Consume):
+            self.consumers[node] = (step.consumer, space)
+            return
+        assert isinstance(step, Through)
+        self._through(node, step, space)
+        for e in step.outputs:
+            self.join(e.tensor, space, e, via=node)
+
+    def _through(self, node: int, step: Through, space: int) -> None:
+        self.params.extend((p, space) for p in step.params)
+        if step.reshape is not None:
+            self.reshapes.append((step.reshape, space))
+        if step.grouped is not None:
+            self.grouped.append((step.grouped, space))
+
+    def _concat(self, node: int, out_space: int | None, edge: Edge) -> None:
+        """Channel ``Concat``: input k occupies positions ``offset_k …`` of the output."""
+        view, n = self.view, self.view.nodes[node]
+        rank = edge.rank or 0
+        if edge.cols != 1 or not rank or int(view.attr(node, "axis", 0)) % rank != edge.axis % rank:
+            raise _Stop(f"stopped at {self._where(node)}: Concat on another axis")
+        sizes = []
+        for x in n.input:
+            shape = view.shapes.get(x)
+            if shape is None or shape[edge.axis % rank] is None:
+                raise _Stop(f"stopped at {self._where(node)}: unknown channel count of {x!r}")
+            sizes.append(int(shape[edge.axis % rank] or 0))
+        if out_space is None:
+            out_space = self.space(sum(sizes))
+            self.join(n.output[0], out_space, edge, via=node)
+        offset = 0
+        for x, size in zip(n.input, sizes, strict=True):
+            if x in self.member:
+                src = self.member[x][0]
+            else:
+                src = self.space(size)
+                self.join(x, src, edge, via=node)
+            self.visited.add((node, x))
+            self.links.append((src, out_space, 0, offset, size))
+            offset += size
+
+    def atoms(self) -> tuple[int, list[np.ndarray]]:
+        """Union-find over all positions: the atom count and, per space, atom → position (-1 absent)."""
+        base = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        parent = np.arange(int(base[-1]))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = int(parent[i])
+            return i
+
+        for sa, sb, a0, b0, length in self.links:
+            for j in range(length):
+                ra, rb = find(int(base[sa] + a0 + j)), find(int(base[sb] + b0 + j))
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+        roots = np.array([find(i) for i in range(len(parent))], dtype=np.int64)
+        _, first, atom_of = np.unique(roots, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first, kind="stable"), kind="stable")  # atoms by first position
+        atom_of = order[atom_of]
+        count = len(first)
+        index = []
+        for s, size in enumerate(self.sizes):
+            idx = np.full(count, -1, dtype=np.int64)
+            atoms = atom_of[base[s] : base[s] + size]
+            if len(np.unique(atoms)) != size:
+                raise _Stop("one atom would sit at two channel positions of a tensor")
+            idx[atoms] = np.arange(size)
+            index.append(idx)
+        return count, index
+
+    def group(self) -> ChannelGroup:
+        count, index = self.atoms()
+
+        def ix(space: int) -> tuple[int, ...] | None:
+            idx = index[space]
+            return None if self.sizes[space] == count and (idx == np.arange(count)).all() else tuple(map(int, idx))
+
+        first = min(self.producers)
+        per_atom = sum((index[s] >= 0).astype(np.int64) for s in self.producers.values())
+        consumers = tuple(
+            replace(c, index=ix(s), in_channels=self.sizes[s]) for _, (c, s) in sorted(self.consumers.items())
+        )
+        return ChannelGroup(
+            id=self.view.node_label(first),
+            producer=first,
+            channels=count,
+            params=tuple(replace(p, index=ix(s)) for p, s in self.params),
+            consumers=consumers,
+            reshapes=tuple(replace(r, index=ix(s)) for r, s in self.reshapes),
+            grouped=tuple(Grouped(node, ix(s)) for node, s in self.grouped),
+            tensors=tuple(self.member),
+            producers=tuple(sorted(self.producers)),
+            pads=tuple(
+                PadFix(node, name, axis, rank, tuple(map(int, index[s])), before, after, self.sizes[s])
+                for node, name, axis, rank, s, before, after in self.pads
+            ),
+            residual=bool(np.max(per_atom) > 1) or bool(self.pads),
+        )
 
 
-def find_groups(view: GraphView) -> Coupling:
-    """All channel groups of ``view``'s graph, in topological order of their producers."""
+def _seed(view: GraphView, producer: int, channels: int, params: list[ParamSlice], edge: Edge) -> _Component:
+    comp = _Component(view)
+    space = comp.space(channels)
+    comp.producers[producer] = space
+    comp.params.extend((p, space) for p in params)
+    comp.visited.add((producer, edge.tensor))
+    comp.join(edge.tensor, space, edge)
+    return comp
+
+
+def find_groups(view: GraphView, *, residual: bool = False) -> Coupling:
+    """All channel groups of ``view``'s graph, in topological order of their first producers.
+
+    Args:
+        residual: prune groups that join several producers (residual streams);
+            otherwise they are reported as unpruned.
+    """
     groups: list[ChannelGroup] = []
     unprunable: list[Unprunable] = []
+    covered: set[int] = set()
     for i in range(len(view.nodes)):
+        if i in covered:
+            continue
         prod = _producer(view, i)
         if prod is None:
             continue
@@ -147,22 +347,26 @@ def find_groups(view: GraphView) -> Coupling:
             unprunable.append(prod)
             continue
         channels, params, edge = prod
-        result = _trace(view, i, channels, edge)
-        if isinstance(result, Unprunable):
-            unprunable.append(result)
+        label = view.node_label(i)
+        comp = _seed(view, i, channels, params, edge)
+        try:
+            comp.run()
+            if not comp.consumers:
+                raise _Stop("its channels reach no layer that could be reconstructed")
+            g = comp.group()
+        except _Stop as e:
+            unprunable.append(Unprunable(label, str(e)))
             continue
-        groups.append(
-            ChannelGroup(
-                id=result.id,
-                producer=i,
-                channels=channels,
-                params=(*params, *result.params),
-                consumers=result.consumers,
-                reshapes=result.reshapes,
-                grouped=result.grouped,
-                tensors=result.tensors,
-            )
-        )
+        finally:
+            covered.update(comp.producers)
+        if g.residual and not residual:
+            names = ", ".join(view.node_label(p) for p in g.producers[1:4]) + (", ..." if len(g.producers) > 4 else "")
+            unprunable.append(
+                Unprunable(label, f"residual stream joining {len(g.producers)} producers ({names}); "
+                                  "pass --prune-residual to prune it")
+            )  # fmt: skip
+            continue
+        groups.append(g)
     for u in unprunable:
         logger.debug("not pruned: %s: %s", u.where, u.reason)
     return Coupling(tuple(groups), tuple(unprunable))

@@ -32,12 +32,15 @@ class QuadProblem:
         P: ``(m, n+1)`` float64 cross term targets × inputs.
         W0: ``(m, n+1)`` original weights (damping target).
         k: columns per channel (``n = C·k``).
+        index: ``(atoms,)`` channel of each atom in this consumer, ``-1`` where absent
+            (``None``: atom ``a`` is channel ``a``).
     """
 
     G: np.ndarray
     P: np.ndarray
     W0: np.ndarray
     k: int
+    index: np.ndarray | None = None
 
 
 class _State:
@@ -49,21 +52,33 @@ class _State:
         self.H = spd_inverse(self.Gd)
         self.W = self.Pd @ self.H
 
+    def channel(self, atoms: np.ndarray) -> np.ndarray:
+        """Channel of each atom in this consumer (``-1``: absent)."""
+        return atoms if self.p.index is None else self.p.index[atoms]
+
     def cols(self, channels: np.ndarray) -> np.ndarray:
         """``(A, k)`` column indices of ``channels``."""
         return channels[:, None] * self.p.k + np.arange(self.p.k)
 
     def costs(self, alive: np.ndarray) -> np.ndarray:
-        idx = self.cols(alive)
+        ch = self.channel(alive)
+        out = np.zeros(len(alive))
+        present = ch >= 0
+        idx = self.cols(ch[present])
         if self.p.k == 1:
             d = np.maximum(self.H[idx[:, 0], idx[:, 0]], 1e-300)
-            return np.sum(self.W[:, idx[:, 0]] ** 2, axis=0) / d
+            out[present] = np.sum(self.W[:, idx[:, 0]] ** 2, axis=0) / d
+            return out
         hmm = self.H[idx[:, :, None], idx[:, None, :]]  # (A, k, k)
         inv = np.linalg.inv(hmm + 1e-300 * np.eye(self.p.k))
         wm = self.W[:, idx]  # (m, A, k)
-        return np.einsum("mak,akl,mal->a", wm, inv, wm)
+        out[present] = np.einsum("mak,akl,mal->a", wm, inv, wm)
+        return out
 
-    def remove(self, channel: int) -> None:
+    def remove(self, atom: int) -> None:
+        channel = int(self.channel(np.array([atom]))[0])
+        if channel < 0:
+            return
         M = self.cols(np.array([channel]))[0]
         inv = np.linalg.inv(self.H[np.ix_(M, M)])
         hm = self.H[M, :]  # (k, n1)
@@ -75,7 +90,8 @@ class _State:
         self.H = 0.5 * (self.H + self.H.T)
 
     def reinvert(self, alive: np.ndarray) -> None:
-        keep = np.concatenate([self.cols(np.sort(alive)).reshape(-1), [self.p.G.shape[0] - 1]])
+        ch = self.channel(alive)
+        keep = np.concatenate([self.cols(np.sort(ch[ch >= 0])).reshape(-1), [self.p.G.shape[0] - 1]])
         self.H = np.zeros_like(self.H)
         self.H[np.ix_(keep, keep)] = spd_inverse(self.Gd[np.ix_(keep, keep)])
         self.W = np.zeros_like(self.W)
@@ -83,7 +99,9 @@ class _State:
 
 
 def greedy_eliminate(problems: list[QuadProblem], channels: int, keep: int, *, lam: float = 0.01) -> np.ndarray:
-    """Indices of the ``keep`` channels (sorted) left after greedy elimination of the others.
+    """Indices of the ``keep`` atoms (sorted) left after greedy elimination of the others.
+
+    ``channels`` is the number of atoms; each problem maps atoms to its own channels.
 
     Ties are broken toward the lower channel index, so the result is deterministic.
     """

@@ -59,7 +59,8 @@ class LayerData:
     """Everything a solver knows about one consumer (no ONNX).
 
     ``G, Gw: (n+1, n+1)``, ``P, Pw, W0: (m, n+1)``, ``k`` columns per channel,
-    ``count`` samples behind ``G``.
+    ``count`` samples behind ``G``, ``index``: atom → channel of this consumer
+    (``-1`` absent; ``None`` the identity).
     """
 
     G: np.ndarray
@@ -73,6 +74,7 @@ class LayerData:
     act_params: tuple[float, ...]
     fit: Samples
     held: Samples
+    index: np.ndarray | None = None
 
 
 @dataclass

@@ -36,15 +36,16 @@ def select_channels(
 
     Args:
         method: one of :data:`METHODS`.
+        channels: number of atoms (channels of a plain group).
         layers: the consumers' statistics (selection sums their costs).
-        filters: ``(channels, ...)`` producer weights, channel-major (for ``l1``/``l2``).
+        filters: ``(channels, ...)`` producer weights per atom, all producers side by side (for ``l1``/``l2``).
         seed: seed of ``random``.
     """
     if keep >= channels:
         return np.arange(channels)
     if method in ("reap", "poem"):
         w = method == "poem"
-        problems = [QuadProblem(d.Gw if w else d.G, d.Pw if w else d.P, d.W0, d.k) for d in layers]
+        problems = [QuadProblem(d.Gw if w else d.G, d.Pw if w else d.P, d.W0, d.k, d.index) for d in layers]
         return greedy_eliminate(problems, channels, keep, lam=lam)
     if method in ("l1", "l2"):
         f = filters.reshape(channels, -1).astype(np.float64)

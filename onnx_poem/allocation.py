@@ -1,15 +1,77 @@
-"""How many channels each group keeps.
+"""How many atoms (channels) each group keeps.
 
-Uniform allocation: a group of ``C`` channels keeps ``max(1, round((1 − r)·C))``.
+* Uniform ratio ``r``: a group of ``C`` atoms keeps ``max(1, round((1 − r)·C))``,
+  counted per region (atoms that occur in the same tensors, e.g. one stage of a
+  ResNet stream), so every tensor loses about the same fraction.
+* MACs target ``T`` (fraction of the original MACs): the uniform ratio whose
+  predicted MACs are closest to ``T`` from below, found by bisection on a
+  per-node table: a layer's MACs scale with the kept fraction of its input
+  group times that of its output group (a depthwise conv: of its one group).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from .coupling import ChannelGroup
 
 
+def _keep(n: int, ratio: float) -> int:
+    return min(n, max(1, round((1.0 - ratio) * n)))
+
+
+def region_keeps(g: ChannelGroup, ratio: float) -> np.ndarray:
+    """Atoms kept in each region of ``g`` (one entry per region id)."""
+    if g.regions is None:
+        return np.array([_keep(g.channels, ratio)])
+    sizes = np.bincount(np.asarray(g.regions))
+    return np.array([_keep(int(n), ratio) for n in sizes])
+
+
 def keep_counts(groups: Sequence[ChannelGroup], ratio: float) -> dict[str, int]:
-    """Channels kept per group id for the uniform pruning ratio ``ratio``."""
-    return {g.id: min(g.channels, max(1, round((1.0 - ratio) * g.channels))) for g in groups}
+    """Atoms kept per group id for the uniform pruning ratio ``ratio`` (applied per region)."""
+    return {g.id: int(region_keeps(g, ratio).sum()) for g in groups}
+
+
+@dataclass(frozen=True)
+class MacsTable:
+    """``rows[i] = (macs, input group id or None, output group id or None)`` per MAC node."""
+
+    rows: tuple[tuple[int, str | None, str | None], ...]
+
+    @classmethod
+    def build(cls, groups: Sequence[ChannelGroup], node_macs: Mapping[int, int]) -> MacsTable:
+        inp: dict[int, str] = {}
+        out: dict[int, str] = {}
+        for g in groups:
+            for c in g.consumers:
+                inp[c.node] = g.id
+            for p in g.producers or (g.producer,):
+                out[p] = g.id
+            for gr in g.grouped:
+                out[gr.node] = g.id  # depthwise: scales once with its group
+        return cls(tuple((m, inp.get(i), out.get(i)) for i, m in sorted(node_macs.items())))
+
+    def predict(self, groups: Sequence[ChannelGroup], keeps: Mapping[str, int]) -> float:
+        """Predicted MACs as a fraction of the original for ``keeps``."""
+        frac = {g.id: keeps[g.id] / g.channels for g in groups}
+        total = sum(m for m, _, _ in self.rows) or 1
+        kept = sum(m * (frac[i] if i else 1.0) * (frac[o] if o else 1.0) for m, i, o in self.rows)
+        return kept / total
+
+
+def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: float) -> float:
+    """The smallest uniform ratio whose predicted MACs fraction is at most ``target`` (bisection)."""
+    lo, hi = 0.0, 0.999
+    if table.predict(groups, keep_counts(groups, hi)) > target:
+        return hi
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if table.predict(groups, keep_counts(groups, mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi

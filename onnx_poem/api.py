@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .allocation import keep_counts
+from .allocation import MacsTable, keep_counts, ratio_for_macs, region_keeps
 from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.stats import LayerStats
@@ -27,7 +27,7 @@ from .coupling.groups import positions
 from .errors import ModelError, UsageError
 from .graph import GraphView, check_model, load_model, with_outputs
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
-from .report import LayerReport, PruneReport, count_macs, count_params
+from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
 from .rewrite import apply_plan
 from .solvers import (
     METHODS,
@@ -53,7 +53,8 @@ Progress = Callable[[int, int, str], None]
 class PruneConfig:
     """Options of :func:`prune` (see the CLI help for their meaning)."""
 
-    ratio: float
+    ratio: float | None = None
+    target_macs: float | None = None
     method: str = "poem"
     mode: str = "cascade"
     samples: int = 512
@@ -66,8 +67,12 @@ class PruneConfig:
     prune_residual: bool = False
 
     def validate(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
+        if (self.ratio is None) == (self.target_macs is None):
+            raise UsageError("give exactly one of ratio and target_macs")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:
+            raise UsageError(f"target_macs must be in (0, 1], got {self.target_macs}")
         if self.method not in METHODS:
             raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.mode not in ("cascade", "parallel"):
@@ -84,7 +89,8 @@ class PruneConfig:
 def prune(
     model: onnx.ModelProto | str | Path,
     *,
-    ratio: float,
+    ratio: float | None = None,
+    target_macs: float | None = None,
     calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
     method: str = "poem",
     image_options: ImageOptions | None = None,
@@ -96,6 +102,8 @@ def prune(
     Args:
         model: a ``ModelProto`` (not modified) or a path.
         ratio: fraction of the units of every prunable group to remove, ``0 <= ratio < 1``.
+        target_macs: instead of ``ratio``, the MACs to reach as a fraction of the original
+            (the uniform ratio that reaches it is searched).
         calib: calibration data (``.npz``/``.npy``/image folder path, arrays) or ``None`` (synthetic).
         method: selection/reconstruction method, one of :data:`onnx_poem.solvers.METHODS`.
         image_options: preprocessing for an image folder.
@@ -105,7 +113,7 @@ def prune(
     Returns:
         The pruned model and the run report.
     """
-    cfg = PruneConfig(ratio=ratio, method=method, **options)
+    cfg = PruneConfig(ratio=ratio, target_macs=target_macs, method=method, **options)
     cfg.validate()
     t0 = time.perf_counter()
     if isinstance(model, onnx.ModelProto):
@@ -122,7 +130,7 @@ def prune(
     report = PruneReport(
         model=name,
         method=cfg.method,
-        ratio=cfg.ratio,
+        ratio=cfg.ratio or 0.0,
         mode=cfg.mode,
         seed=cfg.seed,
         calibration_samples=len(fit_idx),
@@ -131,10 +139,16 @@ def prune(
     )
     report.unprunable = [{"where": u.where, "reason": u.reason} for u in coupling.unprunable]
     one = {k: v[:1] for k, v in data.arrays.items()}
-    report.macs_before, report.params_before = count_macs(model, one), count_params(model)
+    per_node = node_macs(model, one)
+    report.macs_before, report.params_before = sum(per_node.values()), count_params(model)
     if not coupling.groups:
         report.warnings.append("no prunable layer found")
-    keeps = keep_counts(coupling.groups, cfg.ratio)
+    ratio = cfg.ratio
+    if ratio is None:
+        table = MacsTable.build(coupling.groups, per_node)
+        ratio = ratio_for_macs(coupling.groups, table, float(cfg.target_macs or 1.0)) if coupling.groups else 0.0
+        report.ratio, report.target_macs = ratio, cfg.target_macs
+    keeps = keep_counts(coupling.groups, ratio)
     plan = PrunePlan()
     groups = {g.id: g for g in coupling.groups}
     # block-internal groups first: a residual group's consumers then see their final inputs,
@@ -146,7 +160,7 @@ def prune(
             progress(done, len(todo), g.id)
         current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
         decision, layers = _solve_group(
-            view, current, g, keeps[g.id], data, fit_idx, held_idx, cfg, len(plan.decisions)
+            view, current, g, ratio, data, fit_idx, held_idx, cfg, len(plan.decisions)
         )
         plan = plan.extended(decision)
         report.layers.extend(layers)
@@ -190,7 +204,7 @@ def _solve_group(
     view: GraphView,
     current: onnx.ModelProto,
     g: ChannelGroup,
-    keep: int,
+    ratio: float,
     data: CalibrationData,
     fit_idx: np.ndarray,
     held_idx: np.ndarray,
@@ -200,8 +214,17 @@ def _solve_group(
     t0 = time.perf_counter()
     stats = _collect(view, current, g, data, fit_idx, held_idx, cfg, index)
     layers = [_layer_data(view, c, st) for c, st in zip(g.consumers, stats, strict=True)]
+    quota = region_keeps(g, ratio)
     kept = select_channels(
-        cfg.method, layers, g.channels, keep, filters=_filters(view, g), seed=cfg.seed + index, lam=cfg.damping
+        cfg.method,
+        layers,
+        g.channels,
+        int(quota.sum()),
+        filters=_filters(view, g),
+        seed=cfg.seed + index,
+        lam=cfg.damping,
+        regions=None if g.regions is None else np.asarray(g.regions),
+        region_keep=quota,
     )
     updates, reports = [], []
     for c, d, st in zip(g.consumers, layers, stats, strict=True):
@@ -223,7 +246,7 @@ def _solve_group(
                 group=g.id,
                 consumer=c.label,
                 channels=g.channels,
-                kept=keep,
+                kept=len(kept),
                 activation=d.activation,
                 samples=st.count,
                 samples_per_param=st.count / n_params,

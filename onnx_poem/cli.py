@@ -115,8 +115,12 @@ def main() -> None:
     "--ratio",
     "-r",
     type=click.FloatRange(0.0, 1.0, max_open=True),
-    required=True,
     help="Fraction of the units of every prunable layer to remove, 0 <= R < 1.",
+)
+@click.option(
+    "--target-macs",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Instead of --ratio: reach this fraction of the original MACs (e.g. 0.7).",
 )
 @click.option(
     "--calib",
@@ -173,7 +177,8 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(
     model: Path,
-    ratio: float,
+    ratio: float | None,
+    target_macs: float | None,
     calib: Path | None,
     method: str,
     mode: str,
@@ -196,6 +201,8 @@ def prune_cmd(
 ) -> None:
     """Prune MODEL and write a smaller ONNX model."""
     _setup_logging(verbose, quiet)
+    if (ratio is None) == (target_macs is None):
+        raise click.UsageError("give exactly one of --ratio and --target-macs")
     try:
         out = output or model.with_name(model.name.removesuffix(".onnx") + ".poem.onnx")
         _check_paths(model, out, report, force)
@@ -206,6 +213,7 @@ def prune_cmd(
         pruned, rep = prune(
             model,
             ratio=ratio,
+            target_macs=target_macs,
             calib=calib,
             method=method,
             mode=mode,
@@ -218,7 +226,7 @@ def prune_cmd(
         )
         for u in rep.unprunable:
             logger.info("not pruned: %s: %s", u["where"], u["reason"])
-        if not any(g["kept"] < g["channels"] for g in rep.groups) and ratio > 0 and not allow_unpruned:
+        if not any(g["kept"] < g["channels"] for g in rep.groups) and rep.ratio > 0 and not allow_unpruned:
             raise PoemError(
                 "nothing in this model could be pruned (see `onnx-poem inspect`); "
                 "nothing written (use --allow-unpruned to write it anyway)"

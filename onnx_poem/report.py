@@ -22,7 +22,12 @@ MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> int:
-    """Multiply-accumulates for one sample of the Conv/ConvTranspose/Gemm/MatMul nodes of ``model``.
+    """Multiply-accumulates for one sample of the Conv/ConvTranspose/Gemm/MatMul nodes of ``model``."""
+    return sum(node_macs(model, sample).values())
+
+
+def node_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[int, int]:
+    """Multiply-accumulates per Conv/ConvTranspose/Gemm/MatMul node (by node index) for one sample.
 
     Shapes are measured by running ``sample`` (a batch of one, every model
     input) through onnxruntime, so computed reshapes (transformers) resolve.
@@ -34,20 +39,20 @@ def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> int:
     if dynamic:
         sess = session(with_outputs(model, dynamic))
         shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
-    total = 0
+    total: dict[int, int] = {}
     for i, n in enumerate(view.nodes):
         if n.op_type not in MAC_OPS:
             continue
         a, out = shapes[n.input[0]], shapes[n.output[0]]
         w = shapes[n.input[1]] if n.input[1] in shapes else tuple(np.shape(np.asarray(view.const(n.input[1]))))
         if n.op_type == "Conv":
-            total += math.prod(out) * math.prod(w[1:])
+            total[i] = math.prod(out) * math.prod(w[1:])
         elif n.op_type == "ConvTranspose":
-            total += math.prod(a[:1]) * math.prod(a[2:]) * math.prod(w)
+            total[i] = math.prod(a[:1]) * math.prod(a[2:]) * math.prod(w)
         else:
             k = a[0] if (n.op_type == "Gemm" and view.attr(i, "transA", 0)) else a[-1]
-            total += math.prod(out) * int(k)
-    return int(total)
+            total[i] = math.prod(out) * int(k)
+    return total
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -90,6 +95,7 @@ class PruneReport:
     calibration_samples: int
     held_out_samples: int
     synthetic_calibration: bool
+    target_macs: float | None = None
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0
@@ -123,7 +129,9 @@ class PruneReport:
         pruned = sum(1 for g in self.groups if g["kept"] < g["channels"])
         lines = [
             f"model        {self.model}",
-            f"method       {self.method} ({self.mode}), ratio {self.ratio:g}, seed {self.seed}",
+            f"method       {self.method} ({self.mode}), ratio {self.ratio:.3g}"
+            + (f" (for MACs target {self.target_macs:g})" if self.target_macs is not None else "")
+            + f", seed {self.seed}",
             f"calibration  {self.calibration_samples} samples"
             + (" (synthetic)" if self.synthetic_calibration else "")
             + f", {self.held_out_samples} held out",

@@ -102,3 +102,20 @@ def test_synthetic_calibration_warns(caplog) -> None:
     _, rep = prune(model, ratio=0.5, samples=16)
     assert rep.synthetic_calibration
     assert "synthetic" in caplog.text
+
+
+@pytest.mark.parametrize("target", [0.8, 0.5])
+def test_macs_target_is_reached(target: float) -> None:
+    model = BUILDERS["resnet_option_a"]()
+    x = inputs_for(model, 32)
+    _, rep = prune(model, target_macs=target, calib=x, method="l2", prune_residual=True)
+    assert rep.target_macs == target and rep.ratio > 0
+    assert rep.macs_ratio <= target + 0.08  # predicted from kept fractions, measured exactly
+
+
+def test_ratio_and_target_are_exclusive() -> None:
+    model = BUILDERS["conv_chain"]()
+    with pytest.raises(UsageError):
+        prune(model, ratio=0.5, target_macs=0.5)
+    with pytest.raises(UsageError):
+        prune(model)

@@ -60,6 +60,8 @@ def test_inspect_lists_groups_and_reasons(tmp_path: Path) -> None:
         ["--ratio", "0.5", "--samples", "0"],
         ["--ratio", "0.5", "--bogus-flag"],
         [],
+        ["--ratio", "0.5", "--target-macs", "0.5"],
+        ["--target-macs", "1.5"],
     ],
 )
 def test_bad_flags_exit_2(work: Path, args: list[str]) -> None:

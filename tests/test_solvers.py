@@ -151,3 +151,23 @@ def test_selection_baselines() -> None:
     assert select_channels("l2", [], 4, 2, filters=f, seed=0).tolist() == [0, 2]
     a = select_channels("random", [], 4, 2, filters=f, seed=3)
     assert a.tolist() == select_channels("random", [], 4, 2, filters=f, seed=3).tolist() and len(a) == 2
+
+
+@pytest.mark.parametrize("method", ["reap", "poem", "l1", "random"])
+def test_region_quotas_are_respected(method: str) -> None:
+    d = _layer(C=9, k=1, seed=2)
+    regions = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    quota = np.array([1, 3, 2])
+    kept = select_channels(method, [d], 9, 6, filters=np.arange(9.0)[:, None] + 1, seed=0, regions=regions,
+                           region_keep=quota)  # fmt: skip
+    assert np.bincount(regions[kept], minlength=3).tolist() == quota.tolist()
+
+
+def test_absent_atoms_cost_nothing_for_a_consumer() -> None:
+    d = _layer(C=4, k=2, seed=4, act="identity")
+    # 6 atoms; this consumer sees only atoms 1..4 as its channels 0..3
+    index = np.array([-1, 0, 1, 2, 3, -1])
+    p = QuadProblem(d.G, d.P, d.W0, 2, index)
+    kept = greedy_eliminate([p], 6, 4, lam=1e-9)
+    assert {0, 5} <= set(range(6)) - set(kept.tolist()) or len(kept) == 4
+    assert 0 not in kept.tolist() and 5 not in kept.tolist()  # free to remove: removed first

@@ -165,6 +165,9 @@ class ChannelGroup:
         pads: channel ``Pad`` nodes whose pads change.
         residual: some atom is produced by several layers (channels joined by a residual
             ``Add``), as opposed to producers side by side (``Concat``).
+        regions: atom → region id, atoms of one region occurring in the same tensors
+            (e.g. the channels of one ResNet stage); ratios apply per region.
+            ``None``: a single region.
     """
 
     id: str
@@ -178,6 +181,7 @@ class ChannelGroup:
     producers: tuple[int, ...] = ()
     pads: tuple[PadFix, ...] = ()
     residual: bool = False
+    regions: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,9 @@ class _Component:
 
         first = min(self.producers)
         per_atom = sum((index[s] >= 0).astype(np.int64) for s in self.producers.values())
+        where = np.stack([index[s] >= 0 for s in range(len(self.sizes))], axis=1)  # (atoms, spaces)
+        _, first_seen, region = np.unique(where, axis=0, return_index=True, return_inverse=True)
+        region = np.argsort(np.argsort(first_seen, kind="stable"), kind="stable")[region.reshape(-1)]
         consumers = tuple(
             replace(c, index=ix(s), in_channels=self.sizes[s]) for _, (c, s) in sorted(self.consumers.items())
         )
@@ -314,6 +317,7 @@ class _Component:
                 for node, name, axis, rank, s, before, after in self.pads
             ),
             residual=bool(np.max(per_atom) > 1) or bool(self.pads),
+            regions=tuple(map(int, region)) if region.max() > 0 else None,
         )
 
 

@@ -98,10 +98,20 @@ class _State:
         self.W[:, keep] = self.Pd[:, keep] @ self.H[np.ix_(keep, keep)]
 
 
-def greedy_eliminate(problems: list[QuadProblem], channels: int, keep: int, *, lam: float = 0.01) -> np.ndarray:
+def greedy_eliminate(
+    problems: list[QuadProblem],
+    channels: int,
+    keep: int,
+    *,
+    lam: float = 0.01,
+    regions: np.ndarray | None = None,
+    region_keep: np.ndarray | None = None,
+) -> np.ndarray:
     """Indices of the ``keep`` atoms (sorted) left after greedy elimination of the others.
 
     ``channels`` is the number of atoms; each problem maps atoms to its own channels.
+    With ``regions`` (atom → region) and ``region_keep`` (atoms to keep per region),
+    only atoms of regions above their quota are candidates, and ``keep`` is their sum.
 
     Ties are broken toward the lower channel index, so the result is deterministic.
     """
@@ -110,11 +120,16 @@ def greedy_eliminate(problems: list[QuadProblem], channels: int, keep: int, *, l
     states = [_State(p, lam) for p in problems]
     alive = np.arange(channels)
     every = max(1, channels // 8)
-    for step in range(channels - keep):
+    if regions is None or region_keep is None:
+        regions, region_keep = np.zeros(channels, dtype=np.int64), np.array([keep])
+    left = np.bincount(regions, minlength=len(region_keep)) - region_keep  # removals still due per region
+    for step in range(int(left.sum())):
         cost = np.zeros(len(alive))
         for s in states:
             cost += s.costs(alive)
+        cost[left[regions[alive]] <= 0] = np.inf
         j = int(np.argmin(cost))
+        left[regions[alive[j]]] -= 1
         victim = int(alive[j])
         alive = np.delete(alive, j)
         for s in states:

@@ -31,6 +31,8 @@ def select_channels(
     filters: np.ndarray,
     seed: int,
     lam: float = 0.01,
+    regions: np.ndarray | None = None,
+    region_keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sorted indices of the ``keep`` channels to keep out of ``channels``.
 
@@ -40,18 +42,24 @@ def select_channels(
         layers: the consumers' statistics (selection sums their costs).
         filters: ``(channels, ...)`` producer weights per atom, all producers side by side (for ``l1``/``l2``).
         seed: seed of ``random``.
+        regions, region_keep: atom → region, and atoms to keep per region (``keep`` is their
+            sum); ``None``: one region of ``keep``.
     """
     if keep >= channels:
         return np.arange(channels)
+    if regions is None or region_keep is None:
+        regions, region_keep = np.zeros(channels, dtype=np.int64), np.array([keep])
     if method in ("reap", "poem"):
         w = method == "poem"
         problems = [QuadProblem(d.Gw if w else d.G, d.Pw if w else d.P, d.W0, d.k, d.index) for d in layers]
-        return greedy_eliminate(problems, channels, keep, lam=lam)
+        return greedy_eliminate(problems, channels, keep, lam=lam, regions=regions, region_keep=region_keep)
     if method in ("l1", "l2"):
         f = filters.reshape(channels, -1).astype(np.float64)
         score = np.abs(f).sum(axis=1) if method == "l1" else np.sqrt((f * f).sum(axis=1))
-        order = np.argsort(-score, kind="stable")
-        return np.sort(order[:keep])
-    if method == "random":
-        return np.sort(np.random.default_rng(seed).choice(channels, size=keep, replace=False))
-    raise ValueError(f"unknown method {method!r}")
+    elif method == "random":
+        score = np.random.default_rng(seed).random(channels)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    kept = [np.flatnonzero(regions == r)[np.argsort(-score[regions == r], kind="stable")[:k]]
+            for r, k in enumerate(region_keep)]  # fmt: skip
+    return np.sort(np.concatenate(kept))

@@ -169,5 +169,5 @@ def test_absent_atoms_cost_nothing_for_a_consumer() -> None:
     index = np.array([-1, 0, 1, 2, 3, -1])
     p = QuadProblem(d.G, d.P, d.W0, 2, index)
     kept = greedy_eliminate([p], 6, 4, lam=1e-9)
-    assert {0, 5} <= set(range(6)) - set(kept.tolist()) or len(kept) == 4
+    assert len(kept) == 4
     assert 0 not in kept.tolist() and 5 not in kept.tolist()  # free to remove: removed first

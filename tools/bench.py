@@ -1,5 +1,9 @@
 """Benchmark onnx-poem on the protocol of ../shared/docs/BENCHMARK.md.
 
+Methods are onnx-poem's ``--method`` names, optionally suffixed ``+res`` to
+prune residual streams too (``poem+res``); ``--target`` turns ``--ratios``
+into MACs targets.
+
 Usage (development tool; needs the ``bench`` extra for the onnxsim peer)::
 
     python tools/bench.py --models cifar10_resnet20,mnist_cnn --methods poem,reap \
@@ -100,10 +104,20 @@ def run_one(args: argparse.Namespace) -> dict:
             batches = [{k: v[s : s + 32] for k, v in calib.items()} for s in range(0, args.samples, 32)]
             pruned = pruning.apply_structured_wanda_pruning(original, calibration_data=batches, sparsity=args.ratio)
     else:
-        pruned, _ = prune(original, ratio=args.ratio, calib=calib, method=args.method, seed=args.seed, mode=args.mode)
+        method, _, variant = args.method.partition("+")
+        amount = {"target_macs": args.ratio} if args.target else {"ratio": args.ratio}
+        pruned, _ = prune(
+            original,
+            calib=calib,
+            method=method,
+            seed=args.seed,
+            mode=args.mode,
+            prune_residual=variant == "res",
+            **amount,
+        )
     prune_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    out = Path(args.work) / f"{args.model}.{args.method}.{args.ratio}.onnx"
+    out = Path(args.work) / f"{args.model}.{args.method}.{args.ratio}.{args.seed}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(pruned, str(out))
     metric = task.evaluate(session(str(out), 2))
@@ -150,6 +164,7 @@ def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict
         str(a.seed),
         "--mode",
         a.mode,
+        *(["--target"] if a.target else []),
         "--latency",
         str(a.latency),
     ]
@@ -213,6 +228,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--seeds", default="0", help="comma-separated seeds for onnx-poem methods (mean ± std)")
     p.add_argument("--mode", default="cascade")
+    p.add_argument("--target", action="store_true", help="--ratios are MACs targets (fractions of the original)")
     p.add_argument("--latency", type=int, default=0, help="interleaved latency runs per side (0: skip)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()

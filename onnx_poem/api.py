@@ -159,9 +159,7 @@ def prune(
         if progress:
             progress(done, len(todo), g.id)
         current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
-        decision, layers = _solve_group(
-            view, current, g, ratio, data, fit_idx, held_idx, cfg, len(plan.decisions)
-        )
+        decision, layers = _solve_group(view, current, g, ratio, data, fit_idx, held_idx, cfg, len(plan.decisions))
         plan = plan.extended(decision)
         report.layers.extend(layers)
     if progress:

@@ -58,7 +58,7 @@ def _layer(
 def test_keep_all_reproduces_weights() -> None:
     d = _layer()
     keep = np.arange(8)
-    for method in ("ls", "poem", "none"):
+    for method in ("ls", "poem", "none", "scale"):
         W = reconstruct(d, keep, method=method, lam=1e-9).W
         np.testing.assert_allclose(W, d.W0, rtol=1e-5, atol=1e-6)
     assert select_channels("reap", [d], 8, 8, filters=np.ones((8, 1)), seed=0).tolist() == list(range(8))
@@ -84,7 +84,7 @@ def test_error_never_decreases_as_fewer_channels_are_kept() -> None:
     assert all(b >= a - 1e-6 * max(1.0, a) for a, b in itertools.pairwise(errs))
 
 
-@pytest.mark.parametrize("method", ["reap", "poem"])
+@pytest.mark.parametrize("method", ["reap", "poem", "thinet"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_planted_support_is_recovered(method: str, k: int) -> None:
     planted = np.array([1, 4, 6])
@@ -171,3 +171,24 @@ def test_absent_atoms_cost_nothing_for_a_consumer() -> None:
     kept = greedy_eliminate([p], 6, 4, lam=1e-9)
     assert len(kept) == 4
     assert 0 not in kept.tolist() and 5 not in kept.tolist()  # free to remove: removed first
+
+
+def test_apoz_removes_the_most_often_zero_channels() -> None:
+    d = _layer(C=5, k=2, seed=8)
+    X = d.fit.X.copy()
+    X[:, 2:4] = np.where(np.arange(len(X))[:, None] % 10 < 9, 0.0, X[:, 2:4])  # channel 1: 90 % zeros
+    X[:, 6:8] = np.where(np.arange(len(X))[:, None] % 10 < 5, 0.0, X[:, 6:8])  # channel 3: 50 % zeros
+    d2 = LayerData(**{**d.__dict__, "fit": Samples(X, d.fit.Y, d.fit.S, d.fit.Z)})
+    assert select_channels("apoz", [d2], 5, 3, filters=np.ones((5, 1)), seed=0).tolist() == [0, 2, 4]
+
+
+def test_thinet_scales_fit_the_kept_contributions() -> None:
+    d = _layer(C=6, k=2, seed=9, act="identity")
+    keep = np.array([0, 2, 3, 5])
+    W = reconstruct(d, keep, method="scale", lam=1e-9).W
+    cols = kept_columns(keep, 2, d.G.shape[0])
+    ratio = W / d.W0[:, cols]
+    # one scale per channel block (shared by every output), and no worse than no reconstruction
+    assert np.allclose(ratio[:, 0], ratio[:, 1]) and np.allclose(ratio[:, 0], ratio[0, 0])
+    e = lambda M: np.trace(M @ d.G[np.ix_(cols, cols)] @ M.T) - 2 * np.trace(M @ d.P[:, cols].T)  # noqa: E731
+    assert e(W) <= e(d.W0[:, cols]) + 1e-6

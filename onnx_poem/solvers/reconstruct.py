@@ -159,16 +159,37 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
     return W
 
 
+def channel_scales(d: LayerData, keep: np.ndarray, lam: float) -> np.ndarray:
+    """ThiNet reconstruction: ``W_c ← r_c W_c`` per kept channel (and the bias), ``r`` by least squares.
+
+    With contributions ``v_c = W_c x_c``, ``min_r ‖y − Σ_c r_c v_c‖²`` has normal
+    equations ``K r = t``, ``K_cd = tr(W_c G_cd W_dᵀ)``, ``t_c = Σ_{ij∈c} W_ij P_ij``
+    (the bias column is one more "channel").  Returns ``(m, |keep|·k + 1)``.
+    """
+    cols = kept_columns(keep, d.k, d.G.shape[0])
+    blocks = np.concatenate([np.repeat(np.arange(len(keep)), d.k), [len(keep)]])  # column → block
+    M = d.W0[:, cols]
+    full = (M.T @ M) * d.G[np.ix_(cols, cols)]
+    nb = len(keep) + 1
+    K = np.zeros((nb, nb))
+    np.add.at(K, (blocks[:, None], blocks[None, :]), full)
+    t = np.bincount(blocks, weights=np.sum(M * d.P[:, cols], axis=0), minlength=nb)
+    r = ridge_solve(K, t[None, :], np.ones((1, nb)), damping(K, lam))[0]
+    return M * r[blocks][None, :]
+
+
 def reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.01) -> Reconstruction:
     """Reconstruct consumer weights on kept channels ``keep`` with ``method``.
 
-    ``method``: ``none`` (original weights), ``ls`` (REAP) or ``poem``.
+    ``method``: ``none`` (original weights), ``scale`` (ThiNet), ``ls`` (REAP) or ``poem``.
     """
     n1 = d.G.shape[0]
     cols = kept_columns(keep, d.k, n1)
     W_none = d.W0[:, cols]
     if method == "none":
         return Reconstruction(W_none)
+    if method == "scale":
+        return Reconstruction(channel_scales(d, keep, lam))
     W_ls = least_squares(d, cols, lam)
     if method == "ls" or d.activation == "identity":
         return Reconstruction(W_ls)

@@ -35,7 +35,7 @@ def _layer(
     Y = X @ W.T + b
     Xb = np.hstack([X, np.ones((N, 1))])
     Z = apply(act, (0.0, 6.0) if act == "clip" else (0.1,) if act == "leaky_relu" else (), Y)
-    half = N // 2
+    half = N // 2  # fitting / held-out halves
     params = (0.0, 6.0) if act == "clip" else (0.1,) if act == "leaky_relu" else ()
     d = np.mean(derivative(act, params, Y) ** 2, axis=1)
     fit = Samples(X[:half], Y[:half], np.zeros((half, m)), Z[:half])
@@ -111,7 +111,7 @@ def test_inputs_are_not_mutated() -> None:
         np.testing.assert_array_equal(v, {"G": d.G, "P": d.P, "W0": d.W0, "X": d.fit.X}[k])
 
 
-@pytest.mark.parametrize("act", ["relu", "leaky_relu", "clip"])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "clip", "sigmoid", "tanh", "gelu", "silu", "hard_swish"])
 def test_poem_is_never_worse_than_ls_on_held_out(act: str) -> None:
     d = _layer(C=8, k=2, act=act, seed=11, N=3000)
     kept = select_channels("poem", [d], 8, 4, filters=np.ones((8, 1)), seed=0)

@@ -14,7 +14,9 @@ alternate
     U-step  u = argmin (f(u) − z)² + λ (u − r)²   (closed form on each linear piece)
     W-step  W = argmin λ‖U − Ŝ − W X̄‖² + μ (W − W_ls) Ĝ (W − W_ls)ᵀ
 
-on a reservoir of fitting samples, for λ ∈ {1, 10, 100}.  The ``μ`` term (``Ĝ``
+on a reservoir of fitting samples, for λ ∈ {1, 10, 100}.  For smooth ``f``
+(sigmoid, tanh, GELU, SiLU, HardSwish, softplus, ELU) a damped Gauss-Newton
+with one curvature matrix shared by the outputs minimises the same objective.  The ``μ`` term (``Ĝ``
 the Gram rescaled to the reservoir size) is the increase of the least-squares
 error, so POEM is regularised toward ``W_ls``.  Because such fits overfit
 (measured: held-out error worse than LS on 6 of 8 layers without it), the
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .activations import apply, piecewise
+from .activations import apply, derivative, piecewise
 from .linalg import damping, ridge_solve, spd_inverse
 
 
@@ -138,16 +140,53 @@ def _u_step(
     return best
 
 
+def _gauss_newton(
+    d: LayerData, X: np.ndarray, S: np.ndarray, Z: np.ndarray, W_ls: np.ndarray, Gn: np.ndarray, mu: float
+) -> np.ndarray:
+    """Smooth ``f``: damped Gauss-Newton with one curvature matrix shared by all outputs.
+
+    Objective ``E(W) = ‖f(X Wᵀ + S) − Z‖² + μ tr((W − W_ls) Gn (W − W_ls)ᵀ)``; step
+    ``ΔW = −g H⁻¹`` with ``g = (f'(Ỹ) ⊙ (f(Ỹ) − Z))ᵀ X + μ (W − W_ls) Gn`` and
+    ``H = Xᵀ diag(mean_i f'(Ỹ)²) X + μ Gn``; a step is taken only if ``E`` drops
+    (halving it up to three times), else the iteration stops.
+    """
+    kind, params = d.activation, d.act_params
+
+    def energy(W: np.ndarray) -> float:
+        r = apply(kind, params, X @ W.T + S) - Z
+        dW = W - W_ls
+        return float(np.sum(r * r) + mu * np.sum((dW @ Gn) * dW))
+
+    W, e = W_ls.copy(), energy(W_ls)
+    ridge = 1e-6 * max(float(np.mean(np.diag(Gn))), 1e-12) * np.eye(len(Gn))
+    for _ in range(10):
+        pre = X @ W.T + S
+        fp = derivative(kind, params, pre)
+        g = (fp * (apply(kind, params, pre) - Z)).T @ X + mu * ((W - W_ls) @ Gn)
+        H = (X * np.mean(fp * fp, axis=1)[:, None]).T @ X + mu * Gn + ridge
+        step = g @ spd_inverse(H)
+        for alpha in (1.0, 0.5, 0.25, 0.125):
+            e_new = energy(W - alpha * step)
+            if e_new < e:
+                W, e = W - alpha * step, e_new
+                break
+        else:
+            break
+    return W
+
+
 def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, iters: int = 8) -> np.ndarray | None:
-    """The relaxation of the module docstring on the fit reservoir; ``None`` if ``f`` is smooth."""
-    pieces = piecewise(d.activation, d.act_params)
-    if pieces is None or len(d.fit) == 0:
+    """POEM weights on the fit reservoir (relaxation, or Gauss-Newton for smooth ``f``)."""
+    if len(d.fit) == 0:
         return None
     X = _bar(d.fit.X, cols)
     S = d.fit.S.astype(np.float64)
     Z = d.fit.Z.astype(np.float64)
-    XtX = X.T @ X
     Gn = d.G[np.ix_(cols, cols)] * (len(d.fit) / max(d.count, 1))
+    pieces = piecewise(d.activation, d.act_params)
+    if pieces is None:
+        return _gauss_newton(d, X, S, Z, W_ls, Gn, mu)
+    XtX = X.T @ X
     ridge = 1e-6 * max(float(np.mean(np.diag(XtX))), 1e-12) * np.eye(len(cols))
     W = W_ls.copy()
     for lam in (1.0, 10.0, 100.0):
@@ -201,7 +240,7 @@ def reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.0
     for mu in (0.3, 3.0):
         W_p = poem_fit(d, cols, W_ls, mu=mu)
         if W_p is None:
-            out.fallbacks.append(f"activation {d.activation}: no POEM relaxation, kept least squares")
+            out.fallbacks.append("no fitting samples: kept least squares")
             return out
         for a in (0.5, 1.0):
             candidates[f"poem(mu={mu},a={a})"] = W_ls + a * (W_p - W_ls)

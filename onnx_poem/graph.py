@@ -101,6 +101,8 @@ class GraphView:
         outputs: names of the graph outputs.
         inputs: names of the graph inputs that are not initializers.
         shapes: tensor name → inferred shape (``None`` for unknown dimensions).
+        captured: names read inside subgraphs (``If``/``Loop``/``Scan`` bodies), which
+            may be outer-scope tensors used implicitly.
     """
 
     model: onnx.ModelProto
@@ -109,6 +111,7 @@ class GraphView:
     outputs: set[str] = field(default_factory=set)
     inputs: list[str] = field(default_factory=list)
     shapes: dict[str, Shape] = field(default_factory=dict)
+    captured: set[str] = field(default_factory=set)
     _init: dict[str, onnx.TensorProto] = field(default_factory=dict)
     _const_node: dict[str, int] = field(default_factory=dict)
 
@@ -129,6 +132,9 @@ class GraphView:
                     view.uses.setdefault(t, []).append(Use(i, s))
             if n.op_type == "Constant" and len(n.output) == 1:
                 view._const_node[n.output[0]] = i
+            for a in n.attribute:
+                for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                    view.captured |= _referenced(sub)
         view.shapes = infer_shapes(model, input_shapes or {})
         return view
 
@@ -167,6 +173,17 @@ class GraphView:
     def const_users(self, name: str) -> int:
         """How many node inputs read constant ``name`` (weights shared by two nodes are not pruned)."""
         return len(self.uses.get(name, []))
+
+
+def _referenced(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a (sub)graph's nodes read, recursively."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(t for t in n.input if t)
+        for a in n.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                names |= _referenced(sub)
+    return names
 
 
 def infer_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, Shape]:

@@ -66,11 +66,49 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
             pads[ax] = int(np.sum(out_pos < pad.before))
             pads[ax + pad.rank] = int(np.sum(out_pos >= pad.size - pad.after))
             arrays[pad.pads] = pads
+    split_attr: dict[int, list[int]] = {}
+    for dec in plan.decisions:
+        keep = np.asarray(dec.keep, dtype=np.int64)
+        for rf in groups[dec.group_id].ranges:
+            kept = positions(rf.index, keep)
+            starts = [int(np.sum(kept < a)) for a, _ in rf.parts]
+            sizes = [int(np.sum((kept >= a) & (kept < a + n))) for a, n in rf.parts]
+            node = view.nodes[rf.node]
+            if node.op_type == "Slice":
+                for name, value in ((node.input[1], starts[0]), (node.input[2], starts[0] + sizes[0])):
+                    arr = get(name).copy()
+                    arr.reshape(-1)[rf.entry] = value
+                    arrays[name] = arr
+            elif len(node.input) > 1 and node.input[1]:
+                arrays[node.input[1]] = np.asarray(sizes, dtype=get(node.input[1]).dtype)
+            else:
+                split_attr[rf.node] = sizes
     model = onnx.ModelProto()
     model.CopyFrom(view.model)
     _write(model, view, arrays, new_bias, group_attr)
+    for idx, sizes in split_attr.items():
+        _set_split(model, idx + sum(1 for d in new_bias if d < idx and view.nodes[d].op_type == "MatMul"), sizes)
     del model.graph.value_info[:]
     return model
+
+
+def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
+    """Give Split node ``idx`` explicit sizes (attribute before opset 13, input after)."""
+    node = model.graph.node[idx]
+    for a in node.attribute:
+        if a.name == "split":
+            del a.ints[:]
+            a.ints.extend(sizes)
+            return
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        node.attribute.append(helper.make_attribute("split", sizes))
+        return
+    name = f"{node.output[0]}__poem_split"
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(sizes, dtype=np.int64), name))
+    while len(node.input) < 2:
+        node.input.append("")
+    node.input[1] = name
 
 
 def _write(

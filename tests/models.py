@@ -141,8 +141,16 @@ def resnet_option_a(seed: int = 0) -> onnx.ModelProto:
     x1 = b.node("Relu", [b.node("Add", [b.conv(t, 3, 4), x0])])
     t = b.node("Relu", [b.conv(x1, 4, 6, stride=2)])
     i64 = np.int64
-    sl = b.node("Slice", [x1, b.const(np.array([0, 0], i64), "s"), b.const(np.array([8, 8], i64), "e"),
-                          b.const(np.array([2, 3], i64), "a"), b.const(np.array([2, 2], i64), "st")])  # fmt: skip
+    sl = b.node(
+        "Slice",
+        [
+            x1,
+            b.const(np.array([0, 0], i64), "s"),
+            b.const(np.array([8, 8], i64), "e"),
+            b.const(np.array([2, 3], i64), "a"),
+            b.const(np.array([2, 2], i64), "st"),
+        ],
+    )
     pad = b.node("Pad", [sl, b.const(np.array([0, 2, 0, 0, 0, 2, 0, 0], i64), "p")], mode="constant")
     x2 = b.node("Relu", [b.node("Add", [b.conv(t, 6, 8), pad])])
     t = b.node("Flatten", [b.node("GlobalAveragePool", [x2])], axis=1)
@@ -195,6 +203,95 @@ def concat(seed: int = 0) -> onnx.ModelProto:
     return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 8, 3)])
 
 
+def squeeze_excite(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→8) → relu → x·sigmoid(conv(relu(conv(GAP(x), 8→4)), 4→8)) → conv(8→5)."""
+    b = _B(seed)
+    x = b.node("Relu", [b.conv("x", 3, 8)])
+    s = b.node("Relu", [b.conv(b.node("GlobalAveragePool", [x]), 8, 4, k=1, pad=0)])
+    gate = b.node("Sigmoid", [b.conv(s, 4, 8, k=1, pad=0)])
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(b.node("Mul", [x, gate]), 8, 5)])
+
+
+def split_slice(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→8) → relu → Split(4, 4) → conv(4→3) each, added; and Slice of channels 2:6 → conv(4→3)."""
+    b = _B(seed)
+    x = b.node("Relu", [b.conv("x", 3, 8)])
+    out_a, out_b = b.name("split_"), b.name("split_")
+    b.nodes.append(
+        helper.make_node(
+            "Split", [x, b.const(np.array([4, 4], np.int64), "sp")], [out_a, out_b], axis=1, name=b.name("Split")
+        )
+    )
+    y = b.node("Add", [b.conv(out_a, 4, 3), b.conv(out_b, 4, 3)])
+    i64 = np.int64
+    sl = b.node(
+        "Slice",
+        [x, b.const(np.array([2], i64), "s"), b.const(np.array([6], i64), "e"), b.const(np.array([1], i64), "a")],
+    )
+    return b.model([("x", ["N", 3, 6, 6])], [y, b.conv(sl, 4, 3)])
+
+
+def prelu_instnorm(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→6) → InstanceNormalization → PRelu (per-channel slopes) → conv(6→4)."""
+    b = _B(seed)
+    t = b.conv("x", 3, 6)
+    t = b.node(
+        "InstanceNormalization",
+        [
+            t,
+            b.const((1 + 0.1 * b.rng.standard_normal(6)).astype(np.float32), "g"),
+            b.const((0.1 * b.rng.standard_normal(6)).astype(np.float32), "be"),
+        ],
+    )
+    t = b.node("PRelu", [t, b.const((0.1 + 0.2 * b.rng.random((6, 1, 1))).astype(np.float32), "slope")])
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 6, 4)])
+
+
+def conv_transpose(seed: int = 0) -> onnx.ModelProto:
+    """ConvTranspose(3→6, stride 2) → relu → conv(6→4)."""
+    b = _B(seed)
+    w = b.const((b.rng.standard_normal((3, 6, 2, 2)) / 3).astype(np.float32))
+    t = b.node("ConvTranspose", ["x", w, b.const(np.zeros(6, np.float32), "b")], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model([("x", ["N", 3, 4, 4])], [b.conv(b.node("Relu", [t]), 6, 4)])
+
+
+def control_flow(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→4) → relu → t; If(cond) returns Identity(t) or Neg(t), both reading t from the outer scope."""
+    b = _B(seed)
+    t = b.node("Relu", [b.conv("x", 3, 4)])
+    out = helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4, 6, 6])
+    then_g = helper.make_graph([helper.make_node("Identity", [t], ["r"])], "then", [], [out])
+    else_g = helper.make_graph([helper.make_node("Neg", [t], ["r"])], "else", [], [out])
+    y = b.name("if_")
+    b.nodes.append(helper.make_node("If", ["cond"], [y], then_branch=then_g, else_branch=else_g, name=b.name("If")))
+    g = helper.make_graph(
+        b.nodes,
+        "cf",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
+        b.inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    m = onnx.shape_inference.infer_shapes(m)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def recurrent(seed: int = 0) -> onnx.ModelProto:
+    """MatMul(4→6) on (T, N, 4) → LSTM(hidden 5): the MatMul's channels reach an LSTM."""
+    b = _B(seed)
+    h = b.node("MatMul", ["x", b.const((b.rng.standard_normal((4, 6)) / 2).astype(np.float32))])
+    w = b.const((b.rng.standard_normal((1, 20, 6)) / 3).astype(np.float32))
+    r = b.const((b.rng.standard_normal((1, 20, 5)) / 3).astype(np.float32))
+    y = b.name("lstm_")
+    b.nodes.append(helper.make_node("LSTM", [h, w, r], [y], hidden_size=5, name=b.name("LSTM")))
+    return b.model([("x", [3, "N", 4])], [y])
+
+
 def lone_conv(seed: int = 0) -> onnx.ModelProto:
     """conv(3→4) → relu → output: nothing to prune (its channels are the graph output)."""
     b = _B(seed)
@@ -219,5 +316,9 @@ BUILDERS = {
     "depthwise": depthwise,
     "ffn": ffn,
     "concat": concat,
+    "squeeze_excite": squeeze_excite,
+    "split_slice": split_slice,
+    "prelu_instnorm": prelu_instnorm,
+    "conv_transpose": conv_transpose,
     "relu_mlp": relu_mlp,
 }

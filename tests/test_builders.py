@@ -85,3 +85,37 @@ def test_residual_stream_is_one_group_with_option_a_offsets() -> None:
 def test_residual_policy_reports_the_stream() -> None:
     c = find_groups(GraphView.build(BUILDERS["residual"]()), residual=False)
     assert any("residual stream" in u.reason and "--prune-residual" in u.reason for u in c.unprunable)
+
+
+def test_squeeze_excite_gate_prunes_with_the_main_path() -> None:
+    c = find_groups(GraphView.build(BUILDERS["squeeze_excite"]()))
+    main = next(g for g in c.groups if g.channels == 8)
+    assert len(main.producers) == 2 and not main.residual  # the gate's expand conv joins via Mul
+    kinds = sorted(x.label for x in main.consumers)
+    assert len(kinds) == 2  # the SE reduce conv and the conv after the Mul
+
+
+def test_channel_split_and_slice_map_offsets() -> None:
+    (g,) = find_groups(GraphView.build(BUILDERS["split_slice"]())).groups
+    idx = sorted((c.index for c in g.consumers), key=lambda i: [v < 0 for v in i])
+    assert (0, 1, 2, 3, -1, -1, -1, -1) in idx and (-1, -1, -1, -1, 0, 1, 2, 3) in idx
+    assert (-1, -1, 0, 1, 2, 3, -1, -1) in idx  # Slice 2:6
+
+
+def test_per_channel_parameters_of_prelu_and_instance_norm() -> None:
+    (g,) = find_groups(GraphView.build(BUILDERS["prelu_instnorm"]())).groups
+    assert len(g.params) == 5  # conv W, b; InstanceNorm scale, bias; PRelu slope
+
+
+def test_conv_transpose_is_a_producer() -> None:
+    (g,) = find_groups(GraphView.build(BUILDERS["conv_transpose"]())).groups
+    assert g.params[0].axis == 1  # ConvTranspose weight is (C_in, C_out, kh, kw)
+
+
+def test_control_flow_and_recurrent_parts_stay_unpruned_with_reasons() -> None:
+    from models import control_flow, recurrent
+
+    c = find_groups(GraphView.build(control_flow()))
+    assert not c.groups and "subgraph" in c.unprunable[0].reason
+    c = find_groups(GraphView.build(recurrent()))
+    assert not c.groups and "LSTM" in c.unprunable[0].reason

@@ -149,6 +149,21 @@ class PadFix:
 
 
 @dataclass(frozen=True)
+class RangeFix:
+    """A channel ``Split`` or ``Slice`` whose ranges change with the kept atoms.
+
+    ``index`` maps atoms to input positions; ``parts`` are the ``(start, length)``
+    input ranges of the outputs before pruning; ``entry`` is the position of the
+    channel axis in a Slice's ``starts``/``ends``.
+    """
+
+    node: int
+    index: tuple[int, ...]
+    parts: tuple[tuple[int, int], ...]
+    entry: int = 0
+
+
+@dataclass(frozen=True)
 class ChannelGroup:
     """Channels that must be pruned together (see module docstring).
 
@@ -163,8 +178,10 @@ class ChannelGroup:
         tensors: the tensors that carry the channels (for reports).
         producers: every producer layer of the group (``producer`` is the first).
         pads: channel ``Pad`` nodes whose pads change.
-        residual: some atom is produced by several layers (channels joined by a residual
-            ``Add``), as opposed to producers side by side (``Concat``).
+        residual: some atom is produced by several layers joined by an ``Add``/``Sub``
+            (a residual stream), as opposed to producers side by side (``Concat``) or a
+            squeeze-excite gate (``Mul``).
+        ranges: channel Split/Slice nodes whose ranges change.
         regions: atom → region id, atoms of one region occurring in the same tensors
             (e.g. the channels of one ResNet stage); ratios apply per region.
             ``None``: a single region.
@@ -182,6 +199,7 @@ class ChannelGroup:
     pads: tuple[PadFix, ...] = ()
     residual: bool = False
     regions: tuple[int, ...] | None = None
+    ranges: tuple[RangeFix, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,6 @@ RULES: dict[str, Rule] = {}
 UNARY_ELEMENTWISE = (
     "Relu",
     "LeakyRelu",
-    "PRelu_scalar",
     "Sigmoid",
     "Tanh",
     "HardSigmoid",
@@ -150,6 +149,26 @@ def _clip(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> S
         if name and not view.is_const(name):
             return Stop("Clip with computed bounds")
     return Through((_out_edge(view, node, edge),))
+
+
+@coupling_rule("PRelu")
+def _prelu(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if slot != 0:
+        return Stop("channels reach a PRelu slope")
+    p = _const_per_channel(view, view.nodes[node].input[1], edge, channels)
+    if isinstance(p, str):
+        return Stop(f"PRelu: {p}")
+    return Through((_out_edge(view, node, edge),), (p,) if p is not None else ())
+
+
+@coupling_rule("InstanceNormalization")
+def _instancenorm(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    if slot != 0 or edge.cols != 1 or edge.axis % (edge.rank or 2) != 1:
+        return Stop("InstanceNormalization not on the channel axis")
+    names = view.nodes[node].input[1:3]
+    if not all(view.is_const(t) and view.const_users(t) == 1 for t in names):
+        return Stop("InstanceNormalization with non-constant or shared parameters")
+    return Through((_out_edge(view, node, edge),), tuple(ParamSlice(t, 0) for t in names))
 
 
 @coupling_rule("BatchNormalization")
@@ -243,6 +262,11 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     if dims[1] != channels * s or view.const_users(n.input[1]) != 1:
         return Stop(f"Reshape to {dims} is not a flatten to (N, C·H·W)")
     return Through((Edge(n.output[0], 1, 2, s),), reshape=ReshapeFix(node, n.input[1], 1, s))
+
+
+@coupling_rule("ConvTranspose")
+def _conv_transpose(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    return Stop("ConvTranspose as a consumer is not supported yet")
 
 
 @coupling_rule("Conv")

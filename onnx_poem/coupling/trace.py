@@ -26,7 +26,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..graph import GraphView
-from .groups import ChannelGroup, Consumer, Coupling, Grouped, PadFix, ParamSlice, ReshapeFix, Unprunable
+from .groups import (
+    ChannelGroup,
+    Consumer,
+    Coupling,
+    Grouped,
+    PadFix,
+    ParamSlice,
+    RangeFix,
+    ReshapeFix,
+    Unprunable,
+)
 from .rules import RULES, Consume, Edge, Stop, Through
 
 logger = logging.getLogger(__name__)
@@ -43,7 +53,7 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
     """Channels, sliced constants and output edge of producer node ``i`` (``None``: not a layer)."""
     n = view.nodes[i]
     label = view.node_label(i)
-    if n.op_type not in ("Conv", "Gemm", "MatMul"):
+    if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return None
     w = view.const(n.input[1]) if len(n.input) > 1 else None
     if w is None:
@@ -53,6 +63,13 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
     out = n.output[0]
     shape = view.shapes.get(out)
     rank = len(shape) if shape is not None else None
+    if n.op_type == "ConvTranspose":  # W: (C_in, C_out / group, kh, kw)
+        if int(view.attr(i, "group", 1)) != 1:
+            return Unprunable(label, "grouped ConvTranspose is not supported yet")
+        params = [ParamSlice(n.input[1], 1)]
+        if len(n.input) > 2 and n.input[2]:
+            params.append(ParamSlice(n.input[2], 0))
+        return int(w.shape[1]), params, Edge(out, 1, rank or w.ndim)
     if n.op_type == "Conv":
         group = int(view.attr(i, "group", 1))
         if group != 1:
@@ -97,6 +114,9 @@ class _Component:
     pads: list[tuple[int, str, int, int, int, int, int]] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)
     visited: set[tuple[int, str]] = field(default_factory=set)
+    _entry: int = 0
+    adds: int = 0  # Add/Sub joins of two computed tensors (residual connections)
+    ranges: list[tuple[int, int, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
 
     def space(self, size: int) -> int:
         self.sizes.append(size)
@@ -127,6 +147,8 @@ class _Component:
             space, edge = self.member[t]
             if t in self.view.outputs:
                 raise _Stop(f"channels reach graph output {t!r}")
+            if t in self.view.captured:
+                raise _Stop(f"tensor {t!r} is read inside a control-flow subgraph (If/Loop/Scan)")
             p = self.view.producer.get(t)
             if p is None:
                 raise _Stop(f"channels come from graph input {t!r}")
@@ -169,6 +191,7 @@ class _Component:
             self.params.extend((p, space) for p in params)
             return
         if n.op_type in JOINABLE and not any(view.is_const(x) for x in n.input):
+            self.adds += n.op_type in ("Add", "Sub")
             for x in n.input:
                 self.join(x, space, edge, via=node)
             return
@@ -181,6 +204,9 @@ class _Component:
             return
         if n.op_type == "Concat":
             self._concat(node, space, edge)
+            return
+        if n.op_type in ("Split", "Slice") and (parts := self._channel_parts(node, edge)) is not None:
+            self._split(node, parts, edge, self.member[n.input[0]][0] if n.input[0] in self.member else None)
             return
         data = [k for k, x in enumerate(n.input) if x and not view.is_const(x)]
         slot = data[0] if len(data) == 1 else 0
@@ -196,6 +222,7 @@ class _Component:
         """``t`` (input ``slot`` of ``node``) carries the channels: follow them through ``node``."""
         view, n = self.view, self.view.nodes[node]
         if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(x) for x in n.input):
+            self.adds += n.op_type in ("Add", "Sub") and (node, n.output[0]) not in self.visited
             self.join(n.input[1 - slot], space, edge, via=node)
             self.join(n.output[0], space, edge, via=node)
             return
@@ -210,6 +237,9 @@ class _Component:
             out = self.member.get(n.output[0])
             self._concat(node, out[0] if out else None, edge)
             self.visited.add((node, n.output[0]))
+            return
+        if n.op_type in ("Split", "Slice") and slot == 0 and (parts := self._channel_parts(node, edge)) is not None:
+            self._split(node, parts, edge, space)
             return
         rule = RULES.get(n.op_type)
         step = rule(view, node, slot, edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
@@ -255,6 +285,72 @@ class _Component:
             self.visited.add((node, x))
             self.links.append((src, out_space, 0, offset, size))
             offset += size
+
+    def _channel_parts(self, node: int, edge: Edge) -> list[tuple[int, int]] | None:
+        """``(start, length)`` of each output of a channel ``Split``/``Slice``; ``None`` if it cuts other axes."""
+        view, n = self.view, self.view.nodes[node]
+        rank = edge.rank or 0
+        if not rank or edge.cols != 1:
+            raise _Stop(f"stopped at {self._where(node)}: unknown rank")
+        ax = edge.axis % rank
+        shape = view.shapes.get(n.input[0])
+        total = shape[ax] if shape is not None else None
+        if n.op_type == "Split":
+            if int(view.attr(node, "axis", 0)) % rank != ax:
+                return None
+            found = [view.shapes.get(o, (None,) * rank)[ax] for o in n.output]
+            sizes = [int(v) for v in found if v is not None]
+            if len(sizes) != len(found):
+                raise _Stop(f"stopped at {self._where(node)}: unknown split sizes")
+            offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            return [(int(a), int(b)) for a, b in zip(offsets, sizes, strict=True)]
+        starts, ends = view.const(n.input[1]), view.const(n.input[2])
+        if starts is None or ends is None:
+            raise _Stop(f"stopped at {self._where(node)}: Slice with computed parameters")
+        axes: np.ndarray | None = np.arange(np.size(starts))
+        steps: np.ndarray | None = np.ones(np.size(starts), np.int64)
+        if len(n.input) > 3 and n.input[3]:
+            axes = view.const(n.input[3])
+        if len(n.input) > 4 and n.input[4]:
+            steps = view.const(n.input[4])
+        if starts is None or ends is None or axes is None or steps is None:
+            raise _Stop(f"stopped at {self._where(node)}: Slice with computed parameters")
+        hit = [k for k, a in enumerate(np.reshape(axes, -1)) if int(a) % rank == ax]
+        if not hit:
+            return None
+        k = hit[0]
+        if view.const_users(n.input[1]) != 1 or view.const_users(n.input[2]) != 1:
+            raise _Stop(f"stopped at {self._where(node)}: Slice bounds shared by several nodes")
+        self._entry = k
+        if int(np.reshape(steps, -1)[k]) != 1 or total is None:
+            raise _Stop(f"stopped at {self._where(node)}: strided or unsized channel Slice")
+        a, b = (
+            int(np.clip(v if v >= 0 else v + total, 0, total))
+            for v in (np.reshape(starts, -1)[k], np.reshape(ends, -1)[k])
+        )
+        return [(a, max(b - a, 0))]
+
+    def _split(self, node: int, parts: list[tuple[int, int]], edge: Edge, in_space: int | None) -> None:
+        """Channel ``Split``/``Slice``: output k holds input positions ``start_k …``."""
+        n = self.view.nodes[node]
+        entry, self._entry = self._entry, 0
+        if in_space is None:
+            shape = self.view.shapes.get(n.input[0])
+            total = shape[edge.axis % (edge.rank or 1)] if shape is not None else None
+            if total is None:
+                raise _Stop(f"stopped at {self._where(node)}: unknown channel count")
+            in_space = self.space(int(total))
+            self.join(n.input[0], in_space, edge, via=node)
+        self.visited.add((node, n.input[0]))
+        for out, (start, length) in zip(n.output, parts, strict=True):
+            if out in self.member:
+                dst = self.member[out][0]
+            else:
+                dst = self.space(length)
+                self.join(out, dst, edge, via=node)
+            self.visited.add((node, out))
+            self.links.append((dst, in_space, 0, start, length))
+        self.ranges.append((node, in_space, tuple(parts), entry))
 
     def atoms(self) -> tuple[int, list[np.ndarray]]:
         """Union-find over all positions: the atom count and, per space, atom → position (-1 absent)."""
@@ -316,8 +412,9 @@ class _Component:
                 PadFix(node, name, axis, rank, tuple(map(int, index[s])), before, after, self.sizes[s])
                 for node, name, axis, rank, s, before, after in self.pads
             ),
-            residual=bool(np.max(per_atom) > 1) or bool(self.pads),
+            residual=bool(self.pads) or (bool(np.max(per_atom) > 1) and self.adds > 0),
             regions=tuple(map(int, region)) if region.max() > 0 else None,
+            ranges=tuple(RangeFix(nd, tuple(map(int, index[sp])), parts, e) for nd, sp, parts, e in self.ranges),
         )
 
 
@@ -366,9 +463,12 @@ def find_groups(view: GraphView, *, residual: bool = False) -> Coupling:
         if g.residual and not residual:
             names = ", ".join(view.node_label(p) for p in g.producers[1:4]) + (", ..." if len(g.producers) > 4 else "")
             unprunable.append(
-                Unprunable(label, f"residual stream joining {len(g.producers)} producers ({names}); "
-                                  "pass --prune-residual to prune it")
-            )  # fmt: skip
+                Unprunable(
+                    label,
+                    f"residual stream joining {len(g.producers)} producers ({names}); "
+                    "pass --prune-residual to prune it",
+                )
+            )
             continue
         groups.append(g)
     for u in unprunable:

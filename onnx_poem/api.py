@@ -60,7 +60,7 @@ class PruneConfig:
     samples: int = 512
     seed: int = 0
     positions: int = 64
-    reservoir: int = 4096
+    reservoir: int = 16384
     held_out: float = 0.125
     batch_size: int = 32
     damping: float = 0.01
@@ -167,7 +167,15 @@ def prune(
     pruned = apply_plan(view, groups, plan) if plan.decisions else _copy(model)
     pruned = _infer(pruned)
     report.groups = [
-        {"group": g.id, "channels": g.channels, "kept": keeps[g.id], "consumers": [c.label for c in g.consumers]}
+        {
+            "group": g.id,
+            "channels": g.channels,
+            "kept": keeps[g.id] if g in todo else g.channels,
+            "residual": g.residual,
+            "producers": [view.node_label(p) for p in g.producers],
+            "consumers": [c.label for c in g.consumers],
+            "tensors": len(g.tensors),
+        }
         for g in coupling.groups
     ]
     report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)

@@ -264,22 +264,26 @@ def _write_text(path: Path, text: str, force: bool) -> None:
 
 @main.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prune-residual/--no-prune-residual", default=False, help="Analyse residual streams as groups.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def inspect_cmd(model: Path, debug: bool) -> None:
+def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
     """Show the channel groups of MODEL and what is left unpruned, without pruning."""
     _setup_logging(0, False)
     from .coupling import find_groups
 
     try:
         view = GraphView.build(load_model(model))
-        coupling = find_groups(view)
+        coupling = find_groups(view, residual=prune_residual)
     except PoemError as e:
         _fail(e, debug)
         return
     click.echo(f"{len(coupling.groups)} prunable groups")
     for g in coupling.groups:
         cons = ", ".join(f"{c.label} [{c.activation.kind}{'+residual' if c.offset else ''}]" for c in g.consumers)
-        click.echo(f"  {g.id}: {g.channels} channels -> {cons}")
+        kind = f" residual stream of {len(g.producers)} producers," if g.residual else ""
+        if not g.residual and len(g.producers) > 1:
+            kind = f" {len(g.producers)} producers,"
+        click.echo(f"  {g.id}:{kind} {g.channels} channels -> {cons}")
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")
     for u in coupling.unprunable:
         click.echo(f"  {u.where}: {u.reason}")

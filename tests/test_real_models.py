@@ -55,8 +55,19 @@ def test_cifar10_resnet20_poem_is_post_activation(cifar) -> None:
     pruned, rep = prune(model, ratio=0.5, calib=xn[5000:5384], method="poem")
     _check(pruned, rep, 0.6)
     assert len(rep.groups) == 9  # block-internal channels; the residual stream stays
-    assert any("Add" in u["reason"] for u in rep.unprunable)
+    assert any("residual stream" in u["reason"] for u in rep.unprunable)
     relu_layers = [la for la in rep.layers if la.activation == "relu"]
     better = sum(la.errors["post_chosen"] < la.errors["post_ls"] for la in relu_layers)
     assert better > len(relu_layers) / 2  # POEM is not REAP under another name
     assert _top1(pruned, xn[:2000], y[:2000]) > 55.0  # original: 81
+
+
+def test_cifar10_resnet20_residual_stream(cifar) -> None:
+    x, y = cifar
+    xn = ((x / 255 - CIFAR_MEAN) / CIFAR_STD).astype(np.float32)
+    model = onnx.load(shared_file("models/cifar10_resnet20.onnx"))
+    pruned, rep = prune(model, target_macs=0.5, calib=xn[5000:5256], method="reap", prune_residual=True)
+    _check(pruned, rep, 0.56)
+    stream = [g for g in rep.groups if g["residual"]]
+    assert len(stream) == 1 and len(stream[0]["producers"]) == 10 and stream[0]["kept"] < stream[0]["channels"]
+    assert _top1(pruned, xn[:2000], y[:2000]) > 45.0  # original: 81

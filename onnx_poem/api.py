@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .calibration.stats import LayerStats
 from .coupling import ChannelGroup, Consumer, find_groups
 from .coupling.groups import positions
 from .errors import ModelError, UsageError
-from .graph import GraphView, check_model, load_model, with_outputs
+from .graph import GraphView, check_model, declared_shape, load_model, with_outputs
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
 from .rewrite import apply_plan
@@ -123,6 +123,9 @@ def prune(
         name = Path(model).name
         model = load_model(model)
     data = load_calibration(model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options)
+    fixed = [d[0] for d in (declared_shape(model, n) for n in data.arrays) if d and isinstance(d[0], int) and d[0] > 0]
+    if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
+        cfg = replace(cfg, batch_size=min(fixed))
     fit_idx, held_idx = _split(len(data), cfg)
     shapes = data.sample_shapes()
     view = GraphView.build(model, input_shapes=shapes)

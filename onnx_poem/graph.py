@@ -236,6 +236,12 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     graph.outputs = outs
     graph.cleanup(remove_unused_graph_inputs=False)
     sub = gs.export_onnx(graph, do_type_check=False)
+    # exporters may leave traced (batch-1) shapes in value_info: keep the declared inputs, drop the rest
+    declared = {vi.name: vi for vi in model.graph.input}
+    for vi in sub.graph.input:
+        if vi.name in declared:
+            vi.CopyFrom(declared[vi.name])
+    del sub.graph.value_info[:]
     sub.ir_version = model.ir_version
     del sub.opset_import[:]
     sub.opset_import.extend(model.opset_import)

@@ -292,6 +292,13 @@ def recurrent(seed: int = 0) -> onnx.ModelProto:
     return b.model([("x", [3, "N", 4])], [y])
 
 
+def reduce_mean_head(seed: int = 0, batch: object = "N") -> onnx.ModelProto:
+    """conv(3→6) → relu → ReduceMean(H, W, keepdims) → Flatten → gemm(6→4) (dynamo-style global pooling)."""
+    b = _B(seed)
+    t = b.node("ReduceMean", [b.node("Relu", [b.conv("x", 3, 6)])], axes=[2, 3], keepdims=1)
+    return b.model([("x", [batch, 3, 6, 6])], [b.gemm(b.node("Flatten", [t], axis=1), 6, 4)])
+
+
 def lone_conv(seed: int = 0) -> onnx.ModelProto:
     """conv(3→4) → relu → output: nothing to prune (its channels are the graph output)."""
     b = _B(seed)
@@ -320,5 +327,6 @@ BUILDERS = {
     "split_slice": split_slice,
     "prelu_instnorm": prelu_instnorm,
     "conv_transpose": conv_transpose,
+    "reduce_mean_head": reduce_mean_head,
     "relu_mlp": relu_mlp,
 }

@@ -119,3 +119,13 @@ def test_ratio_and_target_are_exclusive() -> None:
         prune(model, ratio=0.5, target_macs=0.5)
     with pytest.raises(UsageError):
         prune(model)
+
+
+def test_model_exported_for_a_fixed_batch_of_one() -> None:
+    from models import reduce_mean_head
+
+    model = reduce_mean_head(batch=1)
+    x = inputs_for(model, 24)
+    pruned, rep = prune(model, ratio=0.5, calib=x)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert rep.macs_after < rep.macs_before

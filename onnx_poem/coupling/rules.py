@@ -218,6 +218,25 @@ def _pad(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> St
     return Through((_out_edge(view, node, edge),)) if slot == 0 else Stop("channels reach a Pad parameter")
 
 
+@coupling_rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1")
+def _reduce(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """Reductions over axes other than the channel axis (``keepdims=1``), e.g. global pooling."""
+    n = view.nodes[node]
+    if slot != 0 or edge.rank is None or edge.cols != 1:
+        return Stop("channels reach a reduction parameter")
+    axes = view.attr(node, "axes")
+    if axes is None and len(n.input) > 1 and n.input[1]:
+        value = view.const(n.input[1])
+        if value is None:
+            return Stop("reduction over computed axes")
+        axes = [int(a) for a in np.reshape(value, -1)]
+    if not axes or not int(view.attr(node, "keepdims", 1)):
+        return Stop("reduction over all axes or without keepdims")
+    if edge.axis % edge.rank in {int(a) % edge.rank for a in axes}:
+        return Stop("reduction over the channel axis")
+    return Through((_out_edge(view, node, edge),))
+
+
 @coupling_rule(*POOLS)
 def _pool(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     if edge.cols != 1 or edge.rank is None or edge.axis % edge.rank != 1:

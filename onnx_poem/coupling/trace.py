@@ -90,7 +90,9 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
             c = view.const(n.input[2])
             if c is None:
                 return Unprunable(label, "Gemm with a computed bias")
-            if c.size == channels and view.const_users(n.input[2]) == 1:
+            if c.size == channels and view.const_users(n.input[2]) != 1:
+                return Unprunable(label, "Gemm bias shared by several nodes")
+            if c.size == channels:
                 params.append(ParamSlice(n.input[2], c.ndim - 1))
             elif c.size != 1:
                 return Unprunable(label, f"Gemm bias of shape {c.shape} is not per-channel")

@@ -86,11 +86,16 @@ class _B:
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
             self.inits,
         )
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
-        m.ir_version = 8
-        m = onnx.shape_inference.infer_shapes(m)
-        onnx.checker.check_model(m, full_check=True)
-        return m
+        return finish(g)
+
+
+def finish(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A checked model (IR 8, opset :data:`OPSET`, shapes inferred) around ``graph``."""
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 8
+    m = onnx.shape_inference.infer_shapes(m)
+    onnx.checker.check_model(m, full_check=True)
+    return m
 
 
 def conv_chain(seed: int = 0, *, bn: str = "none") -> onnx.ModelProto:
@@ -274,11 +279,7 @@ def control_flow(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
         b.inits,
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
-    m.ir_version = 8
-    m = onnx.shape_inference.infer_shapes(m)
-    onnx.checker.check_model(m, full_check=True)
-    return m
+    return finish(g)
 
 
 def recurrent(seed: int = 0) -> onnx.ModelProto:

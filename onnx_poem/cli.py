@@ -239,6 +239,8 @@ def prune_cmd(
             click.echo(f"written      {out}")
     except PoemError as e:
         _fail(e, debug)
+    except Exception as e:  # a bug or an onnxruntime failure: still one line, the traceback with --debug
+        _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
 
 
 def _check_paths(model: Path, out: Path, report: Path | None, force: bool) -> None:

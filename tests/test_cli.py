@@ -148,3 +148,15 @@ def test_image_folder_calibration(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     res = invoke(str(tmp_path / "m.onnx"), "--ratio", "0.5", "--calib", str(tmp_path / "imgs"), "--std", "0", "-f")
     assert res.exit_code == 2 and "std" in res.output
+
+
+def test_unexpected_failure_is_one_line(work: Path, monkeypatch) -> None:
+    import onnx_poem.cli as cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated runtime failure")
+
+    monkeypatch.setattr(cli, "prune", boom)
+    res = invoke(str(work / "m.onnx"), "--ratio", "0.5")
+    assert res.exit_code == 1 and "internal error" in res.output and "simulated" in res.output
+    _one_error_line(res)

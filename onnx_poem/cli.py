@@ -240,6 +240,8 @@ def prune_cmd(
     except PoemError as e:
         _fail(e, debug)
     except Exception as e:  # a bug or an onnxruntime failure: still one line, the traceback with --debug
+        if debug:
+            raise
         _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
 
 

@@ -173,7 +173,7 @@ def prune(
         {
             "group": g.id,
             "channels": g.channels,
-            "kept": keeps[g.id] if g in todo else g.channels,
+            "kept": keeps[g.id],
             "residual": g.residual,
             "producers": [view.node_label(p) for p in g.producers],
             "consumers": [c.label for c in g.consumers],
@@ -221,8 +221,9 @@ def _solve_group(
     index: int,
 ) -> tuple[GroupDecision, list[LayerReport]]:
     t0 = time.perf_counter()
-    stats = _collect(view, current, g, data, fit_idx, held_idx, cfg, index)
-    layers = [_layer_data(view, c, st) for c, st in zip(g.consumers, stats, strict=True)]
+    W0s = [effective(view, c)[0] for c in g.consumers]
+    stats = _collect(view, current, g, W0s, data, fit_idx, held_idx, cfg, index)
+    layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     quota = region_keeps(g, ratio)
     kept = select_channels(
         cfg.method,
@@ -243,7 +244,7 @@ def _solve_group(
         errs = {}
         for tag, W in (
             ("none", d.W0[:, cols]),
-            ("ls", reconstruct(d, own, method="ls", lam=cfg.damping).W),
+            ("ls", rec.W_ls if rec.W_ls is not None else reconstruct(d, own, method="ls", lam=cfg.damping).W),
             ("chosen", rec.W),
         ):
             errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
@@ -284,8 +285,8 @@ def _filters(view: GraphView, g: ChannelGroup) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
-def _layer_data(view: GraphView, c: Consumer, st: LayerStats) -> LayerData:
-    W0, _ = effective(view, c)
+def _layer_data(c: Consumer, W0: np.ndarray, st: LayerStats) -> LayerData:
+    """Solver view of consumer ``c`` with effective weights ``W0: (m, n+1)`` and its statistics."""
     channels = c.in_channels or 1
 
     def samples(r: Any) -> Samples:
@@ -318,6 +319,7 @@ def _collect(
     view: GraphView,
     current: onnx.ModelProto,
     g: ChannelGroup,
+    W0s: list[np.ndarray],
     data: CalibrationData,
     fit_idx: np.ndarray,
     held_idx: np.ndarray,
@@ -334,8 +336,7 @@ def _collect(
     s_cur = None if same else session(with_outputs(current, cur_names))
     weighted = cfg.method == "poem"
     stats: list[LayerStats] = []
-    for j, c in enumerate(g.consumers):
-        W0, _ = effective(view, c)
+    for j, W0 in enumerate(W0s):
         seed = int(np.random.SeedSequence([cfg.seed, index, j, 1]).generate_state(1)[0])
         stats.append(
             LayerStats.empty(

@@ -85,9 +85,7 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
                 split_attr[rf.node] = sizes
     model = onnx.ModelProto()
     model.CopyFrom(view.model)
-    _write(model, view, arrays, new_bias, group_attr)
-    for idx, sizes in split_attr.items():
-        _set_split(model, idx + sum(1 for d in new_bias if d < idx and view.nodes[d].op_type == "MatMul"), sizes)
+    _write(model, arrays, new_bias, group_attr, split_attr)
     del model.graph.value_info[:]
     return model
 
@@ -113,11 +111,13 @@ def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
 
 def _write(
     model: onnx.ModelProto,
-    view: GraphView,
     arrays: dict[str, np.ndarray],
     new_bias: dict[int, str],
     group_attr: dict[int, int],
+    split_attr: dict[int, list[int]],
 ) -> None:
+    """Store ``arrays``, wire new biases, set ``group``/split sizes; new ``Add`` nodes are inserted last,
+    so every node index refers to the original graph."""
     g = model.graph
     done: set[str] = set()
     for i, t in enumerate(g.initializer):
@@ -132,14 +132,17 @@ def _write(
                     dtype = onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type)
                     a.t.CopyFrom(numpy_helper.from_array(np.asarray(arrays[node.output[0]], dtype=dtype), a.t.name))
                     done.add(node.output[0])
+    for idx, groups in group_attr.items():
+        for a in g.node[idx].attribute:
+            if a.name == "group":
+                a.i = groups
+    for idx, sizes in split_attr.items():
+        _set_split(model, idx, sizes)
+    init_type = {t.name: t.data_type for t in g.initializer}
     inserts: list[tuple[int, onnx.NodeProto]] = []
     for node_idx, name in sorted(new_bias.items()):
         node = g.node[node_idx]
-        w_dtype = onnx.helper.tensor_dtype_to_np_dtype(
-            next(t.data_type for t in g.initializer if t.name == node.input[1])
-            if any(t.name == node.input[1] for t in g.initializer)
-            else onnx.TensorProto.FLOAT
-        )
+        w_dtype = onnx.helper.tensor_dtype_to_np_dtype(init_type.get(node.input[1], onnx.TensorProto.FLOAT))
         g.initializer.append(numpy_helper.from_array(np.asarray(arrays[name], dtype=w_dtype), name))
         done.add(name)
         if node.op_type in ("Conv", "Gemm"):
@@ -152,12 +155,6 @@ def _write(
             inserts.append((node_idx + 1, helper.make_node("Add", [node.output[0], name], [out], name=f"{name}_add")))
     for pos, n in sorted(inserts, key=lambda x: -x[0]):
         g.node.insert(pos, n)
-    for idx, groups in group_attr.items():
-        # node indices shift by the inserted Adds before them
-        shift = sum(1 for pos, _ in inserts if pos <= idx)
-        for a in g.node[idx + shift].attribute:
-            if a.name == "group":
-                a.i = groups
     missing = set(arrays) - done
     if missing:
         raise RuntimeError(f"rewrite could not place constants: {sorted(missing)}")

@@ -116,7 +116,6 @@ class _Component:
     pads: list[tuple[int, str, int, int, int, int, int]] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)
     visited: set[tuple[int, str]] = field(default_factory=set)
-    _entry: int = 0
     adds: int = 0  # Add/Sub joins of two computed tensors (residual connections)
     ranges: list[tuple[int, int, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
 
@@ -205,10 +204,10 @@ class _Component:
             self.join(n.input[0], src, edge, via=node)
             return
         if n.op_type == "Concat":
-            self._concat(node, space, edge)
+            self._concat(node, edge)
             return
-        if n.op_type in ("Split", "Slice") and (parts := self._channel_parts(node, edge)) is not None:
-            self._split(node, parts, edge, self.member[n.input[0]][0] if n.input[0] in self.member else None)
+        if n.op_type in ("Split", "Slice") and (cut := self._channel_parts(node, edge)) is not None:
+            self._split(node, *cut, edge)
             return
         data = [k for k, x in enumerate(n.input) if x and not view.is_const(x)]
         slot = data[0] if len(data) == 1 else 0
@@ -236,12 +235,10 @@ class _Component:
             self.join(n.output[0], dst, edge, via=node)
             return
         if n.op_type == "Concat":
-            out = self.member.get(n.output[0])
-            self._concat(node, out[0] if out else None, edge)
-            self.visited.add((node, n.output[0]))
+            self._concat(node, edge)
             return
-        if n.op_type in ("Split", "Slice") and slot == 0 and (parts := self._channel_parts(node, edge)) is not None:
-            self._split(node, parts, edge, space)
+        if n.op_type in ("Split", "Slice") and slot == 0 and (cut := self._channel_parts(node, edge)) is not None:
+            self._split(node, *cut, edge)
             return
         rule = RULES.get(n.op_type)
         step = rule(view, node, slot, edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
@@ -262,34 +259,41 @@ class _Component:
         if step.grouped is not None:
             self.grouped.append((step.grouped, space))
 
-    def _concat(self, node: int, out_space: int | None, edge: Edge) -> None:
+    def _size_of(self, node: int, tensor: str, edge: Edge) -> int:
+        """Channel count of ``tensor`` (its space's size if it has one, else from shape inference)."""
+        if tensor in self.member:
+            return self.sizes[self.member[tensor][0]]
+        shape = self.view.shapes.get(tensor)
+        size = shape[edge.axis % (edge.rank or 1)] if shape is not None else None
+        if size is None:
+            raise _Stop(f"stopped at {self._where(node)}: unknown channel count of {tensor!r}")
+        return int(size)
+
+    def _space_for(self, node: int, tensor: str, size: int, edge: Edge) -> int:
+        """The space of ``tensor``, or a new one of ``size`` that it joins through ``node``."""
+        self.visited.add((node, tensor))
+        if tensor in self.member:
+            return self.member[tensor][0]
+        space = self.space(size)
+        self.join(tensor, space, edge, via=node)
+        return space
+
+    def _concat(self, node: int, edge: Edge) -> None:
         """Channel ``Concat``: input k occupies positions ``offset_k …`` of the output."""
         view, n = self.view, self.view.nodes[node]
         rank = edge.rank or 0
         if edge.cols != 1 or not rank or int(view.attr(node, "axis", 0)) % rank != edge.axis % rank:
             raise _Stop(f"stopped at {self._where(node)}: Concat on another axis")
-        sizes = []
-        for x in n.input:
-            shape = view.shapes.get(x)
-            if shape is None or shape[edge.axis % rank] is None:
-                raise _Stop(f"stopped at {self._where(node)}: unknown channel count of {x!r}")
-            sizes.append(int(shape[edge.axis % rank] or 0))
-        if out_space is None:
-            out_space = self.space(sum(sizes))
-            self.join(n.output[0], out_space, edge, via=node)
+        sizes = [self._size_of(node, x, edge) for x in n.input]
+        out_space = self._space_for(node, n.output[0], sum(sizes), edge)
         offset = 0
         for x, size in zip(n.input, sizes, strict=True):
-            if x in self.member:
-                src = self.member[x][0]
-            else:
-                src = self.space(size)
-                self.join(x, src, edge, via=node)
-            self.visited.add((node, x))
-            self.links.append((src, out_space, 0, offset, size))
+            self.links.append((self._space_for(node, x, size, edge), out_space, 0, offset, size))
             offset += size
 
-    def _channel_parts(self, node: int, edge: Edge) -> list[tuple[int, int]] | None:
-        """``(start, length)`` of each output of a channel ``Split``/``Slice``; ``None`` if it cuts other axes."""
+    def _channel_parts(self, node: int, edge: Edge) -> tuple[list[tuple[int, int]], int] | None:
+        """``(start, length)`` of each output of a channel ``Split``/``Slice`` and the position of the
+        channel axis among a Slice's ``axes``; ``None`` if it cuts other axes only."""
         view, n = self.view, self.view.nodes[node]
         rank = edge.rank or 0
         if not rank or edge.cols != 1:
@@ -305,7 +309,7 @@ class _Component:
             if len(sizes) != len(found):
                 raise _Stop(f"stopped at {self._where(node)}: unknown split sizes")
             offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            return [(int(a), int(b)) for a, b in zip(offsets, sizes, strict=True)]
+            return [(int(a), int(b)) for a, b in zip(offsets, sizes, strict=True)], 0
         starts, ends = view.const(n.input[1]), view.const(n.input[2])
         if starts is None or ends is None:
             raise _Stop(f"stopped at {self._where(node)}: Slice with computed parameters")
@@ -323,35 +327,21 @@ class _Component:
         k = hit[0]
         if view.const_users(n.input[1]) != 1 or view.const_users(n.input[2]) != 1:
             raise _Stop(f"stopped at {self._where(node)}: Slice bounds shared by several nodes")
-        self._entry = k
         if int(np.reshape(steps, -1)[k]) != 1 or total is None:
             raise _Stop(f"stopped at {self._where(node)}: strided or unsized channel Slice")
         a, b = (
             int(np.clip(v if v >= 0 else v + total, 0, total))
             for v in (np.reshape(starts, -1)[k], np.reshape(ends, -1)[k])
         )
-        return [(a, max(b - a, 0))]
+        return [(a, max(b - a, 0))], k
 
-    def _split(self, node: int, parts: list[tuple[int, int]], edge: Edge, in_space: int | None) -> None:
+    def _split(self, node: int, parts: list[tuple[int, int]], entry: int, edge: Edge) -> None:
         """Channel ``Split``/``Slice``: output k holds input positions ``start_k …``."""
         n = self.view.nodes[node]
-        entry, self._entry = self._entry, 0
-        if in_space is None:
-            shape = self.view.shapes.get(n.input[0])
-            total = shape[edge.axis % (edge.rank or 1)] if shape is not None else None
-            if total is None:
-                raise _Stop(f"stopped at {self._where(node)}: unknown channel count")
-            in_space = self.space(int(total))
-            self.join(n.input[0], in_space, edge, via=node)
-        self.visited.add((node, n.input[0]))
+        source = n.input[0]
+        in_space = self._space_for(node, source, self._size_of(node, source, edge), edge)
         for out, (start, length) in zip(n.output, parts, strict=True):
-            if out in self.member:
-                dst = self.member[out][0]
-            else:
-                dst = self.space(length)
-                self.join(out, dst, edge, via=node)
-            self.visited.add((node, out))
-            self.links.append((dst, in_space, 0, start, length))
+            self.links.append((self._space_for(node, out, length, edge), in_space, 0, start, length))
         self.ranges.append((node, in_space, tuple(parts), entry))
 
     def atoms(self) -> tuple[int, list[np.ndarray]]:

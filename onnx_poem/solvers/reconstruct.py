@@ -81,9 +81,11 @@ class LayerData:
 
 @dataclass
 class Reconstruction:
-    """Result for one consumer: ``W: (m, |S|·k + 1)`` and diagnostics."""
+    """Result for one consumer: ``W: (m, |S|·k + 1)``, the least-squares weights when they were
+    computed (``W_ls``, the same shape), and diagnostics."""
 
     W: np.ndarray
+    W_ls: np.ndarray | None = None
     errors: dict[str, float] = field(default_factory=dict)
     choice: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
@@ -231,8 +233,8 @@ def reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.0
         return Reconstruction(channel_scales(d, keep, lam))
     W_ls = least_squares(d, cols, lam)
     if method == "ls" or d.activation == "identity":
-        return Reconstruction(W_ls)
-    out = Reconstruction(W_ls)
+        return Reconstruction(W_ls, W_ls)
+    out = Reconstruction(W_ls, W_ls)
     if len(d.held) == 0:
         out.fallbacks.append("no held-out samples: kept least squares")
         return out

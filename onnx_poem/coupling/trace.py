@@ -197,11 +197,7 @@ class _Component:
                 self.join(x, space, edge, via=node)
             return
         if n.op_type == "Pad" and (cp := self._channel_pads(node, edge)) is not None:
-            name, before, after = cp
-            src = self.space(self.sizes[space] - before - after)
-            self.links.append((src, space, 0, before, self.sizes[src]))
-            self.pads.append((node, name, edge.axis, edge.rank or 0, space, before, after))
-            self.join(n.input[0], src, edge, via=node)
+            self._pad(node, *cp, edge)
             return
         if n.op_type == "Concat":
             self._concat(node, edge)
@@ -228,11 +224,7 @@ class _Component:
             self.join(n.output[0], space, edge, via=node)
             return
         if n.op_type == "Pad" and slot == 0 and (cp := self._channel_pads(node, edge)) is not None:
-            name, before, after = cp
-            dst = self.space(self.sizes[space] + before + after)
-            self.links.append((space, dst, 0, before, self.sizes[space]))
-            self.pads.append((node, name, edge.axis, edge.rank or 0, dst, before, after))
-            self.join(n.output[0], dst, edge, via=node)
+            self._pad(node, *cp, edge)
             return
         if n.op_type == "Concat":
             self._concat(node, edge)
@@ -277,6 +269,18 @@ class _Component:
         space = self.space(size)
         self.join(tensor, space, edge, via=node)
         return space
+
+    def _pad(self, node: int, name: str, before: int, after: int, edge: Edge) -> None:
+        """Channel ``Pad``: input channel i is output channel ``i + before``."""
+        n = self.view.nodes[node]
+        if n.input[0] in self.member:
+            inner = self._space_for(node, n.input[0], 0, edge)
+            outer = self._space_for(node, n.output[0], self.sizes[inner] + before + after, edge)
+        else:
+            outer = self._space_for(node, n.output[0], 0, edge)
+            inner = self._space_for(node, n.input[0], self.sizes[outer] - before - after, edge)
+        self.links.append((inner, outer, 0, before, self.sizes[inner]))
+        self.pads.append((node, name, edge.axis, edge.rank or 0, outer, before, after))
 
     def _concat(self, node: int, edge: Edge) -> None:
         """Channel ``Concat``: input k occupies positions ``offset_k …`` of the output."""

@@ -9,6 +9,7 @@ Parallel mode: every group sees the original model's inputs.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -20,12 +21,13 @@ import onnx
 
 from .allocation import MacsTable, keep_counts, ratio_for_macs, region_keeps
 from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
-from .calibration.sources import CalibrationData, ImageOptions, load_calibration
+from .calibration.sources import ImageOptions, load_calibration
 from .calibration.stats import LayerStats
+from .cascade import Stream, cut_position
 from .coupling import ChannelGroup, Consumer, find_groups
 from .coupling.groups import positions
 from .errors import ModelError, UsageError
-from .graph import GraphView, check_model, declared_shape, load_model, with_outputs
+from .graph import GraphView, check_model, declared_shape, load_model
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
 from .rewrite import apply_plan
@@ -41,7 +43,7 @@ from .solvers import (
 )
 from .solvers.activations import apply as act_apply
 from .solvers.activations import derivative as act_derivative
-from .verify import session, verify
+from .verify import verify
 from .weights import effective, stored_arrays
 
 logger = logging.getLogger(__name__)
@@ -158,13 +160,19 @@ def prune(
     # and no group reads a tensor whose channels an earlier decision already removed
     todo = [g for g in coupling.groups if keeps[g.id] < g.channels and not g.residual]
     todo += [g for g in coupling.groups if keeps[g.id] < g.channels and g.residual]
-    for done, g in enumerate(todo):
-        if progress:
-            progress(done, len(todo), g.id)
-        current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
-        decision, layers = _solve_group(view, current, g, ratio, data, fit_idx, held_idx, cfg, len(plan.decisions))
-        plan = plan.extended(decision)
-        report.layers.extend(layers)
+    chunks = [idx[i : i + cfg.batch_size] for idx in (fit_idx, held_idx) for i in range(0, len(idx), cfg.batch_size)]
+    with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
+        streams = (Stream(view, data, chunks, Path(tmp), "orig"), Stream(view, data, chunks, Path(tmp), "cur"))
+        for done, g in enumerate(todo):
+            if progress:
+                progress(done, len(todo), g.id)
+            current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
+            nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
+            decision, layers = _solve_group(
+                view, current, g, ratio, streams, nxt, len(fit_idx), cfg, len(plan.decisions)
+            )
+            plan = plan.extended(decision)
+            report.layers.extend(layers)
     if progress:
         progress(len(todo), len(todo), "")
     pruned = apply_plan(view, groups, plan) if plan.decisions else _copy(model)
@@ -214,15 +222,15 @@ def _solve_group(
     current: onnx.ModelProto,
     g: ChannelGroup,
     ratio: float,
-    data: CalibrationData,
-    fit_idx: np.ndarray,
-    held_idx: np.ndarray,
+    streams: tuple[Stream, Stream],
+    next_cut: int | None,
+    n_fit: int,
     cfg: PruneConfig,
     index: int,
 ) -> tuple[GroupDecision, list[LayerReport]]:
     t0 = time.perf_counter()
     W0s = [effective(view, c)[0] for c in g.consumers]
-    stats = _collect(view, current, g, W0s, data, fit_idx, held_idx, cfg, index)
+    stats = _collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
     layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     quota = region_keeps(g, ratio)
     kept = select_channels(
@@ -320,20 +328,28 @@ def _collect(
     current: onnx.ModelProto,
     g: ChannelGroup,
     W0s: list[np.ndarray],
-    data: CalibrationData,
-    fit_idx: np.ndarray,
-    held_idx: np.ndarray,
+    streams: tuple[Stream, Stream],
+    next_cut: int | None,
+    n_fit: int,
     cfg: PruneConfig,
     index: int,
 ) -> list[LayerStats]:
-    """Stream the calibration data once through the original and the current model for group ``g``."""
-    orig_names = [t for c in g.consumers for t in (c.output, c.offset) if t]
+    """Stream the calibration batches (the first ``n_fit`` samples fit, the rest held out) for group ``g``.
+
+    Targets come from the original model (``streams[0]``), consumer inputs from
+    ``current`` (``streams[1]``); both run segment-wise from their cached frontier.
+    The original model never changes, so its stream may move on to ``next_cut``
+    (the next group's cut) when only it is needed.
+    """
+    orig_names = [*view.inputs, *(t for c in g.consumers for t in (c.output, c.offset) if t)]
     cur_names = [t for c in g.consumers for t in (c.input, c.offset) if t]
     same = current is view.model
     if same:
         orig_names = list(dict.fromkeys(orig_names + cur_names))
-    s_orig = session(with_outputs(view.model, orig_names))
-    s_cur = None if same else session(with_outputs(current, cur_names))
+    cut = cut_position(view, g)
+    orig_stream, cur_stream = streams
+    cur_runs = None if same else cur_stream.run(current, cur_names, cut)
+    orig_cut = next_cut if (next_cut is not None and not (same and cfg.mode == "cascade")) else cut
     weighted = cfg.method == "poem"
     stats: list[LayerStats] = []
     for j, W0 in enumerate(W0s):
@@ -344,13 +360,19 @@ def _collect(
             )
         )
     rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
-    for held, idx in ((False, fit_idx), (True, held_idx)):
-        for feed in data.batches(idx, cfg.batch_size):
-            orig = dict(zip(orig_names, s_orig.run(orig_names, feed), strict=True))
-            cur = dict(zip(cur_names, s_cur.run(cur_names, feed), strict=True)) if s_cur else orig
-            mask = _token_mask(feed)
-            for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
-                _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=weighted, cfg=cfg)
+    seen = 0
+    for orig in orig_stream.run(view.model, orig_names, cut, orig_cut):
+        cur = next(cur_runs) if cur_runs else orig
+        held = seen >= n_fit
+        seen += len(next(iter(orig.values())))
+        mask = _token_mask({n: orig[n] for n in view.inputs})
+        for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
+            _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=weighted, cfg=cfg)
+    if cur_runs:
+        for _ in cur_runs:  # not reached: both streams visit the same batches; this commits the frontier
+            pass
+    elif cfg.mode == "cascade":
+        cur_stream.adopt(orig_stream)
     for st in stats:
         st.finish(weighted)
     return stats
@@ -382,7 +404,7 @@ def _add_batch(
     tokens = mask is not None and c.kind != "conv" and x_hat.ndim == 3 and mask.shape == x_hat.shape[:2]
     pos, ok = sample_positions(total, cfg.positions, x_hat.shape[0], rng, mask if tokens else None)
     keep = ok.reshape(-1)
-    x = input_samples(c, x_hat.astype(np.float64), pos)[keep]
+    x = input_samples(c, x_hat, pos)[keep].astype(np.float64)  # sample first: converting is exact
     y = output_samples(c, y_full, pos).astype(np.float64)[keep]
     s_orig = s_hat = np.zeros_like(y)
     if c.offset:

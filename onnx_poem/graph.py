@@ -167,6 +167,13 @@ class GraphView:
                 return onnx.helper.get_attribute_value(a)
         return default
 
+    def crossing(self, position: int) -> list[str]:
+        """Tensors produced by nodes before ``position`` and read by a node at or after it, in node order."""
+        out = []
+        for n in self.nodes[:position]:
+            out += [t for t in n.output if t and any(u.node >= position for u in self.uses.get(t, []))]
+        return out
+
     def users(self, tensor: str) -> list[Use]:
         return self.uses.get(tensor, [])
 
@@ -216,15 +223,27 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     return out
 
 
-def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+def with_outputs(
+    model: onnx.ModelProto, names: Iterable[str], *, cut: Mapping[str, np.dtype[Any]] | None = None
+) -> onnx.ModelProto:
     """A copy of ``model`` cut down to the nodes needed for tensors ``names``, which become its outputs.
 
     The returned model's outputs are exactly ``names`` (in order); nodes that do
     not contribute to them are dropped, so onnxruntime computes only the prefix.
+    ``cut`` (tensor name → dtype) turns intermediate tensors into extra graph inputs
+    (shape left open): the nodes that produced them are dropped too, so only the
+    segment after the cut runs. Graph inputs no node needs any more are removed.
     """
     wanted = list(dict.fromkeys(names))
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
+    for n, dtype in (cut or {}).items():
+        t = tensors.get(n)
+        if not isinstance(t, gs.Variable):
+            raise ModelError(f"cut tensor {n!r} not found in the graph")
+        t.inputs.clear()
+        t.dtype, t.shape = dtype, None
+        graph.inputs.append(t)
     outs = []
     for n in wanted:
         if n not in tensors:
@@ -234,7 +253,7 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
             t.dtype = np.float32
         outs.append(t)
     graph.outputs = outs
-    graph.cleanup(remove_unused_graph_inputs=False)
+    graph.cleanup(remove_unused_graph_inputs=cut is not None)
     sub = gs.export_onnx(graph, do_type_check=False)
     # exporters may leave traced (batch-1) shapes in value_info: keep the declared inputs, drop the rest
     declared = {vi.name: vi for vi in model.graph.input}

@@ -28,25 +28,38 @@ class Reservoir:
     Attributes:
         capacity: rows kept at most.
         seen: rows offered so far.
-        rows: name → ``(k, width)`` float32 arrays, ``k <= capacity``.
+        rows: name → ``(k, width)`` float32 arrays, ``k <= capacity`` (views of
+            buffers that grow by doubling up to ``capacity``).
     """
 
     capacity: int
     rng: np.random.Generator
     seen: int = 0
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    _buf: dict[str, np.ndarray] = field(default_factory=dict)
+    _n: int = 0
+
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        return {k: v[: self._n] for k, v in self._buf.items()}
 
     def add(self, **batch: np.ndarray) -> None:
         """Offer the rows of ``batch`` (every array has the same number of rows)."""
         n = len(next(iter(batch.values())))
         if n == 0:
             return
-        if not self.rows:
-            self.rows = {k: np.empty((0, *v.shape[1:]), dtype=np.float32) for k, v in batch.items()}
-        have = len(next(iter(self.rows.values())))
-        take = min(self.capacity - have, n)
+        take = min(self.capacity - self._n, n)
         if take > 0:
-            self.rows = {k: np.concatenate([self.rows[k], v[:take].astype(np.float32)]) for k, v in batch.items()}
+            need = self._n + take
+            size = len(next(iter(self._buf.values()))) if self._buf else 0
+            if need > size:
+                size = min(self.capacity, max(need, 2 * size))
+                old = self._buf
+                self._buf = {k: np.empty((size, *v.shape[1:]), dtype=np.float32) for k, v in batch.items()}
+                for k, v in old.items():
+                    self._buf[k][: self._n] = v[: self._n]
+            for k, v in batch.items():
+                self._buf[k][self._n : need] = v[:take]
+            self._n = need
         rest = np.arange(take, n)
         if rest.size:
             # row i (global index seen+i) replaces slot j ~ U{0..seen+i} when j < capacity
@@ -57,14 +70,14 @@ class Reservoir:
             _, last = np.unique(slots[::-1], return_index=True)
             keep = len(slots) - 1 - last
             for k, v in batch.items():
-                self.rows[k][slots[keep]] = v[src[keep]]
+                self._buf[k][slots[keep]] = v[src[keep]]
         self.seen += n
 
     def get(self, name: str) -> np.ndarray:
-        return self.rows.get(name, np.empty((0, 0), dtype=np.float32))
+        return self._buf[name][: self._n] if name in self._buf else np.empty((0, 0), dtype=np.float32)
 
     def __len__(self) -> int:
-        return len(next(iter(self.rows.values()))) if self.rows else 0
+        return self._n
 
 
 @dataclass

@@ -86,8 +86,7 @@ class _State:
         self.H -= self.H[:, M] @ inv @ hm
         self.H[M, :] = 0.0
         self.H[:, M] = 0.0
-        self.W[:, M] = 0.0
-        self.H = 0.5 * (self.H + self.H.T)
+        self.W[:, M] = 0.0  # H stays symmetric up to rounding; reinvert() resets the drift
 
     def reinvert(self, alive: np.ndarray) -> None:
         ch = self.channel(alive)

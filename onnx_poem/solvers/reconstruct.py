@@ -130,15 +130,33 @@ def relative_errors(d: LayerData, W: np.ndarray, cols: np.ndarray, s: Samples) -
 def _u_step(
     r: np.ndarray, z: np.ndarray, lam: float, pieces: Sequence[tuple[float, float, float, float]]
 ) -> np.ndarray:
-    """Elementwise ``argmin_u (f(u) − z)² + λ(u − r)²`` over the linear pieces of ``f``."""
+    """Elementwise ``argmin_u (f(u) − z)² + λ(u − r)²`` over the linear pieces of ``f``.
+
+    On piece ``f(u) = a·u + b, lo ≤ u ≤ hi`` the minimiser is
+    ``clip((a(z − b) + λr) / (a² + λ), lo, hi)``; the cheapest piece wins. The
+    arrays are large (reservoir rows × outputs), so every step works in place.
+    """
     best = np.empty_like(r)
     best_cost = np.full(r.shape, np.inf)
+    u, cost, tmp = np.empty_like(r), np.empty_like(r), np.empty_like(r)
+    better = np.empty(r.shape, dtype=bool)
     for lo, hi, a, b in pieces:
-        u = np.clip((a * (z - b) + lam * r) / (a * a + lam), lo, hi)
-        cost = (a * u + b - z) ** 2 + lam * (u - r) ** 2
-        better = cost < best_cost
-        best = np.where(better, u, best)
-        best_cost = np.where(better, cost, best_cost)
+        np.subtract(z, b, out=u)
+        u *= a / (a * a + lam)
+        np.multiply(r, lam / (a * a + lam), out=tmp)
+        u += tmp
+        np.clip(u, lo, hi, out=u)
+        np.multiply(u, a, out=cost)
+        cost += b
+        cost -= z
+        np.square(cost, out=cost)
+        np.subtract(u, r, out=tmp)
+        np.square(tmp, out=tmp)
+        tmp *= lam
+        cost += tmp
+        np.less(cost, best_cost, out=better)
+        np.copyto(best, u, where=better)
+        np.copyto(best_cost, cost, where=better)
     return best
 
 
@@ -190,13 +208,18 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
         return _gauss_newton(d, X, S, Z, W_ls, Gn, mu)
     XtX = X.T @ X
     ridge = 1e-6 * max(float(np.mean(np.diag(XtX))), 1e-12) * np.eye(len(cols))
+    # the relaxation's large (rows × outputs) products run in float32; the normal matrices stay float64
+    X32, S32, Z32 = X.astype(np.float32), S.astype(np.float32), Z.astype(np.float32)
     W = W_ls.copy()
     for lam in (1.0, 10.0, 100.0):
         H = spd_inverse(lam * XtX + mu * Gn + ridge)
         base = mu * (W_ls @ Gn)
         for _ in range(iters):
-            U = _u_step(X @ W.T + S, Z, lam, pieces)
-            W = (lam * ((U - S).T @ X) + base) @ H
+            R = X32 @ W.T.astype(np.float32)
+            R += S32
+            U = _u_step(R, Z32, lam, pieces)
+            U -= S32
+            W = (lam * (U.T @ X32).astype(np.float64) + base) @ H
     return W
 
 

@@ -1,0 +1,125 @@
+"""Segment-wise evaluation of the calibration batches for the cascade.
+
+Solving group ``g`` needs, per batch, tensors of the original model (targets)
+and of the current, partly pruned model (inputs ``x̂``). Running both models
+from their inputs for every group costs ``O(groups)`` forward passes. A
+:class:`Stream` instead keeps, for every batch, the tensors that cross a *cut*
+(its frontier) in a temporary directory and runs only the segment after it.
+
+The cut of ``g`` (:func:`cut_position`) is the first node that reads or writes
+one of ``g``'s tensors: no node before it changes when ``g`` is decided, so the
+frontier recorded while solving ``g`` stays valid for the next group whenever
+that group's cut lies at or after it (groups are mostly solved in topological
+order). A group whose cut lies earlier restarts the stream from the model
+inputs. Frontiers live on disk, so memory does not grow with the number of
+calibration samples; graphs whose subgraphs read outer tensors always run from
+the inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .calibration.sources import CalibrationData
+from .coupling import ChannelGroup
+from .graph import GraphView, with_outputs
+from .verify import session
+
+
+def cut_position(view: GraphView, g: ChannelGroup) -> int:
+    """Index of the first node that reads or writes a tensor of ``g`` (or is one of its layers)."""
+    nodes = {g.producer, *g.producers, *(c.node for c in g.consumers)}
+    for t in g.tensors:
+        if t in view.producer:
+            nodes.add(view.producer[t])
+        nodes.update(u.node for u in view.users(t))
+    return min(nodes)
+
+
+class Stream:
+    """Per-batch tensors of one evolving model, computed from a cached frontier.
+
+    Args:
+        view: index of the original model (node positions define the cuts; the
+            rewrite keeps every original tensor name).
+        data: calibration samples.
+        chunks: sample indices of each batch, in the order batches are visited.
+        workdir: directory for the frontier files.
+        tag: file-name prefix of this stream.
+    """
+
+    def __init__(self, view: GraphView, data: CalibrationData, chunks: list[np.ndarray], workdir: Path, tag: str):
+        self.view, self.data, self.chunks = view, data, chunks
+        self.workdir, self.tag = workdir, tag
+        self.enabled = not view.captured
+        self.position = 0
+        self.frontier: dict[str, np.dtype[Any]] = {}
+        self.files: list[Path] = []
+        self._generation = 0
+
+    def _feed(self, k: int) -> dict[str, np.ndarray]:
+        return next(self.data.batches(self.chunks[k], len(self.chunks[k])))
+
+    def run(
+        self, model: onnx.ModelProto, wanted: list[str], start: int, cut: int | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Yield, batch by batch, the tensors ``wanted`` of ``model``; record the frontier at node ``cut``.
+
+        ``start``: no wanted tensor is produced before this node (the stream
+        restarts from the inputs if its frontier lies after it). ``model`` must
+        equal the model the frontier was computed with on every node before the
+        frontier's cut. ``cut`` defaults to ``start``; a cut before the frontier
+        records nothing.
+        """
+        cut = start if cut is None else cut
+        if not self.enabled or start < self.position:
+            self._reset()
+        if cut < self.position:
+            cut = self.position
+        names = self.view.crossing(cut) if self.enabled else []
+        have_names = set(self.frontier) | set(self.view.inputs)
+        compute = [n for n in dict.fromkeys([*wanted, *names]) if n not in have_names]
+        sess = session(with_outputs(model, compute, cut=self.frontier)) if compute else None
+        inputs = [i.name for i in sess.get_inputs()] if sess else []
+        self._generation += 1
+        files: list[Path] = []
+        dtypes: dict[str, np.dtype[Any]] = {}
+        for k in range(len(self.chunks)):
+            have = self._feed(k)
+            if self.files:
+                with open(self.files[k], "rb") as fh:
+                    have.update({n: np.load(fh) for n in self.frontier})
+            if sess:
+                have.update(zip(compute, sess.run(compute, {n: have[n] for n in inputs}), strict=True))
+            if names:
+                files.append(self.workdir / f"{self.tag}_{self._generation}_{k}.npy")
+                with open(files[-1], "wb") as fh:
+                    for n in names:
+                        np.save(fh, have[n], allow_pickle=False)
+                if k == 0:
+                    dtypes = {n: have[n].dtype for n in names}
+            yield {n: have[n] for n in wanted}
+        self._reset()
+        if self.enabled:
+            self.position, self.frontier, self.files = cut, dtypes, files
+
+    def adopt(self, other: Stream) -> None:
+        """Take ``other``'s frontier (same model so far), sharing its files by hard links."""
+        self._reset()
+        self._generation += 1
+        self.position, self.frontier = other.position, dict(other.frontier)
+        for k, f in enumerate(other.files):
+            link = self.workdir / f"{self.tag}_{self._generation}_{k}.npy"
+            os.link(f, link)
+            self.files.append(link)
+
+    def _reset(self) -> None:
+        for f in self.files:
+            f.unlink(missing_ok=True)
+        self.position, self.frontier, self.files = 0, {}, []

@@ -144,6 +144,10 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict:
+    key = f"{model}.{method}.{ratio}.{a.seed}.{a.mode}.{int(a.target)}.{a.samples}.{a.latency}.json"
+    cached = Path(a.work) / "rows" / key
+    if a.resume and cached.exists():
+        return dict(json.loads(cached.read_text()))
     cmd = [
         sys.executable,
         __file__,
@@ -173,7 +177,10 @@ def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict
         tail = (p.stderr.strip().splitlines() or ["?"])[-1]
         print(f"  FAILED {model} {method} {ratio}: {tail}", file=sys.stderr)
         return {"model": model, "method": method, "ratio": ratio, "metric": float("nan"), "error": tail}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    row = json.loads(p.stdout.strip().splitlines()[-1])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(row))
+    return dict(row)
 
 
 def _fmt(v: object) -> str:
@@ -230,13 +237,18 @@ def main() -> None:
     p.add_argument("--mode", default="cascade")
     p.add_argument("--target", action="store_true", help="--ratios are MACs targets (fractions of the original)")
     p.add_argument("--latency", type=int, default=0, help="interleaved latency runs per side (0: skip)")
+    p.add_argument("--resume", action="store_true", help="reuse rows an interrupted run left in --work")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
         a.model, a.method, a.ratio = a.models, a.methods, float(a.ratios)
         print(json.dumps(run_one(a)))
         return
-    command = "python tools/bench.py " + " ".join(sys.argv[1:])
+    command = "python tools/bench.py " + " ".join(x for x in sys.argv[1:] if x != "--resume")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    command += f"\n# at commit {commit or '?'}, {os.cpu_count()} CPU cores"
     rows = []
     methods = a.methods.split(",") + (list(PEERS) if a.peer else [])
     for model in a.models.split(","):

@@ -300,6 +300,18 @@ def reduce_mean_head(seed: int = 0, batch: object = "N") -> onnx.ModelProto:
     return b.model([("x", [batch, 3, 6, 6])], [b.gemm(b.node("Flatten", [t], axis=1), 6, 4)])
 
 
+def nhwc_layout(seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx-style layout: conv(3→8) → Transpose(NHWC) → Mul(per-channel, last axis) → Pow(3) → Relu →
+    Transpose(NCHW) → conv(8→6) → Transpose(NHWC) → ReduceMean(H, W, keepdims=0) → gemm(6→4)."""
+    b = _B(seed)
+    t = b.node("Transpose", [b.conv("x", 3, 8)], perm=[0, 2, 3, 1])
+    t = b.node("Mul", [t, b.const((0.5 + b.rng.random(8)).astype(np.float32), "s")])
+    t = b.node("Relu", [b.node("Pow", [t, b.const(np.array(3.0, dtype=np.float32), "e")])])
+    t = b.node("Transpose", [b.conv(b.node("Transpose", [t], perm=[0, 3, 1, 2]), 8, 6)], perm=[0, 2, 3, 1])
+    t = b.node("ReduceMean", [t], axes=[1, 2], keepdims=0)
+    return b.model([("x", ["N", 3, 6, 6])], [b.gemm(t, 6, 4)])
+
+
 def lone_conv(seed: int = 0) -> onnx.ModelProto:
     """conv(3→4) → relu → output: nothing to prune (its channels are the graph output)."""
     b = _B(seed)
@@ -328,6 +340,7 @@ BUILDERS = {
     "split_slice": split_slice,
     "prelu_instnorm": prelu_instnorm,
     "conv_transpose": conv_transpose,
+    "nhwc_layout": nhwc_layout,
     "reduce_mean_head": reduce_mean_head,
     "relu_mlp": relu_mlp,
 }

@@ -119,3 +119,17 @@ def test_control_flow_and_recurrent_parts_stay_unpruned_with_reasons() -> None:
     assert not c.groups and "subgraph" in c.unprunable[0].reason
     c = find_groups(GraphView.build(recurrent()))
     assert not c.groups and "LSTM" in c.unprunable[0].reason
+
+
+def test_layout_transposes_move_the_channel_axis() -> None:
+    from models import nhwc_layout
+
+    view = GraphView.build(nhwc_layout())
+    coupling = find_groups(view)
+    assert sorted(g.channels for g in coupling.groups) == [6, 8]
+    assert not coupling.unprunable or all("graph output" in u.reason for u in coupling.unprunable)
+    eight = next(g for g in coupling.groups if g.channels == 8)
+    assert [c.kind for c in eight.consumers] == ["conv"]
+    assert any(p.name.startswith("s") for p in eight.params)  # the Mul constant broadcast on the NHWC axis
+    six = next(g for g in coupling.groups if g.channels == 6)
+    assert [c.kind for c in six.consumers] == ["gemm"]

@@ -269,6 +269,14 @@ def main() -> None:
                 )
                 write_results(rows, Path(a.out), command)
     write_results(rows, Path(a.out), command)
+    try:
+        from bench_plot import plot
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        plot(rows, Path(a.out).parent / f"{Path(a.out).name}_plots")
+    except ImportError:
+        print("matplotlib missing (pip install -e '.[bench]'): no plots", file=sys.stderr)
 
 
 if __name__ == "__main__":

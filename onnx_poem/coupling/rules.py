@@ -230,10 +230,23 @@ def _reduce(view: GraphView, node: int, slot: int, edge: Edge, channels: int) ->
         if value is None:
             return Stop("reduction over computed axes")
         axes = [int(a) for a in np.reshape(value, -1)]
-    if not axes or not int(view.attr(node, "keepdims", 1)):
-        return Stop("reduction over all axes or without keepdims")
-    if edge.axis % edge.rank in {int(a) % edge.rank for a in axes}:
+    if not axes:
+        return Stop("reduction over all axes")
+    reduced = {int(a) % edge.rank for a in axes}
+    ax = edge.axis % edge.rank
+    if ax in reduced:
         return Stop("reduction over the channel axis")
+    if not int(view.attr(node, "keepdims", 1)):  # the channel axis moves left by the reduced axes before it
+        return Through((Edge(n.output[0], ax - sum(a < ax for a in reduced), edge.rank - len(reduced)),))
+    return Through((_out_edge(view, node, edge),))
+
+
+@coupling_rule("Pow")
+def _pow(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """``x ** c`` with a constant scalar exponent is elementwise (tanh-approximated GELU uses ``x³``)."""
+    e = view.const(view.nodes[node].input[1])
+    if slot != 0 or e is None or e.size != 1:
+        return Stop("Pow with a computed or per-element exponent")
     return Through((_out_edge(view, node, edge),))
 
 
@@ -283,6 +296,40 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     return Through((Edge(n.output[0], 1, 2, s),), reshape=ReshapeFix(node, n.input[1], 1, s))
 
 
+@coupling_rule("Transpose")
+def _transpose(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """Layout changes (tf2onnx's NHWC ↔ NCHW): the channel axis moves to ``perm.index(axis)``."""
+    if edge.rank is None or edge.cols != 1:
+        return Stop("Transpose of a tensor of unknown rank or of flattened channels")
+    perm = view.attr(node, "perm")
+    perm = [int(p) for p in perm] if perm is not None else list(range(edge.rank))[::-1]
+    if sorted(perm) != list(range(edge.rank)):
+        return Stop(f"Transpose with perm {perm} for a rank-{edge.rank} tensor")
+    return Through((Edge(view.nodes[node].output[0], perm.index(edge.axis % edge.rank), edge.rank),))
+
+
+def input_edge(view: GraphView, node: int, out: Edge) -> Edge:
+    """The edge of a one-input pass-through node's data input, given its output's (backward tracing).
+
+    Same axis except where the rule moves it: Transpose, and reductions without ``keepdims``.
+    """
+    n = view.nodes[node]
+    if n.op_type == "Transpose" and out.rank is not None:
+        perm = view.attr(node, "perm")
+        perm = [int(p) for p in perm] if perm is not None else list(range(out.rank))[::-1]
+        if sorted(perm) == list(range(out.rank)):
+            return Edge(n.input[0], perm[out.axis % out.rank], out.rank, out.cols)
+    shape = view.shapes.get(n.input[0]) if n.input else None
+    if n.op_type.startswith("Reduce") and not int(view.attr(node, "keepdims", 1)) and shape and out.rank is not None:
+        axes = view.attr(node, "axes")
+        if axes is None and len(n.input) > 1 and (v := view.const(n.input[1])) is not None:
+            axes = [int(a) for a in np.reshape(v, -1)]
+        kept = [a for a in range(len(shape)) if a not in {int(x) % len(shape) for x in axes or ()}]
+        if len(kept) == out.rank:
+            return Edge(n.input[0], kept[out.axis % out.rank], len(shape), out.cols)
+    return Edge(n.input[0], out.axis, out.rank, out.cols)
+
+
 @coupling_rule("ConvTranspose")
 def _conv_transpose(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     return Stop("ConvTranspose as a consumer is not supported yet")
@@ -298,6 +345,8 @@ def _conv(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> S
         return Stop("Conv with computed or shared weights")
     if w.ndim != 4 or edge.cols != 1:
         return Stop(f"{w.ndim - 2}-D Conv (only 2-D is supported)")
+    if edge.rank is not None and edge.axis % edge.rank != 1:
+        return Stop("Conv over a tensor whose channel axis is not 1")
     group = int(view.attr(node, "group", 1))
     if group == 1:
         if w.shape[1] != channels:
@@ -319,6 +368,8 @@ def _gemm(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> S
     b = view.const(n.input[1])
     if b is None or b.ndim != 2 or view.const_users(n.input[1]) != 1:
         return Stop("Gemm with computed or shared weights")
+    if edge.rank is not None and edge.axis % edge.rank != 1:
+        return Stop("Gemm over an axis other than the feature axis")
     trans_b = bool(view.attr(node, "transB", 0))
     k = b.shape[1] if trans_b else b.shape[0]
     if k != channels * edge.cols:

@@ -37,7 +37,7 @@ from .groups import (
     ReshapeFix,
     Unprunable,
 )
-from .rules import RULES, Consume, Edge, Stop, Through
+from .rules import RULES, Consume, Edge, Stop, Through, input_edge
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ JOINABLE = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 
 class _Stop(Exception):
     """Internal: the component cannot be pruned (the message is the reason)."""
+
+
+def _same(a: Edge, b: Edge, tensor: str) -> bool:
+    """``a`` is ``b`` on ``tensor`` (axes compared modulo the rank)."""
+    r = a.rank or 1
+    return (a.tensor, a.axis % r, a.rank, a.cols) == (tensor, b.axis % (b.rank or 1), b.rank, b.cols)
 
 
 def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | Unprunable | None:
@@ -207,13 +213,14 @@ class _Component:
             return
         data = [k for k, x in enumerate(n.input) if x and not view.is_const(x)]
         slot = data[0] if len(data) == 1 else 0
+        in_edge = replace(input_edge(view, node, edge), tensor=n.input[slot])
         rule = RULES.get(n.op_type)
-        step = rule(view, node, slot, edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
-        if not isinstance(step, Through) or len(step.outputs) != 1 or step.outputs[0] != replace(edge, tensor=t):
+        step = rule(view, node, slot, in_edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
+        if not isinstance(step, Through) or len(step.outputs) != 1 or not _same(step.outputs[0], edge, t):
             reason = step.reason if isinstance(step, Stop) else "channels reach it from its output side"
             raise _Stop(f"stopped at {self._where(node)}: {reason}")
         self._through(node, step, space)
-        self.join(n.input[slot], space, edge, via=node)
+        self.join(n.input[slot], space, in_edge, via=node)
 
     def forward(self, node: int, slot: int, t: str, space: int, edge: Edge) -> None:
         """``t`` (input ``slot`` of ``node``) carries the channels: follow them through ``node``."""

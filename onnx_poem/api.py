@@ -401,7 +401,7 @@ def _add_batch(
 ) -> None:
     y_full = orig[c.output]
     total = positions_of(c, x_hat.shape)
-    tokens = mask is not None and c.kind != "conv" and x_hat.ndim == 3 and mask.shape == x_hat.shape[:2]
+    tokens = mask is not None and c.kind not in ("conv", "convt") and x_hat.ndim == 3 and mask.shape == x_hat.shape[:2]
     pos, ok = sample_positions(total, cfg.positions, x_hat.shape[0], rng, mask if tokens else None)
     keep = ok.reshape(-1)
     x = input_samples(c, x_hat, pos)[keep].astype(np.float64)  # sample first: converting is exact

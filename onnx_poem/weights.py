@@ -6,7 +6,8 @@ everything linear between its input and the tensor the solvers fit:
     W_eff = a ⊙ (α · W_mat),   b_eff = a ⊙ (β · b) + c
 
 with ``W_mat: (m, C·k)`` the stored weight in channel-major column order (conv
-``W.reshape(m, -1)``, Gemm ``B`` or ``Bᵀ``, MatMul ``Bᵀ``), ``α, β`` the Gemm
+``W.reshape(m, -1)``, ConvTranspose its equivalent conv's kernel ``W[:, :, ::-1, ::-1]``
+with the two channel axes swapped, Gemm ``B`` or ``Bᵀ``, MatMul ``Bᵀ``), ``α, β`` the Gemm
 scalars, and ``a, c`` a directly following BatchNormalization folded to
 ``a = γ / sqrt(σ² + ε)``, ``c = β_bn − μ·a`` (identity when absent).
 :func:`stored_arrays` inverts the map for the kept columns.
@@ -45,6 +46,8 @@ def weight_matrix(view: GraphView, c: Consumer) -> np.ndarray:
     w = np.asarray(view.const(c.weight), dtype=np.float64)
     if c.kind == "conv":
         return w.reshape(w.shape[0], -1)
+    if c.kind == "convt":  # (C_in, C_out, kh, kw) → the equivalent conv's (C_out, C_in, kh, kw), flipped
+        return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(w.shape[1], -1)
     if c.kind == "gemm" and c.trans_b:
         return w
     return w.T
@@ -92,6 +95,8 @@ def stored_arrays(
     b[dead] = stored_bias(view, c, m)[dead]
     if c.kind == "conv":
         w = wm.reshape(m, len(keep), *orig.shape[2:])
+    elif c.kind == "convt":
+        w = wm.reshape(m, len(keep), *orig.shape[2:]).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
     elif c.kind == "gemm" and c.trans_b:
         w = wm
     else:

@@ -253,11 +253,21 @@ def prelu_instnorm(seed: int = 0) -> onnx.ModelProto:
 
 
 def conv_transpose(seed: int = 0) -> onnx.ModelProto:
-    """ConvTranspose(3→6, stride 2) → relu → conv(6→4)."""
+    """ConvTranspose(3→6, stride 2) → relu → ConvTranspose(6→5, k3, stride 2, pads 1, output_padding 1)
+    → relu → conv(5→4): ConvTranspose as producer and as consumer."""
     b = _B(seed)
     w = b.const((b.rng.standard_normal((3, 6, 2, 2)) / 3).astype(np.float32))
     t = b.node("ConvTranspose", ["x", w, b.const(np.zeros(6, np.float32), "b")], kernel_shape=[2, 2], strides=[2, 2])
-    return b.model([("x", ["N", 3, 4, 4])], [b.conv(b.node("Relu", [t]), 6, 4)])
+    w2 = b.const((b.rng.standard_normal((6, 5, 3, 3)) / 4).astype(np.float32))
+    t = b.node(
+        "ConvTranspose",
+        [b.node("Relu", [t]), w2, b.const((0.1 * b.rng.standard_normal(5)).astype(np.float32), "b")],
+        kernel_shape=[3, 3],
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+        output_padding=[1, 1],
+    )
+    return b.model([("x", ["N", 3, 4, 4])], [b.conv(b.node("Relu", [t]), 5, 4)])
 
 
 def control_flow(seed: int = 0) -> onnx.ModelProto:

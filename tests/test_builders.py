@@ -107,9 +107,12 @@ def test_per_channel_parameters_of_prelu_and_instance_norm() -> None:
     assert len(g.params) == 5  # conv W, b; InstanceNorm scale, bias; PRelu slope
 
 
-def test_conv_transpose_is_a_producer() -> None:
-    (g,) = find_groups(GraphView.build(BUILDERS["conv_transpose"]())).groups
-    assert g.params[0].axis == 1  # ConvTranspose weight is (C_in, C_out, kh, kw)
+def test_conv_transpose_is_a_producer_and_a_consumer() -> None:
+    first, second = find_groups(GraphView.build(BUILDERS["conv_transpose"]())).groups
+    assert first.params[0].axis == 1  # ConvTranspose weight is (C_in, C_out, kh, kw)
+    assert [c.kind for c in first.consumers] == ["convt"]
+    assert first.consumers[0].output_padding == (1, 1)
+    assert [c.kind for c in second.consumers] == ["conv"]
 
 
 def test_control_flow_and_recurrent_parts_stay_unpruned_with_reasons() -> None:

@@ -95,3 +95,60 @@ def test_masked_positions_prefer_valid_tokens() -> None:
     assert ok[0].all() and (pos[0] < 25).all()
     assert ok[1].sum() == 4 and set(pos[1][ok[1]]) == {0, 1, 2, 3}
     assert not ok[2].any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cin=st.integers(1, 4),
+    k=st.sampled_from([1, 2, 3, 4]),
+    stride=st.integers(1, 3),
+    pad=st.tuples(*[st.integers(0, 3)] * 4),
+    dil=st.integers(1, 2),
+    out_pad=st.integers(0, 2),
+    h=st.integers(3, 7),
+    w=st.integers(3, 7),
+    seed=st.integers(0, 5),
+)
+def test_patches_times_weights_equal_runtime_conv_transpose(cin, k, stride, pad, dil, out_pad, h, w, seed) -> None:
+    assume(out_pad < stride)  # onnxruntime requires output_padding < stride
+    ho = (h - 1) * stride - pad[0] - pad[2] + dil * (k - 1) + 1 + out_pad
+    wo = (w - 1) * stride - pad[1] - pad[3] + dil * (k - 1) + 1 + out_pad
+    assume(ho > 0 and wo > 0)
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((cin, 2, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((cin, 5, k, k)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[1, 1]),
+        helper.make_node(
+            "ConvTranspose",
+            ["a", "w2"],
+            ["y"],
+            kernel_shape=[k, k],
+            strides=[stride] * 2,
+            dilations=[dil] * 2,
+            pads=list(pad),
+            output_padding=[out_pad] * 2,
+        ),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    view = GraphView.build(m)
+    from onnx_poem.weights import weight_matrix
+
+    c = find_groups(view).groups[0].consumers[0]
+    assert c.kind == "convt"
+    x = rng.standard_normal((2, 2, h, w)).astype(np.float32)
+    sess = ort.InferenceSession(_with_output(m, "a").SerializeToString(), providers=["CPUExecutionProvider"])
+    a, y = sess.run(["a", "y"], {"x": x})
+    total = positions_of(c, a.shape)
+    assert total == y.shape[2] * y.shape[3]
+    pos, _ = sample_positions(total, 9, 2, np.random.default_rng(seed))
+    cols = input_samples(c, a.astype(np.float64), pos)
+    np.testing.assert_allclose(cols @ weight_matrix(view, c).T, output_samples(c, y, pos), rtol=1e-4, atol=1e-4)

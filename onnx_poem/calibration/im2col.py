@@ -31,8 +31,27 @@ def resolve_pads(c: Consumer, height: int, width: int) -> tuple[int, int, int, i
     return (begin[0], begin[1], end[0], end[1])
 
 
+def _transposed_geometry(c: Consumer, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """ConvTranspose ``c`` as a stride-1 conv: the zero-stuffed input's size and its (possibly negative) pads.
+
+    ``y = ConvTranspose(x, W)`` equals a conv with stride 1, the same dilation and
+    the flipped, channel-swapped kernel over ``x`` with ``s − 1`` zeros between
+    pixels, padded by ``d(k − 1) − p_begin`` before and ``d(k − 1) − p_end + output_padding`` after.
+    """
+    size = ((h - 1) * c.strides[0] + 1, (w - 1) * c.strides[1] + 1)
+    pt, pl, pb, pr = c.pads if c.pads else (0, 0, 0, 0)
+    ext = [d * (k - 1) for d, k in zip(c.dilations, c.kernel, strict=True)]
+    op = c.output_padding or (0, 0)
+    return size, (ext[0] - pt, ext[1] - pl, ext[0] - pb + op[0], ext[1] - pr + op[1])
+
+
 def positions_of(c: Consumer, in_shape: tuple[int, ...]) -> int:
     """Number of output positions per sample of consumer ``c`` for an input of ``in_shape``."""
+    if c.kind == "convt":
+        (h, w), (pt, pl, pb, pr) = _transposed_geometry(c, in_shape[2], in_shape[3])
+        ho = h + pt + pb - c.dilations[0] * (c.kernel[0] - 1)
+        wo = w + pl + pr - c.dilations[1] * (c.kernel[1] - 1)
+        return int(ho * wo)
     if c.kind == "conv":
         _, _, h, w = in_shape
         pt, pl, pb, pr = resolve_pads(c, h, w)
@@ -64,19 +83,29 @@ def sample_positions(
 
 def input_samples(c: Consumer, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Sample matrix ``(B·P, n)`` of consumer ``c``'s input ``x`` at positions ``pos: (B, P)``."""
-    if c.kind != "conv":
+    if c.kind not in ("conv", "convt"):
         if x.ndim == 2:
             return x
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         return np.take_along_axis(flat, pos[:, :, None], axis=1).reshape(-1, x.shape[-1])
     b, ch, h, w = x.shape
-    pt, pl, pb, pr = resolve_pads(c, h, w)
     kh, kw = c.kernel
+    if c.kind == "convt":
+        (h, w), (pt, pl, pb, pr) = _transposed_geometry(c, h, w)
+        stuffed = np.zeros((b, ch, h, w), dtype=x.dtype)
+        stuffed[:, :, :: c.strides[0], :: c.strides[1]] = x
+        x = stuffed[:, :, max(-pt, 0) : h - max(-pb, 0), max(-pl, 0) : w - max(-pr, 0)]  # negative pads crop
+        h, w = x.shape[2:]
+        pt, pl, pb, pr = (max(p, 0) for p in (pt, pl, pb, pr))
+        strides: tuple[int, ...] = (1, 1)
+    else:
+        pt, pl, pb, pr = resolve_pads(c, h, w)
+        strides = c.strides
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any((pt, pl, pb, pr)) else x
-    wo = (w + pl + pr - c.dilations[1] * (kw - 1) - 1) // c.strides[1] + 1
+    wo = (w + pl + pr - c.dilations[1] * (kw - 1) - 1) // strides[1] + 1
     oh, ow = np.divmod(pos, wo)  # (B, P)
-    rows = oh[:, :, None] * c.strides[0] + np.arange(kh) * c.dilations[0]  # (B, P, kh)
-    cols = ow[:, :, None] * c.strides[1] + np.arange(kw) * c.dilations[1]  # (B, P, kw)
+    rows = oh[:, :, None] * strides[0] + np.arange(kh) * c.dilations[0]  # (B, P, kh)
+    cols = ow[:, :, None] * strides[1] + np.arange(kw) * c.dilations[1]  # (B, P, kw)
     bidx = np.arange(b)[:, None, None, None]
     patches = xp[bidx, :, rows[:, :, :, None], cols[:, :, None, :]]  # (B, P, kh, kw, C)
     return patches.transpose(0, 1, 4, 2, 3).reshape(b * pos.shape[1], ch * kh * kw)
@@ -84,7 +113,7 @@ def input_samples(c: Consumer, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
 
 def output_samples(c: Consumer, y: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Rows ``(B·P, m)`` of consumer ``c``'s output (or any tensor shaped like it) at ``pos``."""
-    if c.kind == "conv":
+    if c.kind in ("conv", "convt"):
         flat = y.reshape(y.shape[0], y.shape[1], -1)  # (B, m, Ho·Wo)
         return np.take_along_axis(flat, pos[:, None, :], axis=2).transpose(0, 2, 1).reshape(-1, y.shape[1])
     if y.ndim == 2:

@@ -71,12 +71,14 @@ class Consumer:
     Attributes:
         node: index of the consumer node.
         label: its name for reports.
-        kind: ``conv``, ``gemm`` or ``matmul``.
+        kind: ``conv``, ``convt`` (ConvTranspose, handled as the equivalent conv over its
+            zero-stuffed input with the flipped, transposed kernel), ``gemm`` or ``matmul``.
         weight: name of the weight constant.
         bias: name of the bias constant, ``None`` if the layer has none.
         input: the tensor the consumer reads (its ``x``).
         cols_per_channel: columns of the flattened input per channel (1 without flatten).
         kernel, strides, pads, dilations, auto_pad: conv geometry (2-D), empty for dense layers.
+        output_padding: ConvTranspose's extra rows/columns at the end (``convt`` only).
         alpha, beta, trans_b: Gemm attributes (1, 1, False for others).
         bn: index of a BatchNormalization node applied directly to the output, or ``None``.
         output: the tensor holding ``y`` after that BN (the reconstruction target).
@@ -98,6 +100,7 @@ class Consumer:
     pads: tuple[int, ...] = ()
     dilations: tuple[int, ...] = ()
     auto_pad: str = "NOTSET"
+    output_padding: tuple[int, ...] = ()
     alpha: float = 1.0
     beta: float = 1.0
     trans_b: bool = False

@@ -332,7 +332,21 @@ def input_edge(view: GraphView, node: int, out: Edge) -> Edge:
 
 @coupling_rule("ConvTranspose")
 def _conv_transpose(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
-    return Stop("ConvTranspose as a consumer is not supported yet")
+    n = view.nodes[node]
+    if slot != 0:
+        return Stop("channels reach a ConvTranspose weight")
+    w = view.const(n.input[1])
+    if w is None or view.const_users(n.input[1]) != 1:
+        return Stop("ConvTranspose with computed or shared weights")
+    if w.ndim != 4 or edge.cols != 1 or (edge.rank is not None and edge.axis % edge.rank != 1):
+        return Stop("ConvTranspose other than 2-D over the channel axis")
+    if int(view.attr(node, "group", 1)) != 1:
+        return Stop("grouped ConvTranspose as a consumer is not supported yet")
+    if view.attr(node, "output_shape") is not None or _auto_pad(view, node) not in ("NOTSET", ""):
+        return Stop("ConvTranspose with output_shape or auto_pad (implicit pads) as a consumer")
+    if w.shape[0] != channels:
+        return Stop(f"ConvTranspose expects {w.shape[0]} input channels, group has {channels}")
+    return Consume(conv_consumer(view, node, kind="convt"))
 
 
 @coupling_rule("Conv")
@@ -460,20 +474,23 @@ def _post(view: GraphView, out: str) -> dict[str, object]:
     return post
 
 
-def conv_consumer(view: GraphView, node: int) -> Consumer:
-    """Describe Conv ``node`` (group 1, 2-D) as a :class:`Consumer`."""
+def _auto_pad(view: GraphView, node: int) -> str:
+    auto_pad = view.attr(node, "auto_pad", b"NOTSET")
+    return auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+
+
+def conv_consumer(view: GraphView, node: int, kind: str = "conv") -> Consumer:
+    """Describe Conv (or, with ``kind="convt"``, ConvTranspose) ``node`` (group 1, 2-D) as a :class:`Consumer`."""
     n = view.nodes[node]
     w = view.const(n.input[1])
     assert w is not None  # checked by the rule
     k = tuple(int(d) for d in w.shape[2:])
     pads = tuple(int(p) for p in view.attr(node, "pads", [0] * 4))
-    auto_pad = view.attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     post = _post(view, n.output[0])
     return Consumer(
         node=node,
         label=view.node_label(node),
-        kind="conv",
+        kind=kind,
         weight=n.input[1],
         bias=n.input[2] if len(n.input) > 2 and n.input[2] else None,
         input=n.input[0],
@@ -481,7 +498,8 @@ def conv_consumer(view: GraphView, node: int) -> Consumer:
         strides=tuple(int(s) for s in view.attr(node, "strides", [1, 1])),
         pads=pads,
         dilations=tuple(int(d) for d in view.attr(node, "dilations", [1, 1])),
-        auto_pad=auto_pad,
+        auto_pad=_auto_pad(view, node),
+        output_padding=tuple(int(p) for p in view.attr(node, "output_padding", [0, 0])) if kind == "convt" else (),
         **post,  # type: ignore[arg-type]
     )
 

@@ -1,12 +1,12 @@
 """Channel selection criteria, one per ``--method``.
 
 * ``reap``: greedy elimination (§2) on the pre-activation least-squares error.
-* ``poem``: the same selection as ``reap``; POEM's post-activation objective
-  enters through its reconstruction. [R, measured] Selecting on the shared
-  activation-weighted statistics ``Gw = Σ d̄_t x̄x̄ᵀ`` (``d̄_t = mean_i f'(y_it)²``,
-  ALGORITHMS.md §4) was never better end to end and cost MNIST 0.1 point
-  (benchmarks/RESULTS.md); the exact per-output weighted selection needs
-  ``m·(n+1)²`` floats per layer and is not implemented.
+* ``poem``: the same engine on the activation-weighted statistics
+  ``Gw = Σ d̄_t x̄x̄ᵀ``, ``Pw = Σ d̄_t y x̄ᵀ`` with ``d̄_t = mean_i f'(y_it)²``
+  (ReLU: the fraction of outputs that pass sample t), so errors the
+  activation would hide cost nothing (ALGORITHMS.md §4, shared approximation;
+  measured against REAP's unweighted selection under POEM's reconstruction:
+  differences within ±0.3 point either way, see benchmarks/RESULTS.md).
 * ``thinet``: greedy *growth* of the removed set T by the error of dropping
   channels without refit, ``E(T) = Σ_i ‖Σ_{c∈T} W_ic x_c‖² = 1ᵀ K_TT 1`` with the
   channel contribution Gram ``K_cd = tr(W_c G_cd W_dᵀ)`` [ThiNet].
@@ -113,7 +113,8 @@ def select_channels(
     if regions is None or region_keep is None:
         regions, region_keep = np.zeros(channels, dtype=np.int64), np.array([keep])
     if method in ("reap", "poem"):
-        problems = [QuadProblem(d.G, d.P, d.W0, d.k, d.index) for d in layers]
+        w = method == "poem"
+        problems = [QuadProblem(d.Gw if w else d.G, d.Pw if w else d.P, d.W0, d.k, d.index) for d in layers]
         return greedy_eliminate(problems, channels, keep, lam=lam, regions=regions, region_keep=region_keep)
     if method == "thinet":
         return _thinet(layers, channels, regions, region_keep)

@@ -219,7 +219,47 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
             f"| {model} | {method} | {ratio} | {_fmt(rs[0].get('macs_ratio', float('nan')))} | "
             f"{mean:.2f} ± {sd:.2f} | {len(vals)} |"
         )
+    lines += _pivot(groups)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _pivot(groups: dict[tuple, list[dict]]) -> list[str]:
+    """Metric (mean over seeds) per model and ratio, one column per method; the best in bold.
+
+    onnx-poem's methods share the MACs ratio of a (model, ratio) row; the peers
+    prune differently, so their MACs ratio is given beside their metric.
+    """
+    methods = list(dict.fromkeys(m for (_, m, _) in groups if m != "original"))
+    ours = [m for m in methods if m not in PEERS]
+    if not ours:
+        return []
+    lines = [
+        "",
+        "Metric by method (mean over seeds; best of onnx-poem's methods in bold; peers: metric (MACs ratio)):",
+        "",
+        "| model | ratio | MACs | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+
+    def mean(rs: list[dict], key: str) -> float:
+        v = [float(r[key]) for r in rs if r.get(key) == r.get(key) and key in r]
+        return statistics.mean(v) if v else float("nan")
+
+    for model, ratio in dict.fromkeys((mo, ra) for (mo, me, ra) in groups if me != "original"):
+        vals = {m: mean(groups.get((model, m, ratio), []), "metric") for m in methods}
+        best = max((vals[m] for m in ours if vals[m] == vals[m]), default=float("nan"))
+        macs = mean(groups.get((model, ours[0], ratio), []), "macs_ratio")
+        cells = []
+        for m in methods:
+            v = vals[m]
+            if v != v:
+                cells.append("")
+            elif m in PEERS:
+                cells.append(f"{v:.2f} ({mean(groups[(model, m, ratio)], 'macs_ratio'):.3f})")
+            else:
+                cells.append(f"**{v:.2f}**" if v == best else f"{v:.2f}")
+        lines.append(f"| {model} | {ratio} | {_fmt(macs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:

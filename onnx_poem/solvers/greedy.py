@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import blas
 
 from .linalg import damping, spd_inverse
 
@@ -49,8 +50,8 @@ class _State:
         self.delta = damping(p.G, lam)
         self.Gd = p.G + self.delta * np.eye(p.G.shape[0])
         self.Pd = p.P + self.delta * p.W0
-        self.H = spd_inverse(self.Gd)
-        self.W = self.Pd @ self.H
+        self.H = np.ascontiguousarray(spd_inverse(self.Gd))  # C order: remove() updates Hᵀ, Wᵀ in place
+        self.W = np.ascontiguousarray(self.Pd @ self.H)
 
     def channel(self, atoms: np.ndarray) -> np.ndarray:
         """Channel of each atom in this consumer (``-1``: absent)."""
@@ -82,8 +83,9 @@ class _State:
         M = self.cols(np.array([channel]))[0]
         inv = np.linalg.inv(self.H[np.ix_(M, M)])
         hm = self.H[M, :]  # (k, n1)
-        self.W -= (self.W[:, M] @ inv) @ hm
-        self.H -= self.H[:, M] @ inv @ hm
+        # W -= (W_M inv) hm and H -= (H_M inv) hm, in place: BLAS updates the Fortran views Wᵀ, Hᵀ
+        blas.dgemm(-1.0, hm.T, (self.W[:, M] @ inv).T, beta=1.0, c=self.W.T, overwrite_c=True)
+        blas.dgemm(-1.0, hm.T, (self.H[:, M] @ inv).T, beta=1.0, c=self.H.T, overwrite_c=True)
         self.H[M, :] = 0.0
         self.H[:, M] = 0.0
         self.W[:, M] = 0.0  # H stays symmetric up to rounding; reinvert() resets the drift

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .allocation import MacsTable, keep_counts, ratio_for_macs, region_keeps
+from .allocation import MacsTable, keep_counts, ratio_for_macs, region_keeps, underdetermined_outputs
 from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
 from .calibration.sources import ImageOptions, load_calibration
 from .calibration.stats import LayerStats
@@ -148,12 +148,15 @@ def prune(
     report.macs_before, report.params_before = sum(per_node.values()), count_params(model)
     if not coupling.groups:
         report.warnings.append("no prunable layer found")
+    skipped = underdetermined_outputs(view, coupling.groups, len(fit_idx), cfg.positions)
+    report.unprunable += [{"where": gid, "reason": why} for gid, why in skipped.items()]
+    free = [g for g in coupling.groups if g.id not in skipped]
     ratio = cfg.ratio
     if ratio is None:
-        table = MacsTable.build(coupling.groups, per_node)
-        ratio = ratio_for_macs(coupling.groups, table, float(cfg.target_macs or 1.0)) if coupling.groups else 0.0
+        table = MacsTable.build(free, per_node)
+        ratio = ratio_for_macs(free, table, float(cfg.target_macs or 1.0)) if free else 0.0
         report.ratio, report.target_macs = ratio, cfg.target_macs
-    keeps = keep_counts(coupling.groups, ratio)
+    keeps = keep_counts(free, ratio) | {g.id: g.channels for g in coupling.groups if g.id in skipped}
     plan = PrunePlan()
     groups = {g.id: g for g in coupling.groups}
     # block-internal groups first: a residual group's consumers then see their final inputs,

@@ -129,3 +129,17 @@ def test_model_exported_for_a_fixed_batch_of_one() -> None:
     pruned, rep = prune(model, ratio=0.5, calib=x)
     onnx.checker.check_model(pruned, full_check=True)
     assert rep.macs_after < rep.macs_before
+
+
+def test_logits_layer_with_fewer_samples_than_inputs_is_left_unpruned() -> None:
+    from models import _B
+
+    b = _B(0)  # conv(3→40) → relu → global pool → flatten → gemm(40→5) = logits: 41 inputs, one sample per image
+    t = b.node("GlobalAveragePool", [b.node("Relu", [b.conv("x", 3, 40)])])
+    model = b.model([("x", ["N", 3, 6, 6])], [b.gemm(b.node("Flatten", [t], axis=1), 40, 5)])
+    _, rep = prune(model, ratio=0.5, calib=inputs_for(model, 24))
+    assert any("under-determined" in u["reason"] for u in rep.unprunable)
+    assert all(g["kept"] == g["channels"] for g in rep.groups)
+    _, rep = prune(model, ratio=0.5, calib=inputs_for(model, 200))
+    assert not any("under-determined" in u["reason"] for u in rep.unprunable)
+    assert all(g["kept"] < g["channels"] for g in rep.groups)

@@ -283,6 +283,10 @@ def _flatten(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
 def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     n = view.nodes[node]
     shape = view.const(n.input[1]) if slot == 0 else None
+    last = edge.rank is not None and edge.axis % edge.rank == edge.rank - 1
+    out_rank = shape.size if shape is not None else len(view.shapes.get(n.output[0]) or ())
+    if last and out_rank > (edge.rank or 0):
+        return Stop("Reshape splits the feature axis into attention heads (heads are not pruned yet)")
     s = _spatial(view, edge)
     if shape is None or s is None or edge.cols != 1:
         return Stop("Reshape other than a flatten of a known (N, C, ...) tensor")

@@ -143,11 +143,13 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
-def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict:
+def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict | None:
     key = f"{model}.{method}.{ratio}.{a.seed}.{a.mode}.{int(a.target)}.{a.samples}.{a.latency}.json"
     cached = Path(a.work) / "rows" / key
-    if a.resume and cached.exists():
+    if (a.resume or a.cached_only) and cached.exists():
         return dict(json.loads(cached.read_text()))
+    if a.cached_only:
+        return None
     cmd = [
         sys.executable,
         __file__,
@@ -278,6 +280,9 @@ def main() -> None:
     p.add_argument("--target", action="store_true", help="--ratios are MACs targets (fractions of the original)")
     p.add_argument("--latency", type=int, default=0, help="interleaved latency runs per side (0: skip)")
     p.add_argument("--resume", action="store_true", help="reuse rows an interrupted run left in --work")
+    p.add_argument(
+        "--cached-only", action="store_true", help="write the tables from the rows in --work only; run nothing"
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
@@ -289,25 +294,36 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
     command += f"\n# at commit {commit or '?'}, {os.cpu_count()} CPU cores"
-    rows = []
+    rows: list[dict] = []
+    missing: list[str] = []
     methods = a.methods.split(",") + (list(PEERS) if a.peer else [])
     for model in a.models.split(","):
-        rows.append(_spawn(model, "original", 0.0, a))
-        print(f"{model} original {rows[-1].get('metric')}", file=sys.stderr, flush=True)
-        for ratio in (float(r) for r in a.ratios.split(",")):
-            for method, seed in [(m, int(s)) for m in methods for s in a.seeds.split(",")]:
-                if seed != int(a.seeds.split(",")[0]) and method in PEERS:
-                    continue  # the peers take no seed of ours
-                a.seed = seed
-                rows.append(_spawn(model, method, ratio, a))
-                r = rows[-1]
+        a.seed = int(a.seeds.split(",")[0])
+        specs = [("original", 0.0, a.seed)] + [
+            (m, float(ratio), int(s))
+            for ratio in a.ratios.split(",")
+            for m in methods
+            for s in a.seeds.split(",")
+            if m not in PEERS or int(s) == a.seed  # the peers take no seed of ours
+        ]
+        for method, ratio, seed in specs:
+            a.seed = seed
+            row = _spawn(model, method, ratio, a)
+            if row is None:
+                missing.append(f"{model} {method} {ratio} seed {seed}")
+                continue
+            rows.append(row)
+            r = rows[-1]
+            if method != "original":
                 print(
                     f"{model} {method} {ratio}: metric {r.get('metric')} macs {r.get('macs_ratio')} "
                     f"time {r.get('prune_s')}",
                     file=sys.stderr,
                     flush=True,
                 )
-                write_results(rows, Path(a.out), command)
+            write_results(rows, Path(a.out), command)
+    if missing:
+        command += "\n# not run yet (--cached-only): " + "; ".join(missing)
     write_results(rows, Path(a.out), command)
     try:
         from bench_plot import plot

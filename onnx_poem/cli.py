@@ -140,7 +140,8 @@ def main() -> None:
     "--prune-residual/--no-prune-residual",
     default=False,
     show_default=True,
-    help="Also prune channels joined by residual adds (the residual stream).",
+    help="Also prune channels joined by residual adds (the residual stream). Measured better on "
+    "MobileNetV2/EfficientNet-style inverted residual networks, worse on CIFAR ResNets.",
 )
 @click.option(
     "--output",

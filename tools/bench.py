@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,16 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
+def _commit() -> str:
+    """Short commit of the tree this tool runs from, ``+dirty`` when its code differs from it."""
+    here = Path(__file__).parent
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", ":/onnx_poem", ":/tools"], capture_output=True, text=True, cwd=here
+    )
+    return (rev.stdout.strip() or "?") + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict | None:
     key = f"{model}.{method}.{ratio}.{a.seed}.{a.mode}.{int(a.target)}.{a.samples}.{a.latency}.json"
     cached = Path(a.work) / "rows" / key
@@ -180,6 +191,7 @@ def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict
         print(f"  FAILED {model} {method} {ratio}: {tail}", file=sys.stderr)
         return {"model": model, "method": method, "ratio": ratio, "metric": float("nan"), "error": tail}
     row = json.loads(p.stdout.strip().splitlines()[-1])
+    row["commit"] = _commit()
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(row))
     return dict(row)
@@ -290,10 +302,7 @@ def main() -> None:
         print(json.dumps(run_one(a)))
         return
     command = "python tools/bench.py " + " ".join(x for x in sys.argv[1:] if x != "--resume")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    ).stdout.strip()
-    command += f"\n# at commit {commit or '?'}, {os.cpu_count()} CPU cores"
+    command += f"\n# tables written at commit {_commit()}, {os.cpu_count()} CPU cores"
     rows: list[dict] = []
     missing: list[str] = []
     methods = a.methods.split(",") + (list(PEERS) if a.peer else [])
@@ -322,6 +331,8 @@ def main() -> None:
                     flush=True,
                 )
             write_results(rows, Path(a.out), command)
+    made = Counter(str(r.get("commit", "unrecorded")) for r in rows)
+    command += "\n# rows computed at: " + ", ".join(f"{c} ({n} rows)" for c, n in sorted(made.items()))
     if missing:
         command += "\n# not run yet (--cached-only): " + "; ".join(missing)
     write_results(rows, Path(a.out), command)

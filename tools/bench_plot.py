@@ -31,6 +31,8 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams["svg.hashsalt"] = "onnx-poem"  # stable element ids: same table, same bytes
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for model in dict.fromkeys(r["model"] for r in rows):

@@ -9,6 +9,11 @@
   predicted MACs are closest to ``T`` from below, found by bisection on a
   per-node table: a layer's MACs scale with the kept fraction of its input
   group times that of its output group (a depthwise conv: of its one group).
+* PRO (``allocation="pro"``, ALGORITHMS.md §7, [R] details): every group's error
+  curve ``e_g(j)`` (normalised error after ``j`` greedy removals, measured once on
+  the original model's statistics) is given; removals are taken one at a time from
+  the group with the smallest error increase per MAC saved,
+  ``(e_g(j+1) − e_g(j)) / ΔMACs_g``, until the MACs target is met.
 """
 
 from __future__ import annotations
@@ -113,3 +118,55 @@ def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: flo
         else:
             hi = mid
     return hi
+
+
+#: PRO never removes more than this fraction of a group
+PRO_MAX_RATIO = 0.9
+
+
+def pro_keeps(
+    groups: Sequence[ChannelGroup], curves: Mapping[str, np.ndarray], table: MacsTable, target: float
+) -> dict[str, int]:
+    """Atoms kept per group from the error curves ``curves[g] = (e_g(1), …, e_g(R_g))``.
+
+    ``e_g(j)`` is the cumulative normalised error after ``j`` removals (made
+    non-decreasing here); a group removes at most ``R_g`` atoms.  The predicted
+    MACs (``table``) fall monotonically; the loop stops at the first allocation
+    whose prediction is at most ``target`` (or when no group can give more).
+    Ties go to the group listed first, so the result is deterministic.
+    """
+    ids = [g.id for g in groups]
+    pos = {gid: i for i, gid in enumerate(ids)}
+    size = np.array([g.channels for g in groups], dtype=np.float64)
+    none = len(ids)  # index of "no group": fraction 1
+    m = np.array([r[0] for r in table.rows], dtype=np.float64)
+    ri = np.array([none if r[1] is None or r[1] not in pos else pos[r[1]] for r in table.rows], dtype=np.int64)
+    ro = np.array([none if r[2] is None or r[2] not in pos else pos[r[2]] for r in table.rows], dtype=np.int64)
+    total = float(m.sum()) or 1.0
+    frac = np.ones(none + 1)
+    removed = np.zeros(none, dtype=np.int64)
+    err = [
+        np.maximum.accumulate(np.concatenate([[0.0], np.asarray(curves.get(gid, []), dtype=np.float64)])) for gid in ids
+    ]
+    rows_of = [np.flatnonzero((ri == i) | (ro == i)) for i in range(none)]
+    macs = float((m * frac[ri] * frac[ro]).sum())
+    while macs / total > target:
+        best, best_score, best_saving = -1, np.inf, 0.0
+        for i in range(none):
+            if removed[i] + 1 >= len(err[i]):
+                continue
+            r = rows_of[i]
+            f = frac.copy()
+            f[i] -= 1.0 / size[i]
+            saving = float((m[r] * (frac[ri[r]] * frac[ro[r]] - f[ri[r]] * f[ro[r]])).sum())
+            if saving <= 0:
+                continue
+            score = (err[i][removed[i] + 1] - err[i][removed[i]]) / saving
+            if score < best_score:
+                best, best_score, best_saving = i, score, saving
+        if best < 0:
+            break
+        removed[best] += 1
+        frac[best] -= 1.0 / size[best]
+        macs -= best_saving
+    return {gid: int(size[i]) - int(removed[i]) for i, gid in enumerate(ids)}

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .allocation import MacsTable, keep_counts, ratio_for_macs, region_keeps, underdetermined_outputs
+from .allocation import (
+    PRO_MAX_RATIO,
+    MacsTable,
+    keep_counts,
+    pro_keeps,
+    ratio_for_macs,
+    region_keeps,
+    underdetermined_outputs,
+)
 from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
 from .calibration.sources import ImageOptions, load_calibration
 from .calibration.stats import LayerStats
@@ -35,7 +43,9 @@ from .solvers import (
     METHODS,
     RECONSTRUCTION,
     LayerData,
+    QuadProblem,
     Samples,
+    greedy_eliminate,
     kept_columns,
     reconstruct,
     relative_errors,
@@ -49,6 +59,9 @@ from .weights import effective, stored_arrays
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+
+#: how the pruning budget is spread over the groups (``uniform``: one ratio; ``pro``: by error per MAC)
+ALLOCATIONS = ("uniform", "pro")
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class PruneConfig:
     batch_size: int = 32
     damping: float = 0.01
     prune_residual: bool = False
+    allocation: str = "uniform"
 
     def validate(self) -> None:
         if (self.ratio is None) == (self.target_macs is None):
@@ -77,6 +91,8 @@ class PruneConfig:
             raise UsageError(f"target_macs must be in (0, 1], got {self.target_macs}")
         if self.method not in METHODS:
             raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise UsageError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if self.mode not in ("cascade", "parallel"):
             raise UsageError(f"mode must be cascade or parallel, got {self.mode!r}")
         for name in ("samples", "positions", "reservoir", "batch_size"):
@@ -151,20 +167,30 @@ def prune(
     skipped = underdetermined_outputs(view, coupling.groups, len(fit_idx), cfg.positions)
     report.unprunable += [{"where": gid, "reason": why} for gid, why in skipped.items()]
     free = [g for g in coupling.groups if g.id not in skipped]
+    table = MacsTable.build(free, per_node)
     ratio = cfg.ratio
     if ratio is None:
-        table = MacsTable.build(free, per_node)
         ratio = ratio_for_macs(free, table, float(cfg.target_macs or 1.0)) if free else 0.0
         report.ratio, report.target_macs = ratio, cfg.target_macs
-    keeps = keep_counts(free, ratio) | {g.id: g.channels for g in coupling.groups if g.id in skipped}
-    plan = PrunePlan()
-    groups = {g.id: g for g in coupling.groups}
-    # block-internal groups first: a residual group's consumers then see their final inputs,
-    # and no group reads a tensor whose channels an earlier decision already removed
-    todo = [g for g in coupling.groups if keeps[g.id] < g.channels and not g.residual]
-    todo += [g for g in coupling.groups if keeps[g.id] < g.channels and g.residual]
+    report.allocation = cfg.allocation
     chunks = [idx[i : i + cfg.batch_size] for idx in (fit_idx, held_idx) for i in range(0, len(idx), cfg.batch_size)]
+    ratios = {g.id: ratio for g in free}
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
+        if cfg.allocation == "pro" and free and ratio > 0:
+            target = cfg.target_macs if cfg.target_macs is not None else table.predict(free, keep_counts(free, ratio))
+            t1 = time.perf_counter()
+            curves = _error_curves(view, free, data, chunks, len(fit_idx), cfg, Path(tmp), progress)
+            kept_by_pro = pro_keeps(free, curves, table, target)
+            ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in free}
+            report.timings["allocation"] = time.perf_counter() - t1
+        keeps = {g.id: int(region_keeps(g, ratios[g.id]).sum()) for g in free}
+        keeps |= {g.id: g.channels for g in coupling.groups if g.id in skipped}
+        plan = PrunePlan()
+        groups = {g.id: g for g in coupling.groups}
+        # block-internal groups first: a residual group's consumers then see their final inputs,
+        # and no group reads a tensor whose channels an earlier decision already removed
+        todo = [g for g in coupling.groups if keeps[g.id] < g.channels and not g.residual]
+        todo += [g for g in coupling.groups if keeps[g.id] < g.channels and g.residual]
         streams = (Stream(view, data, chunks, Path(tmp), "orig"), Stream(view, data, chunks, Path(tmp), "cur"))
         for done, g in enumerate(todo):
             if progress:
@@ -172,7 +198,7 @@ def prune(
             current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
             nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
             decision, layers = _solve_group(
-                view, current, g, ratio, streams, nxt, len(fit_idx), cfg, len(plan.decisions)
+                view, current, g, ratios[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
             )
             plan = plan.extended(decision)
             report.layers.extend(layers)
@@ -218,6 +244,62 @@ def _split(n: int, cfg: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
     held = round(n * cfg.held_out) if n >= 2 else 0
     perm = np.random.default_rng([cfg.seed, 7]).permutation(n)
     return np.sort(perm[held:]), np.sort(perm[:held])
+
+
+def _error_curves(
+    view: GraphView,
+    groups: list[ChannelGroup],
+    data: Any,
+    chunks: list[np.ndarray],
+    n_fit: int,
+    cfg: PruneConfig,
+    tmp: Path,
+    progress: Progress | None,
+) -> dict[str, np.ndarray]:
+    """PRO's per-group error curves on the original model's statistics (one parallel pass).
+
+    ``curves[g][j-1]`` is the error after greedily removing ``j`` atoms of ``g``
+    (up to :data:`PRO_MAX_RATIO` of every region), summed over the consumers,
+    each relative to the variance of its original output
+    ``V = tr(W0 (G/N − x̄x̄ᵀ) W0ᵀ)·N`` (POEM: on the activation-weighted Gram).
+    """
+    probe = replace(cfg, mode="parallel")
+    work = tmp / "pro"
+    work.mkdir()
+    streams = (Stream(view, data, chunks, work, "orig"), Stream(view, data, chunks, work, "cur"))
+    order = sorted(groups, key=lambda g: cut_position(view, g))
+    weighted = cfg.method == "poem"
+    curves: dict[str, np.ndarray] = {}
+    for i, g in enumerate(order):
+        if progress:
+            progress(i, len(order), f"sensitivity {g.id}")
+        W0s = [effective(view, c)[0] for c in g.consumers]
+        nxt = cut_position(view, order[i + 1]) if i + 1 < len(order) else None
+        stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
+        problems, scales = [], []
+        for c, W0, st in zip(g.consumers, W0s, stats, strict=True):
+            d = _layer_data(c, W0, st)
+            G, P = (d.Gw, d.Pw) if weighted else (d.G, d.P)
+            problems.append(QuadProblem(G, P, d.W0, d.k, d.index))
+            n, count = G.shape[0] - 1, max(G[-1, -1], 1e-12)
+            mean = G[:n, -1] / count
+            M = d.W0[:, :n]
+            V = float(np.einsum("ij,jk,ik->", M, G[:n, :n], M) - count * np.sum((M @ mean) ** 2))
+            scales.append(1.0 / max(V, 1e-12 * float(np.sum(M * M)) + 1e-30))
+        quota = region_keeps(g, PRO_MAX_RATIO)
+        trace: list[float] = []
+        greedy_eliminate(
+            problems,
+            g.channels,
+            int(quota.sum()),
+            lam=cfg.damping,
+            regions=None if g.regions is None else np.asarray(g.regions),
+            region_keep=quota,
+            trace=trace,
+            scales=scales,
+        )
+        curves[g.id] = np.cumsum(trace)
+    return curves
 
 
 def _solve_group(

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .api import prune
+from .api import ALLOCATIONS, prune
 from .calibration.sources import ImageOptions
 from .errors import OutputError, PoemError, UsageError
 from .graph import GraphView, load_model, save_model_atomic
@@ -137,6 +137,14 @@ def main() -> None:
     help="cascade: inputs from the already-pruned prefix; parallel: from the original model.",
 )
 @click.option(
+    "--allocation",
+    type=click.Choice(ALLOCATIONS),
+    default="uniform",
+    show_default=True,
+    help="uniform: every group loses the same fraction; pro: per-group counts that spend the same MACs "
+    "where the measured error per MAC saved is smallest (one extra calibration pass).",
+)
+@click.option(
     "--prune-residual/--no-prune-residual",
     default=False,
     show_default=True,
@@ -183,6 +191,7 @@ def prune_cmd(
     calib: Path | None,
     method: str,
     mode: str,
+    allocation: str,
     prune_residual: bool,
     output: Path | None,
     samples: int,
@@ -224,6 +233,7 @@ def prune_cmd(
             image_options=opts,
             progress=progress,
             prune_residual=prune_residual,
+            allocation=allocation,
         )
         for u in rep.unprunable:
             logger.info("not pruned: %s: %s", u["where"], u["reason"])

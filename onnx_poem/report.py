@@ -96,6 +96,7 @@ class PruneReport:
     held_out_samples: int
     synthetic_calibration: bool
     target_macs: float | None = None
+    allocation: str = "uniform"
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0

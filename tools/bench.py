@@ -1,7 +1,8 @@
 """Benchmark onnx-poem on the protocol of ../shared/docs/BENCHMARK.md.
 
 Methods are onnx-poem's ``--method`` names, optionally suffixed ``+res`` to
-prune residual streams too (``poem+res``); ``--target`` turns ``--ratios``
+prune residual streams too (``poem+res``) and ``+pro`` for PRO per-group
+allocation (``poem+pro``, ``poem+res+pro``); ``--target`` turns ``--ratios``
 into MACs targets.
 
 Usage (development tool; needs the ``bench`` extra for the onnxsim peer)::
@@ -105,7 +106,7 @@ def run_one(args: argparse.Namespace) -> dict:
             batches = [{k: v[s : s + 32] for k, v in calib.items()} for s in range(0, args.samples, 32)]
             pruned = pruning.apply_structured_wanda_pruning(original, calibration_data=batches, sparsity=args.ratio)
     else:
-        method, _, variant = args.method.partition("+")
+        method, *variants = args.method.split("+")
         amount = {"target_macs": args.ratio} if args.target else {"ratio": args.ratio}
         pruned, _ = prune(
             original,
@@ -113,7 +114,8 @@ def run_one(args: argparse.Namespace) -> dict:
             method=method,
             seed=args.seed,
             mode=args.mode,
-            prune_residual=variant == "res",
+            prune_residual="res" in variants,
+            allocation="pro" if "pro" in variants else "uniform",
             **amount,
         )
     prune_s = time.perf_counter() - t

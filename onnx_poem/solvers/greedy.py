@@ -107,8 +107,14 @@ def greedy_eliminate(
     lam: float = 0.01,
     regions: np.ndarray | None = None,
     region_keep: np.ndarray | None = None,
+    trace: list[float] | None = None,
+    scales: list[float] | None = None,
 ) -> np.ndarray:
     """Indices of the ``keep`` atoms (sorted) left after greedy elimination of the others.
+
+    With ``trace``, the cost of every removal is appended to it, in removal order:
+    ``Σ_s scales[s]·ΔE_s`` over the problems (``scales`` default to 1), so that
+    ``cumsum(trace)`` is the error curve of the group (PRO allocation, ALGORITHMS.md §7).
 
     ``channels`` is the number of atoms; each problem maps atoms to its own channels.
     With ``regions`` (atom → region) and ``region_keep`` (atoms to keep per region),
@@ -125,11 +131,14 @@ def greedy_eliminate(
         regions, region_keep = np.zeros(channels, dtype=np.int64), np.array([keep])
     left = np.bincount(regions, minlength=len(region_keep)) - region_keep  # removals still due per region
     for step in range(int(left.sum())):
+        each = [s.costs(alive) for s in states]
         cost = np.zeros(len(alive))
-        for s in states:
-            cost += s.costs(alive)
+        for c in each:
+            cost += c
         cost[left[regions[alive]] <= 0] = np.inf
         j = int(np.argmin(cost))
+        if trace is not None:
+            trace.append(float(sum(w * c[j] for w, c in zip(scales or [1.0] * len(states), each, strict=True))))
         left[regions[alive[j]]] -= 1
         victim = int(alive[j])
         alive = np.delete(alive, j)

@@ -1,0 +1,114 @@
+"""PRO per-group allocation: error curves from the greedy engine and the budget spent on them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from test_solvers import _layer, _ls_error
+
+from models import _B, inputs_for
+from onnx_poem import prune
+from onnx_poem.allocation import MacsTable, pro_keeps
+from onnx_poem.solvers.greedy import QuadProblem, greedy_eliminate
+from onnx_poem.verify import session
+
+
+def test_greedy_trace_is_the_refit_error_curve() -> None:
+    """``cumsum(trace)[j-1]`` is the least-squares error after the first ``j`` removals, less the full fit's."""
+    d = _layer(C=6, k=2, act="identity", seed=3)
+    p = QuadProblem(d.G, d.P, d.W0, 2)
+    trace: list[float] = []
+    greedy_eliminate([p], 6, 1, lam=1e-9, trace=trace)
+    assert len(trace) == 5
+    base = _ls_error(d, np.arange(6))
+    for j, cum in enumerate(np.cumsum(trace), start=1):
+        kept = greedy_eliminate([p], 6, 6 - j, lam=1e-9)  # the same path, stopped after j removals
+        assert cum == pytest.approx(_ls_error(d, kept) - base, rel=1e-5, abs=1e-6 * base)
+
+
+def test_trace_scales_weight_each_problem() -> None:
+    d = _layer(C=5, k=1, act="identity", seed=4)
+    p = QuadProblem(d.G, d.P, d.W0, 1)
+    one: list[float] = []
+    both: list[float] = []
+    greedy_eliminate([p], 5, 2, lam=1e-9, trace=one)
+    greedy_eliminate([p, p], 5, 2, lam=1e-9, trace=both, scales=[0.25, 0.5])
+    assert np.allclose(both, 0.75 * np.asarray(one))
+
+
+def _groups(**sizes: int) -> list[Any]:
+    return [SimpleNamespace(id=k, channels=v) for k, v in sizes.items()]
+
+
+def test_pro_spends_the_budget_where_error_per_mac_is_smallest() -> None:
+    groups = _groups(a=10, b=10)
+    table = MacsTable(((100, "a", None), (100, "b", None)))  # 10 MACs per channel either way
+    curves = {
+        "a": np.array([0, 0, 0, 0, 1, 2, 3, 4, 5], dtype=float),  # four free removals, then 1 each
+        "b": 0.5 * np.arange(1, 10, dtype=float),  # 0.5 each
+    }
+    keeps = pro_keeps(groups, curves, table, target=0.7)  # 6 channels out of 20 must go
+    assert keeps == {"a": 6, "b": 8}
+    assert table.predict(groups, keeps) <= 0.7
+
+
+def test_pro_weighs_error_against_macs_saved() -> None:
+    groups = _groups(a=10, b=10)
+    table = MacsTable(((100, "a", None), (400, "b", None)))  # a channel of b saves 4x the MACs
+    curves = {"a": np.arange(1, 10, dtype=float), "b": 2.0 * np.arange(1, 10, dtype=float)}
+    keeps = pro_keeps(groups, curves, table, target=0.9)
+    assert keeps == {"a": 10, "b": 8}  # error 2 per 40 MACs beats error 1 per 10: two of b reach 0.84
+
+
+def test_pro_stops_at_the_curves_end() -> None:
+    groups = _groups(a=4)
+    keeps = pro_keeps(groups, {"a": np.zeros(2)}, MacsTable(((40, "a", None),)), target=0.1)
+    assert keeps == {"a": 2}  # the target is out of reach: at most len(curve) removals
+
+
+def _redundant_chain(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→8) → relu → conv(8→12) → relu → conv(12→4), the first conv's filters 4-7 copies of 0-3."""
+    b = _B(seed)
+    t = b.conv("x", 3, 8)
+    w = next(i for i in b.inits if i.name == b.nodes[-1].input[1])
+    arr = numpy_helper.to_array(w).copy()
+    arr[4:] = arr[:4]
+    bias = next(i for i in b.inits if i.name == b.nodes[-1].input[2])
+    barr = numpy_helper.to_array(bias).copy()
+    barr[4:] = barr[:4]
+    w.CopyFrom(numpy_helper.from_array(arr, w.name))
+    bias.CopyFrom(numpy_helper.from_array(barr, bias.name))
+    t = b.node("Relu", [b.conv(b.node("Relu", [t]), 8, 12)])
+    return b.model([("x", ["N", 3, 8, 8])], [b.conv(t, 12, 4, k=1, pad=0)])
+
+
+def test_pro_prunes_the_redundant_layer_first_at_equal_macs() -> None:
+    model = _redundant_chain()
+    x = inputs_for(model, 160)
+    test = inputs_for(model, 64, seed=9)
+    want = session(model).run(None, {"x": test})[0]
+    out = {}
+    for allocation in ("uniform", "pro"):
+        pruned, rep = prune(model, ratio=0.25, calib=x, method="poem", allocation=allocation)
+        onnx.checker.check_model(pruned, full_check=True)
+        got = session(pruned).run(None, {"x": test})[0]
+        out[allocation] = (rep, float(np.linalg.norm(got - want) / np.linalg.norm(want)))
+    uni, pro = out["uniform"][0], out["pro"][0]
+    assert pro.allocation == "pro" and uni.allocation == "uniform"
+    first = {g["channels"]: g["kept"] for g in pro.groups}
+    assert first[8] == 4  # the four copies go, at no error
+    assert pro.macs_ratio <= uni.macs_ratio + 1e-9
+    assert out["pro"][1] < out["uniform"][1]
+
+
+def test_pro_is_deterministic() -> None:
+    model = _redundant_chain(1)
+    x = inputs_for(model, 96)
+    a, _ = prune(model, ratio=0.4, calib=x, allocation="pro", seed=2)
+    b, _ = prune(model, ratio=0.4, calib=x, allocation="pro", seed=2)
+    assert a.SerializeToString() == b.SerializeToString()

@@ -5,6 +5,10 @@
   ResNet stream), so every tensor loses about the same fraction.
 * Groups whose reconstruction is under-determined where nothing downstream can
   absorb the error are not pruned (:func:`underdetermined_outputs`).
+* ``round_to = k``: every count is rounded *up* to a multiple of ``k`` (or all
+  atoms), so that SIMD/tensor-core kernels see aligned channel counts; a MACs
+  target then lands slightly above ``T``-by-uniform-ratio, never below the
+  counts' own prediction.
 * MACs target ``T`` (fraction of the original MACs): the uniform ratio whose
   predicted MACs are closest to ``T`` from below, found by bisection on a
   per-node table: a layer's MACs scale with the kept fraction of its input
@@ -62,21 +66,22 @@ def underdetermined_outputs(
     return out
 
 
-def _keep(n: int, ratio: float) -> int:
-    return min(n, max(1, round((1.0 - ratio) * n)))
+def _keep(n: int, ratio: float, round_to: int = 1) -> int:
+    k = min(n, max(1, round((1.0 - ratio) * n)))
+    return min(n, -(-k // round_to) * round_to)
 
 
-def region_keeps(g: ChannelGroup, ratio: float) -> np.ndarray:
-    """Atoms kept in each region of ``g`` (one entry per region id)."""
+def region_keeps(g: ChannelGroup, ratio: float, round_to: int = 1) -> np.ndarray:
+    """Atoms kept in each region of ``g`` (one entry per region id), rounded up to multiples of ``round_to``."""
     if g.regions is None:
-        return np.array([_keep(g.channels, ratio)])
+        return np.array([_keep(g.channels, ratio, round_to)])
     sizes = np.bincount(np.asarray(g.regions))
-    return np.array([_keep(int(n), ratio) for n in sizes])
+    return np.array([_keep(int(n), ratio, round_to) for n in sizes])
 
 
-def keep_counts(groups: Sequence[ChannelGroup], ratio: float) -> dict[str, int]:
+def keep_counts(groups: Sequence[ChannelGroup], ratio: float, round_to: int = 1) -> dict[str, int]:
     """Atoms kept per group id for the uniform pruning ratio ``ratio`` (applied per region)."""
-    return {g.id: int(region_keeps(g, ratio).sum()) for g in groups}
+    return {g.id: int(region_keeps(g, ratio, round_to).sum()) for g in groups}
 
 
 @dataclass(frozen=True)
@@ -106,14 +111,14 @@ class MacsTable:
         return kept / total
 
 
-def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: float) -> float:
+def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: float, round_to: int = 1) -> float:
     """The smallest uniform ratio whose predicted MACs fraction is at most ``target`` (bisection)."""
     lo, hi = 0.0, 0.999
-    if table.predict(groups, keep_counts(groups, hi)) > target:
+    if table.predict(groups, keep_counts(groups, hi, round_to)) > target:
         return hi
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        if table.predict(groups, keep_counts(groups, mid)) > target:
+        if table.predict(groups, keep_counts(groups, mid, round_to)) > target:
             lo = mid
         else:
             hi = mid

@@ -53,7 +53,7 @@ from .solvers import (
 )
 from .solvers.activations import apply as act_apply
 from .solvers.activations import derivative as act_derivative
-from .verify import verify
+from .verify import session, verify
 from .weights import effective, stored_arrays
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class PruneConfig:
     damping: float = 0.01
     prune_residual: bool = False
     allocation: str = "uniform"
+    round_to: int = 1
 
     def validate(self) -> None:
         if (self.ratio is None) == (self.target_macs is None):
@@ -95,7 +96,7 @@ class PruneConfig:
             raise UsageError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if self.mode not in ("cascade", "parallel"):
             raise UsageError(f"mode must be cascade or parallel, got {self.mode!r}")
-        for name in ("samples", "positions", "reservoir", "batch_size"):
+        for name in ("samples", "positions", "reservoir", "batch_size", "round_to"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.held_out < 1.0:
@@ -170,23 +171,24 @@ def prune(
     table = MacsTable.build(free, per_node)
     ratio = cfg.ratio
     if ratio is None:
-        ratio = ratio_for_macs(free, table, float(cfg.target_macs or 1.0)) if free else 0.0
+        ratio = ratio_for_macs(free, table, float(cfg.target_macs or 1.0), cfg.round_to) if free else 0.0
         report.ratio, report.target_macs = ratio, cfg.target_macs
     report.allocation = cfg.allocation
     chunks = [idx[i : i + cfg.batch_size] for idx in (fit_idx, held_idx) for i in range(0, len(idx), cfg.batch_size)]
+    groups = {g.id: g for g in coupling.groups}
     ratios = {g.id: ratio for g in free}
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
         if cfg.allocation == "pro" and free and ratio > 0:
             target = cfg.target_macs if cfg.target_macs is not None else table.predict(free, keep_counts(free, ratio))
             t1 = time.perf_counter()
-            curves = _error_curves(view, free, data, chunks, len(fit_idx), cfg, Path(tmp), progress)
+            curves = _error_curves(view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), progress)
             kept_by_pro = pro_keeps(free, curves, table, target)
             ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in free}
             report.timings["allocation"] = time.perf_counter() - t1
-        keeps = {g.id: int(region_keeps(g, ratios[g.id]).sum()) for g in free}
+        quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in free}
+        keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
         keeps |= {g.id: g.channels for g in coupling.groups if g.id in skipped}
         plan = PrunePlan()
-        groups = {g.id: g for g in coupling.groups}
         # block-internal groups first: a residual group's consumers then see their final inputs,
         # and no group reads a tensor whose channels an earlier decision already removed
         todo = [g for g in coupling.groups if keeps[g.id] < g.channels and not g.residual]
@@ -198,7 +200,7 @@ def prune(
             current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
             nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
             decision, layers = _solve_group(
-                view, current, g, ratios[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
+                view, current, g, quotas[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
             )
             plan = plan.extended(decision)
             report.layers.extend(layers)
@@ -249,19 +251,27 @@ def _split(n: int, cfg: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
 def _error_curves(
     view: GraphView,
     groups: list[ChannelGroup],
+    every: dict[str, ChannelGroup],
     data: Any,
     chunks: list[np.ndarray],
     n_fit: int,
+    ratio: float,
     cfg: PruneConfig,
     tmp: Path,
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
-    """PRO's per-group error curves on the original model's statistics (one parallel pass).
+    """PRO's per-group error curves, in units of the final output's relative error.
 
-    ``curves[g][j-1]`` is the error after greedily removing ``j`` atoms of ``g``
-    (up to :data:`PRO_MAX_RATIO` of every region), summed over the consumers,
-    each relative to the variance of its original output
-    ``V = tr(W0 (G/N − x̄x̄ᵀ) W0ᵀ)·N`` (POEM: on the activation-weighted Gram).
+    Local curve (one parallel pass over the original model's statistics):
+    ``e_g(j)`` after greedily removing ``j`` atoms of ``g`` (up to
+    :data:`PRO_MAX_RATIO` of every region), summed over the consumers, each
+    relative to the variance of its original output ``V = tr(W0 Σ_x W0ᵀ)·N``
+    (POEM: on the activation-weighted Gram).  Local errors of different layers
+    are not worth the same at the model's output, so each curve is rescaled
+    [R]: at ``j0 = round(ratio·C)`` removals the group alone is pruned (least
+    squares refit) and the model's outputs on up to 64 fitting samples give the
+    final relative error ``ε_g = Σ‖o' − o‖² / Σ‖o − ō‖²``; the curve becomes
+    ``e_g · ε_g / e_g(j0)``.
     """
     probe = replace(cfg, mode="parallel")
     work = tmp / "pro"
@@ -269,6 +279,9 @@ def _error_curves(
     streams = (Stream(view, data, chunks, work, "orig"), Stream(view, data, chunks, work, "cur"))
     order = sorted(groups, key=lambda g: cut_position(view, g))
     weighted = cfg.method == "poem"
+    feeds = list(data.batches(np.concatenate(chunks)[: min(64, n_fit)], cfg.batch_size))
+    reference = [session(view.model).run(None, f) for f in feeds]
+    spread = sum(float(np.sum((o - o.mean(axis=0)) ** 2)) for outs in reference for o in outs) or 1.0
     curves: dict[str, np.ndarray] = {}
     for i, g in enumerate(order):
         if progress:
@@ -276,9 +289,9 @@ def _error_curves(
         W0s = [effective(view, c)[0] for c in g.consumers]
         nxt = cut_position(view, order[i + 1]) if i + 1 < len(order) else None
         stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
+        layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
         problems, scales = [], []
-        for c, W0, st in zip(g.consumers, W0s, stats, strict=True):
-            d = _layer_data(c, W0, st)
+        for d in layers:
             G, P = (d.Gw, d.Pw) if weighted else (d.G, d.P)
             problems.append(QuadProblem(G, P, d.W0, d.k, d.index))
             n, count = G.shape[0] - 1, max(G[-1, -1], 1e-12)
@@ -288,6 +301,7 @@ def _error_curves(
             scales.append(1.0 / max(V, 1e-12 * float(np.sum(M * M)) + 1e-30))
         quota = region_keeps(g, PRO_MAX_RATIO)
         trace: list[float] = []
+        removed: list[int] = []
         greedy_eliminate(
             problems,
             g.channels,
@@ -297,16 +311,53 @@ def _error_curves(
             region_keep=quota,
             trace=trace,
             scales=scales,
+            removed=removed,
         )
-        curves[g.id] = np.cumsum(trace)
+        curve = np.cumsum(trace)
+        if not len(curve):
+            curves[g.id] = curve
+            continue
+        j0 = min(len(curve), max(1, round(ratio * g.channels)))
+        j1 = min(len(curve), 2 * j0)
+        points = sorted({j0, j1})
+        scale = [_final_error(view, every, g, layers, removed[:j], feeds, reference, cfg) / spread for j in points]
+        scale = [e / max(float(curve[j - 1]), 1e-30) for e, j in zip(scale, points, strict=True)]
+        curves[g.id] = curve * np.interp(np.arange(1, len(curve) + 1), points, scale)
     return curves
+
+
+def _final_error(
+    view: GraphView,
+    every: dict[str, ChannelGroup],
+    g: ChannelGroup,
+    layers: list[LayerData],
+    removed: list[int],
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[list[np.ndarray]],
+    cfg: PruneConfig,
+) -> float:
+    """``Σ‖o' − o‖²`` over ``feeds`` with only ``g`` pruned (atoms ``removed``, least-squares refit)."""
+    kept = np.setdiff1d(np.arange(g.channels), removed)
+    updates = []
+    for c, d in zip(g.consumers, layers, strict=True):
+        own = positions(c.index, kept)
+        W = reconstruct(d, own, method="ls", lam=cfg.damping).W
+        w, b = stored_arrays(view, c, W, own, c.in_channels or g.channels)
+        updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
+    alone = PrunePlan((GroupDecision(g.id, g.channels, tuple(int(k) for k in kept), tuple(updates)),))
+    sess = session(apply_plan(view, every, alone))
+    return sum(
+        float(np.sum((p - o) ** 2))
+        for f, outs in zip(feeds, reference, strict=True)
+        for p, o in zip(sess.run(None, f), outs, strict=True)
+    )
 
 
 def _solve_group(
     view: GraphView,
     current: onnx.ModelProto,
     g: ChannelGroup,
-    ratio: float,
+    quota: np.ndarray,
     streams: tuple[Stream, Stream],
     next_cut: int | None,
     n_fit: int,
@@ -317,7 +368,6 @@ def _solve_group(
     W0s = [effective(view, c)[0] for c in g.consumers]
     stats = _collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
     layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
-    quota = region_keeps(g, ratio)
     kept = select_channels(
         cfg.method,
         layers,

@@ -145,6 +145,13 @@ def main() -> None:
     "where the measured error per MAC saved is smallest (one extra calibration pass).",
 )
 @click.option(
+    "--round-to",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Keep channel counts that are multiples of K (rounded up), e.g. 8 or 16 for SIMD kernels.",
+)
+@click.option(
     "--prune-residual/--no-prune-residual",
     default=False,
     show_default=True,
@@ -192,6 +199,7 @@ def prune_cmd(
     method: str,
     mode: str,
     allocation: str,
+    round_to: int,
     prune_residual: bool,
     output: Path | None,
     samples: int,
@@ -234,6 +242,7 @@ def prune_cmd(
             progress=progress,
             prune_residual=prune_residual,
             allocation=allocation,
+            round_to=round_to,
         )
         for u in rep.unprunable:
             logger.info("not pruned: %s: %s", u["where"], u["reason"])

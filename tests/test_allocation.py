@@ -11,9 +11,9 @@ import pytest
 from onnx import numpy_helper
 from test_solvers import _layer, _ls_error
 
-from models import _B, inputs_for
+from models import _B, BUILDERS, inputs_for
 from onnx_poem import prune
-from onnx_poem.allocation import MacsTable, pro_keeps
+from onnx_poem.allocation import MacsTable, pro_keeps, region_keeps
 from onnx_poem.solvers.greedy import QuadProblem, greedy_eliminate
 from onnx_poem.verify import session
 
@@ -112,3 +112,31 @@ def test_pro_is_deterministic() -> None:
     a, _ = prune(model, ratio=0.4, calib=x, allocation="pro", seed=2)
     b, _ = prune(model, ratio=0.4, calib=x, allocation="pro", seed=2)
     assert a.SerializeToString() == b.SerializeToString()
+
+
+def test_round_to_rounds_every_count_up_to_a_multiple() -> None:
+    plain = SimpleNamespace(id="p", channels=20, regions=None)
+    staged = SimpleNamespace(id="s", channels=24, regions=(0,) * 16 + (1,) * 8)
+    assert region_keeps(plain, 0.5, 8).tolist() == [16]  # 10 → 16
+    assert region_keeps(plain, 0.5).tolist() == [10]
+    assert region_keeps(staged, 0.5, 8).tolist() == [8, 8]  # 8 stays, 4 → 8
+    assert region_keeps(SimpleNamespace(id="t", channels=6, regions=None), 0.5, 8).tolist() == [6]
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "pro"])
+def test_round_to_in_the_pipeline(allocation: str) -> None:
+    model = BUILDERS["conv_chain"]()
+    x = inputs_for(model, 96)
+    pruned, rep = prune(model, ratio=0.6, calib=x, round_to=4, allocation=allocation)
+    onnx.checker.check_model(pruned, full_check=True)
+    kept = [g["kept"] for g in rep.groups]
+    assert all(k % 4 == 0 or k == g["channels"] for k, g in zip(kept, rep.groups, strict=True))
+    assert any(k < g["channels"] for k, g in zip(kept, rep.groups, strict=True))
+
+
+def test_macs_target_search_accounts_for_rounding() -> None:
+    model = BUILDERS["conv_chain"]()
+    x = inputs_for(model, 96)
+    _, rep = prune(model, target_macs=0.5, calib=x, round_to=4)
+    assert all(g["kept"] % 4 == 0 for g in rep.groups)
+    assert rep.macs_ratio <= 0.5 + 0.05

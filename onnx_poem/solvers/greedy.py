@@ -109,12 +109,14 @@ def greedy_eliminate(
     region_keep: np.ndarray | None = None,
     trace: list[float] | None = None,
     scales: list[float] | None = None,
+    removed: list[int] | None = None,
 ) -> np.ndarray:
     """Indices of the ``keep`` atoms (sorted) left after greedy elimination of the others.
 
     With ``trace``, the cost of every removal is appended to it, in removal order:
     ``Σ_s scales[s]·ΔE_s`` over the problems (``scales`` default to 1), so that
-    ``cumsum(trace)`` is the error curve of the group (PRO allocation, ALGORITHMS.md §7).
+    ``cumsum(trace)`` is the error curve of the group (PRO allocation, ALGORITHMS.md §7);
+    with ``removed``, the removed atoms are appended to it in the same order.
 
     ``channels`` is the number of atoms; each problem maps atoms to its own channels.
     With ``regions`` (atom → region) and ``region_keep`` (atoms to keep per region),
@@ -141,6 +143,8 @@ def greedy_eliminate(
             trace.append(float(sum(w * c[j] for w, c in zip(scales or [1.0] * len(states), each, strict=True))))
         left[regions[alive[j]]] -= 1
         victim = int(alive[j])
+        if removed is not None:
+            removed.append(victim)
         alive = np.delete(alive, j)
         for s in states:
             s.remove(victim)

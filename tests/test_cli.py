@@ -43,6 +43,16 @@ def test_success_writes_model_and_report(work: Path) -> None:
     assert "MACs" in res.output
 
 
+def test_allocation_and_round_to_reach_the_report(work: Path) -> None:
+    res = invoke(str(work / "m.onnx"), "--ratio", "0.5", "--calib", str(work / "c.npz"), "--allocation", "pro",
+                 "--round-to", "2", "--report", str(work / "r.json"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rep = json.loads((work / "r.json").read_text())
+    assert rep["allocation"] == "pro"
+    assert all(g["kept"] % 2 == 0 or g["kept"] == g["channels"] for g in rep["groups"])
+    assert rep["macs_ratio"] < 1
+
+
 def test_inspect_lists_groups_and_reasons(tmp_path: Path) -> None:
     onnx.save(BUILDERS["residual"](), tmp_path / "r.onnx")
     res = invoke("inspect", str(tmp_path / "r.onnx"))
@@ -62,6 +72,8 @@ def test_inspect_lists_groups_and_reasons(tmp_path: Path) -> None:
         [],
         ["--ratio", "0.5", "--target-macs", "0.5"],
         ["--target-macs", "1.5"],
+        ["--ratio", "0.5", "--allocation", "nope"],
+        ["--ratio", "0.5", "--round-to", "0"],
     ],
 )
 def test_bad_flags_exit_2(work: Path, args: list[str]) -> None:

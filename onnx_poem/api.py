@@ -80,7 +80,7 @@ class PruneConfig:
     batch_size: int = 32
     damping: float = 0.01
     prune_residual: bool = False
-    allocation: str = "uniform"
+    allocation: str = "pro"
     round_to: int = 1
 
     def validate(self) -> None:
@@ -120,7 +120,9 @@ def prune(
 
     Args:
         model: a ``ModelProto`` (not modified) or a path.
-        ratio: fraction of the units of every prunable group to remove, ``0 <= ratio < 1``.
+        ratio: pruning budget ``0 <= ratio < 1``: with ``allocation="uniform"`` the fraction of the
+            units of every prunable group to remove; with ``"pro"`` (default) the same MACs, spread
+            over the groups by their measured error per MAC (:func:`onnx_poem.allocation.pro_keeps`).
         target_macs: instead of ``ratio``, the MACs to reach as a fraction of the original
             (the uniform ratio that reaches it is searched).
         calib: calibration data (``.npz``/``.npy``/image folder path, arrays) or ``None`` (synthetic).

@@ -115,7 +115,8 @@ def main() -> None:
     "--ratio",
     "-r",
     type=click.FloatRange(0.0, 1.0, max_open=True),
-    help="Fraction of the units of every prunable layer to remove, 0 <= R < 1.",
+    help="Pruning budget, 0 <= R < 1: the MACs that removing R of the units of every prunable layer "
+    "would save (with --allocation uniform: exactly that).",
 )
 @click.option(
     "--target-macs",
@@ -139,10 +140,10 @@ def main() -> None:
 @click.option(
     "--allocation",
     type=click.Choice(ALLOCATIONS),
-    default="uniform",
+    default="pro",
     show_default=True,
-    help="uniform: every group loses the same fraction; pro: per-group counts that spend the same MACs "
-    "where the measured error per MAC saved is smallest (one extra calibration pass).",
+    help="pro: per-layer counts that spend the budget where the measured error at the model's output per "
+    "MAC saved is smallest (one extra calibration pass); uniform: every layer loses the same fraction.",
 )
 @click.option(
     "--round-to",

@@ -22,11 +22,28 @@ def _out(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def test_every_method_gives_a_valid_smaller_model(name: str, method: str) -> None:
     model = BUILDERS[name]()
     x = inputs_for(model, 48)
-    pruned, rep = prune(model, ratio=0.5, calib=x, method=method, positions=8, prune_residual=True)
+    pruned, rep = prune(
+        model, ratio=0.5, calib=x, method=method, positions=8, prune_residual=True, allocation="uniform"
+    )
     onnx.checker.check_model(pruned, full_check=True)
     assert rep.macs_after < rep.macs_before
     assert _out(pruned, x[:4]).shape == _out(model, x[:4]).shape
     assert all(g["kept"] == max(1, round(0.5 * g["channels"])) for g in rep.groups)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_pro_allocation_gives_a_valid_model_at_the_uniform_budget(name: str) -> None:
+    model = BUILDERS[name]()
+    x = inputs_for(model, 48)
+    runs = {}
+    for allocation in ("uniform", "pro"):
+        pruned, rep = prune(model, ratio=0.5, calib=x, positions=8, prune_residual=True, allocation=allocation)
+        onnx.checker.check_model(pruned, full_check=True)
+        assert _out(pruned, x[:4]).shape == _out(model, x[:4]).shape
+        runs[allocation] = rep
+    if runs["uniform"].macs_after < runs["uniform"].macs_before:
+        assert runs["pro"].macs_after < runs["pro"].macs_before
+        assert runs["pro"].macs_ratio <= runs["uniform"].macs_ratio + 0.05  # counts, not shapes, are predicted
 
 
 def test_input_model_is_not_modified() -> None:

@@ -130,7 +130,11 @@ PRO_MAX_RATIO = 0.9
 
 
 def pro_keeps(
-    groups: Sequence[ChannelGroup], curves: Mapping[str, np.ndarray], table: MacsTable, target: float
+    groups: Sequence[ChannelGroup],
+    curves: Mapping[str, np.ndarray],
+    table: MacsTable,
+    target: float,
+    step: int = 1,
 ) -> dict[str, int]:
     """Atoms kept per group from the error curves ``curves[g] = (e_g(1), …, e_g(R_g))``.
 
@@ -139,6 +143,8 @@ def pro_keeps(
     MACs (``table``) fall monotonically; the loop stops at the first allocation
     whose prediction is at most ``target`` (or when no group can give more).
     Ties go to the group listed first, so the result is deterministic.
+    With ``step = k`` (``--round-to``) a move takes a group's count down to the
+    next lower multiple of ``k``, so every pruned count is a multiple of ``k``.
     """
     ids = [g.id for g in groups]
     pos = {gid: i for i, gid in enumerate(ids)}
@@ -157,21 +163,25 @@ def pro_keeps(
     macs = float((m * frac[ri] * frac[ro]).sum())
     while macs / total > target:
         best, best_score, best_saving = -1, np.inf, 0.0
+        moves = np.zeros(none, dtype=np.int64)
         for i in range(none):
-            if removed[i] + 1 >= len(err[i]):
+            kept = int(size[i]) - int(removed[i])
+            n = kept - ((kept - 1) // step) * step  # atoms this move removes
+            if removed[i] + n >= len(err[i]) or kept - n < 1:
                 continue
+            moves[i] = n
             r = rows_of[i]
             f = frac.copy()
-            f[i] -= 1.0 / size[i]
+            f[i] -= n / size[i]
             saving = float((m[r] * (frac[ri[r]] * frac[ro[r]] - f[ri[r]] * f[ro[r]])).sum())
             if saving <= 0:
                 continue
-            score = (err[i][removed[i] + 1] - err[i][removed[i]]) / saving
+            score = (err[i][removed[i] + n] - err[i][removed[i]]) / saving
             if score < best_score:
                 best, best_score, best_saving = i, score, saving
         if best < 0:
             break
-        removed[best] += 1
-        frac[best] -= 1.0 / size[best]
+        removed[best] += moves[best]
+        frac[best] -= moves[best] / size[best]
         macs -= best_saving
     return {gid: int(size[i]) - int(removed[i]) for i, gid in enumerate(ids)}

@@ -184,7 +184,7 @@ def prune(
             target = cfg.target_macs if cfg.target_macs is not None else table.predict(free, keep_counts(free, ratio))
             t1 = time.perf_counter()
             curves = _error_curves(view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), progress)
-            kept_by_pro = pro_keeps(free, curves, table, target)
+            kept_by_pro = pro_keeps(free, curves, table, target, step=cfg.round_to)
             ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in free}
             report.timings["allocation"] = time.perf_counter() - t1
         quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in free}

@@ -140,3 +140,13 @@ def test_macs_target_search_accounts_for_rounding() -> None:
     _, rep = prune(model, target_macs=0.5, calib=x, round_to=4)
     assert all(g["kept"] % 4 == 0 for g in rep.groups)
     assert rep.macs_ratio <= 0.5 + 0.05
+
+
+def test_pro_moves_in_multiples_of_round_to() -> None:
+    groups = _groups(a=20, b=24)
+    table = MacsTable(((200, "a", None), (240, "b", None)))
+    curves = {"a": np.linspace(0.1, 1.8, 18), "b": np.linspace(0.1, 2.1, 21)}
+    keeps = pro_keeps(groups, curves, table, target=0.6, step=8)
+    assert all(k % 8 == 0 for k in keeps.values())
+    assert table.predict(groups, keeps) <= 0.6
+    assert keeps == pro_keeps(groups, curves, table, target=0.6, step=8)

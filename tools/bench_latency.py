@@ -62,6 +62,7 @@ def main() -> None:
         )
         print(rows[-1], file=sys.stderr, flush=True)
     out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

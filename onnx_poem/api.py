@@ -270,10 +270,11 @@ def _error_curves(
     relative to the variance of its original output ``V = tr(W0 Σ_x W0ᵀ)·N``
     (POEM: on the activation-weighted Gram).  Local errors of different layers
     are not worth the same at the model's output, so each curve is rescaled
-    [R]: at ``j0 = round(ratio·C)`` removals the group alone is pruned (least
-    squares refit) and the model's outputs on up to 64 fitting samples give the
-    final relative error ``ε_g = Σ‖o' − o‖² / Σ‖o − ō‖²``; the curve becomes
-    ``e_g · ε_g / e_g(j0)``.
+    [R]: the group alone is pruned (least-squares refit) and the model's outputs
+    on up to 64 fitting samples give the final relative error
+    ``ε_g(j) = Σ‖o' − o‖² / Σ‖o − ō‖²`` at ``j0 = round(ratio·C)``, ``2·j0`` and
+    the curve's end; the curve is multiplied by ``ε_g(j) / e_g(j)``,
+    interpolated linearly in ``j`` between those points (no extrapolation).
     """
     probe = replace(cfg, mode="parallel")
     work = tmp / "pro"
@@ -320,8 +321,7 @@ def _error_curves(
             curves[g.id] = curve
             continue
         j0 = min(len(curve), max(1, round(ratio * g.channels)))
-        j1 = min(len(curve), 2 * j0)
-        points = sorted({j0, j1})
+        points = sorted({j0, min(len(curve), 2 * j0), len(curve)})
         scale = [_final_error(view, every, g, layers, removed[:j], feeds, reference, cfg) / spread for j in points]
         scale = [e / max(float(curve[j - 1]), 1e-30) for e, j in zip(scale, points, strict=True)]
         curves[g.id] = curve * np.interp(np.arange(1, len(curve) + 1), points, scale)

@@ -29,7 +29,7 @@ from .allocation import (
     underdetermined_outputs,
 )
 from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
-from .calibration.sources import ImageOptions, load_calibration
+from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.stats import LayerStats
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup, Consumer, find_groups
@@ -254,7 +254,7 @@ def _error_curves(
     view: GraphView,
     groups: list[ChannelGroup],
     every: dict[str, ChannelGroup],
-    data: Any,
+    data: CalibrationData,
     chunks: list[np.ndarray],
     n_fit: int,
     ratio: float,
@@ -281,7 +281,6 @@ def _error_curves(
     work.mkdir()
     streams = (Stream(view, data, chunks, work, "orig"), Stream(view, data, chunks, work, "cur"))
     order = sorted(groups, key=lambda g: cut_position(view, g))
-    weighted = cfg.method == "poem"
     feeds = list(data.batches(np.concatenate(chunks)[: min(64, n_fit)], cfg.batch_size))
     reference = [session(view.model).run(None, f) for f in feeds]
     spread = sum(float(np.sum((o - o.mean(axis=0)) ** 2)) for outs in reference for o in outs) or 1.0
@@ -295,7 +294,7 @@ def _error_curves(
         layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
         problems, scales = [], []
         for d in layers:
-            G, P = (d.Gw, d.Pw) if weighted else (d.G, d.P)
+            G, P = d.Gw, d.Pw  # activation-weighted for POEM; LayerStats.finish makes them G, P otherwise
             problems.append(QuadProblem(G, P, d.W0, d.k, d.index))
             n, count = G.shape[0] - 1, max(G[-1, -1], 1e-12)
             mean = G[:n, -1] / count
@@ -343,9 +342,7 @@ def _final_error(
     updates = []
     for c, d in zip(g.consumers, layers, strict=True):
         own = positions(c.index, kept)
-        W = reconstruct(d, own, method="ls", lam=cfg.damping).W
-        w, b = stored_arrays(view, c, W, own, c.in_channels or g.channels)
-        updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
+        updates.append(_consumer_update(view, g, c, reconstruct(d, own, method="ls", lam=cfg.damping).W, own))
     alone = PrunePlan((GroupDecision(g.id, g.channels, tuple(int(k) for k in kept), tuple(updates)),))
     sess = session(apply_plan(view, every, alone))
     return sum(
@@ -393,8 +390,7 @@ def _solve_group(
             ("chosen", rec.W),
         ):
             errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
-        w, b = stored_arrays(view, c, rec.W, own, c.in_channels or g.channels)
-        updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
+        updates.append(_consumer_update(view, g, c, rec.W, own))
         n_params = d.W0.shape[1]
         reports.append(
             LayerReport(
@@ -414,6 +410,12 @@ def _solve_group(
         if st.count < 10 * n_params:
             logger.info("%s: %.1f samples per weight (< 10): damping holds the fit", c.label, st.count / n_params)
     return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
+
+
+def _consumer_update(view: GraphView, g: ChannelGroup, c: Consumer, W: np.ndarray, own: np.ndarray) -> ConsumerUpdate:
+    """The stored weight and bias of consumer ``c`` for effective weights ``W`` on its kept channels ``own``."""
+    w, b = stored_arrays(view, c, W, own, c.in_channels or g.channels)
+    return ConsumerUpdate(c.node, c.weight, w, c.bias, b)
 
 
 def _filters(view: GraphView, g: ChannelGroup) -> np.ndarray:

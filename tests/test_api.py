@@ -89,6 +89,8 @@ def test_report_is_json_and_complete() -> None:
         ({"ratio": -0.1}, UsageError),
         ({"ratio": 0.5, "method": "magic"}, UsageError),
         ({"ratio": 0.5, "samples": 0}, UsageError),
+        ({"ratio": 0.5, "allocation": "greedy"}, UsageError),
+        ({"ratio": 0.5, "round_to": 0}, UsageError),
         ({"ratio": 0.5, "calib": {"wrong": np.zeros((4, 3, 10, 10), np.float32)}, "method": "reap"}, None),
         ({"ratio": 0.5, "calib": np.zeros((4, 3, 9, 10), np.float32)}, CalibrationError),
         ({"ratio": 0.5, "calib": np.zeros((4, 3, 10, 10), np.float64)}, CalibrationError),

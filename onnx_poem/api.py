@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .allocation import (
 )
 from .calibration.im2col import input_samples, output_samples, positions_of, sample_positions
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
+from .calibration.split import split_samples
 from .calibration.stats import LayerStats
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup, Consumer, find_groups
@@ -76,12 +77,12 @@ class PruneConfig:
     seed: int = 0
     positions: int = 64
     reservoir: int = 16384
-    held_out: float = 0.125
     batch_size: int = 32
     damping: float = 0.01
     prune_residual: bool = False
     allocation: str = "pro"
     round_to: int = 1
+    synthetic: bool = False
 
     def validate(self) -> None:
         if (self.ratio is None) == (self.target_macs is None):
@@ -99,8 +100,8 @@ class PruneConfig:
         for name in ("samples", "positions", "reservoir", "batch_size", "round_to"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.held_out < 1.0:
-            raise UsageError(f"held_out must be in [0, 1), got {self.held_out}")
+        if self.seed < 0:
+            raise UsageError(f"seed must be >= 0, got {self.seed}")
         if not self.damping > 0:
             raise UsageError(f"damping must be > 0, got {self.damping}")
 
@@ -113,6 +114,7 @@ def prune(
     calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
     method: str = "poem",
     image_options: ImageOptions | None = None,
+    verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
     progress: Progress | None = None,
     **options: Any,
 ) -> tuple[onnx.ModelProto, PruneReport]:
@@ -125,9 +127,12 @@ def prune(
             over the groups by their measured error per MAC (:func:`onnx_poem.allocation.pro_keeps`).
         target_macs: instead of ``ratio``, the MACs to reach as a fraction of the original
             (the uniform ratio that reaches it is searched).
-        calib: calibration data (``.npz``/``.npy``/image folder path, arrays) or ``None`` (synthetic).
+        calib: calibration data (``.npz``/``.npy``/image folder path, arrays); ``None`` needs
+            ``synthetic=True`` (synthetic inputs, which wreck accuracy).
         method: selection/reconstruction method, one of :data:`onnx_poem.solvers.METHODS`.
         image_options: preprocessing for an image folder.
+        verify_data: a separate verification set (same formats as ``calib``; labels from an npz array
+            ``labels`` or class sub-folders); then every calibration sample goes to fit and selection.
         progress: called as ``progress(done, total, group_id)``.
         **options: further :class:`PruneConfig` fields (``mode``, ``samples``, ``seed``, ...).
 
@@ -137,17 +142,20 @@ def prune(
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, method=method, **options)
     cfg.validate()
     t0 = time.perf_counter()
-    if isinstance(model, onnx.ModelProto):
-        check_model(model, what="input model", error=ModelError)
-        name = model.graph.name or "model"
-    else:
-        name = Path(model).name
-        model = load_model(model)
-    data = load_calibration(model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options)
+    model, name = _load(model)
+    data = load_calibration(
+        model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options, synthetic=cfg.synthetic
+    )
+    checks = None
+    if verify_data is not None:
+        checks = load_calibration(
+            model, verify_data, samples=VERIFY_DATA_MAX, seed=cfg.seed, image_options=image_options
+        )
     fixed = [d[0] for d in (declared_shape(model, n) for n in data.arrays) if d and isinstance(d[0], int) and d[0] > 0]
     if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
         cfg = replace(cfg, batch_size=min(fixed))
-    fit_idx, held_idx = _split(len(data), cfg)
+    split = split_samples(len(data), seed=cfg.seed, verify=checks is None)
+    fit_idx, held_idx = split.fit, split.select
     shapes = data.sample_shapes()
     view = GraphView.build(model, input_shapes=shapes)
     coupling = find_groups(view, residual=cfg.prune_residual)
@@ -158,11 +166,12 @@ def prune(
         mode=cfg.mode,
         seed=cfg.seed,
         calibration_samples=len(fit_idx),
-        held_out_samples=len(held_idx),
+        selection_samples=len(held_idx),
+        verification_samples=len(checks) if checks is not None else len(split.verify),
         synthetic_calibration=data.synthetic,
     )
     report.unprunable = [{"where": u.where, "reason": u.reason} for u in coupling.unprunable]
-    one = {k: v[:1] for k, v in data.arrays.items()}
+    one = data.feed([0])
     per_node = node_macs(model, one)
     report.macs_before, report.params_before = sum(per_node.values()), count_params(model)
     if not coupling.groups:
@@ -173,7 +182,8 @@ def prune(
     table = MacsTable.build(free, per_node)
     ratio = cfg.ratio
     if ratio is None:
-        ratio = ratio_for_macs(free, table, float(cfg.target_macs or 1.0), cfg.round_to) if free else 0.0
+        target = float(cfg.target_macs or 1.0)
+        ratio = ratio_for_macs(free, table, target, cfg.round_to) if free and target < 1.0 else 0.0
         report.ratio, report.target_macs = ratio, cfg.target_macs
     report.allocation = cfg.allocation
     chunks = [idx[i : i + cfg.batch_size] for idx in (fit_idx, held_idx) for i in range(0, len(idx), cfg.batch_size)]
@@ -183,7 +193,10 @@ def prune(
         if cfg.allocation == "pro" and free and ratio > 0:
             target = cfg.target_macs if cfg.target_macs is not None else table.predict(free, keep_counts(free, ratio))
             t1 = time.perf_counter()
-            curves = _error_curves(view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), progress)
+            probe = held_idx[:PROBE_SAMPLES] if len(held_idx) else fit_idx[:PROBE_SAMPLES]
+            curves = _error_curves(
+                view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), probe, progress
+            )
             kept_by_pro = pro_keeps(free, curves, table, target, step=cfg.round_to)
             ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in free}
             report.timings["allocation"] = time.perf_counter() - t1
@@ -223,10 +236,62 @@ def prune(
         for g in coupling.groups
     ]
     report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)
-    verify_idx = held_idx if len(held_idx) else fit_idx[: cfg.batch_size]
-    report.agreement = verify(model, pruned, data, verify_idx, batch_size=cfg.batch_size)
+    report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
+    if checks is not None:
+        agreement = verify(
+            model, pruned, checks, np.arange(len(checks)), batch_size=cfg.batch_size, source="--verify-data"
+        )
+    else:
+        agreement = verify(model, pruned, data, split.verify, batch_size=cfg.batch_size, source="verification split")
+    report.set_agreement(agreement)
     report.timings["total"] = time.perf_counter() - t0
     return pruned, report
+
+
+#: PRO's probes of the final-output error use at most this many selection samples
+PROBE_SAMPLES = 64
+#: --verify-data: at most this many samples are read
+VERIFY_DATA_MAX = 100_000
+
+
+def _load(model: onnx.ModelProto | str | Path) -> tuple[onnx.ModelProto, str]:
+    """The model (checked) and a name for the report."""
+    if isinstance(model, onnx.ModelProto):
+        check_model(model, what="input model", error=ModelError)
+        return model, model.graph.name or "model"
+    return load_model(model), Path(model).name
+
+
+def _budget_warnings(
+    groups: Sequence[ChannelGroup],
+    per_node: Mapping[int, int],
+    ratio: float,
+    cfg: PruneConfig,
+    reached: float,
+    skipped: Mapping[str, str],
+) -> list[str]:
+    """Warnings when the reached MACs fraction is more than one point above what was asked for.
+
+    Asked for: ``--target-macs``, or with ``--ratio`` the MACs that removing that fraction of every
+    prunable group (the under-determined ones included, unrounded) would leave.
+    """
+    if cfg.target_macs is not None:
+        asked, what = cfg.target_macs, f"--target-macs {cfg.target_macs:g}"
+    elif groups and ratio > 0:
+        asked = MacsTable.build(groups, per_node).predict(groups, keep_counts(groups, ratio))
+        what = f"--ratio {ratio:g} (MACs {asked:.3f} of the original)"
+    else:
+        return []
+    if reached <= asked + 0.01:
+        return []
+    why = []
+    if skipped:
+        why.append(f"{len(skipped)} group(s) kept whole (see the unpruned parts)")
+    if cfg.round_to > 1:
+        why.append(f"--round-to {cfg.round_to} rounds channel counts up")
+    if cfg.target_macs is not None:
+        why.append("the prunable groups cannot give more (units that feed graph outputs, unprunable parts are kept)")
+    return [f"budget not met: asked for {what}, reached MACs {reached:.3f} of the original ({'; '.join(why)})"]
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -243,13 +308,6 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _split(n: int, cfg: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of sample indices into fitting and held-out sets (both sorted)."""
-    held = round(n * cfg.held_out) if n >= 2 else 0
-    perm = np.random.default_rng([cfg.seed, 7]).permutation(n)
-    return np.sort(perm[held:]), np.sort(perm[:held])
-
-
 def _error_curves(
     view: GraphView,
     groups: list[ChannelGroup],
@@ -260,6 +318,7 @@ def _error_curves(
     ratio: float,
     cfg: PruneConfig,
     tmp: Path,
+    probe_idx: np.ndarray,
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
     """PRO's per-group error curves, in units of the final output's relative error.
@@ -271,17 +330,17 @@ def _error_curves(
     (POEM: on the activation-weighted Gram).  Local errors of different layers
     are not worth the same at the model's output, so each curve is rescaled
     [R]: the group alone is pruned (least-squares refit) and the model's outputs
-    on up to 64 fitting samples give the final relative error
+    on ``probe_idx`` (selection samples, not fitting ones) give the final relative error
     ``ε_g(j) = Σ‖o' − o‖² / Σ‖o − ō‖²`` at ``j0 = round(ratio·C)``, ``2·j0`` and
-    the curve's end; the curve is multiplied by ``ε_g(j) / e_g(j)``,
-    interpolated linearly in ``j`` between those points (no extrapolation).
+    the curve's end; the curve is multiplied by ``ε_g(j) / e_g(j)``, interpolated
+    linearly in ``j`` between those points (no extrapolation).
     """
     probe = replace(cfg, mode="parallel")
     work = tmp / "pro"
     work.mkdir()
     streams = (Stream(view, data, chunks, work, "orig"), Stream(view, data, chunks, work, "cur"))
     order = sorted(groups, key=lambda g: cut_position(view, g))
-    feeds = list(data.batches(np.concatenate(chunks)[: min(64, n_fit)], cfg.batch_size))
+    feeds = list(data.batches(probe_idx, cfg.batch_size))
     reference = [session(view.model).run(None, f) for f in feeds]
     spread = sum(float(np.sum((o - o.mean(axis=0)) ** 2)) for outs in reference for o in outs) or 1.0
     curves: dict[str, np.ndarray] = {}

@@ -7,9 +7,10 @@ Exit codes: 0 success, 1 bad model/data/verification, 2 usage error.
 from __future__ import annotations
 
 import logging
-import os
+import signal
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import click
 from . import __version__
 from .api import ALLOCATIONS, prune
 from .calibration.sources import ImageOptions
-from .errors import OutputError, PoemError, UsageError
-from .graph import GraphView, load_model, save_model_atomic
+from .errors import ModelError, PoemError, UsageError
+from .graph import GraphView, input_files, load_model
+from .outputs import check_outputs, write_together
 from .solvers import METHODS
 
 logger = logging.getLogger("onnx_poem")
@@ -180,7 +182,18 @@ def main() -> None:
     show_default=True,
     help="Sampled output positions per image for the statistics.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--verify-data",
+    type=click.Path(path_type=Path),
+    help="Separate verification set (same formats as --calib; labels from an npz array 'labels' or one image "
+    "sub-folder per class): agreement (and accuracy) measured there; every --calib sample is then used for fitting.",
+)
+@click.option(
+    "--synthetic",
+    is_flag=True,
+    help="Without --calib, prune on synthetic standard-normal inputs anyway (this wrecks accuracy on real data).",
+)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing output and report files.")
 @click.option("--allow-unpruned", is_flag=True, help="Write the model even if nothing could be pruned.")
@@ -206,6 +219,8 @@ def prune_cmd(
     samples: int,
     positions: int,
     seed: int,
+    verify_data: Path | None,
+    synthetic: bool,
     report: Path | None,
     force: bool,
     allow_unpruned: bool,
@@ -222,42 +237,56 @@ def prune_cmd(
     _setup_logging(verbose, quiet)
     if (ratio is None) == (target_macs is None):
         raise click.UsageError("give exactly one of --ratio and --target-macs")
+    if synthetic and calib is not None:
+        raise click.UsageError("--synthetic replaces --calib: give one of them")
     try:
         out = output or model.with_name(model.name.removesuffix(".onnx") + ".poem.onnx")
-        _check_paths(model, out, report, force)
+        if not model.is_file():
+            raise ModelError(f"model file not found: {model}" if not model.exists() else f"not a file: {model}")
+        outputs = {"output": out} | ({"report": report} if report is not None else {})
+        check_outputs(input_files(model), outputs, force=force)
         opts = ImageOptions(
             size=_size(input_size), mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
-        pruned, rep = prune(
-            model,
-            ratio=ratio,
-            target_macs=target_macs,
-            calib=calib,
-            method=method,
-            mode=mode,
-            samples=samples,
-            positions=positions,
-            seed=seed,
-            image_options=opts,
-            progress=progress,
-            prune_residual=prune_residual,
-            allocation=allocation,
-            round_to=round_to,
-        )
-        for u in rep.unprunable:
-            logger.info("not pruned: %s: %s", u["where"], u["reason"])
-        if not any(g["kept"] < g["channels"] for g in rep.groups) and rep.ratio > 0 and not allow_unpruned:
-            raise PoemError(
-                "nothing in this model could be pruned (see `onnx-poem inspect`); "
-                "nothing written (use --allow-unpruned to write it anyway)"
+        with _terminate_as_interrupt():
+            pruned, rep = prune(
+                model,
+                ratio=ratio,
+                target_macs=target_macs,
+                calib=calib,
+                method=method,
+                mode=mode,
+                samples=samples,
+                positions=positions,
+                seed=seed,
+                image_options=opts,
+                verify_data=verify_data,
+                progress=progress,
+                prune_residual=prune_residual,
+                allocation=allocation,
+                round_to=round_to,
+                synthetic=synthetic,
             )
-        save_model_atomic(pruned, out, force=force)
-        if report is not None:
-            _write_text(report, rep.to_json() + "\n", force)
+            for u in rep.unprunable:
+                logger.info("not pruned: %s: %s", u["where"], u["reason"])
+            for w in rep.warnings:
+                logger.warning("%s", w)
+            if not any(g["kept"] < g["channels"] for g in rep.groups) and rep.ratio > 0 and not allow_unpruned:
+                raise PoemError(
+                    "nothing in this model could be pruned (see `onnx-poem inspect`); "
+                    "nothing written (use --allow-unpruned to write it anyway)"
+                )
+            files = {out: pruned.SerializeToString(deterministic=True)}
+            if report is not None:
+                files[report] = (rep.to_json() + "\n").encode()
+            write_together(files, force=force)
         if not quiet:
             click.echo(rep.summary())
-            click.echo(f"written      {out}")
+            click.echo(f"written      {out}" + (f", {report}" if report is not None else ""))
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing written", err=True)
+        sys.exit(130)
     except PoemError as e:
         _fail(e, debug)
     except Exception as e:  # a bug or an onnxruntime failure: still one line, the traceback with --debug
@@ -266,25 +295,22 @@ def prune_cmd(
         _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
 
 
-def _check_paths(model: Path, out: Path, report: Path | None, force: bool) -> None:
-    if out.resolve() == model.resolve():
-        raise UsageError(f"output path equals the input model: {out}")
-    if out.exists() and not force:
-        raise UsageError(f"output exists: {out} (use --force to overwrite)")
-    if report is not None:
-        if report.resolve() in (model.resolve(), out.resolve()):
-            raise UsageError(f"report path collides with a model path: {report}")
-        if report.exists() and not force:
-            raise UsageError(f"report exists: {report} (use --force to overwrite)")
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while pruning, so temporary folders and files are removed."""
 
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
 
-def _write_text(path: Path, text: str, force: bool) -> None:
-    if path.exists() and not force:
-        raise OutputError(f"report exists: {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @main.command("inspect")

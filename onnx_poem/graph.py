@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .errors import ModelError, OutputError
+from .errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,36 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
+def input_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The model file and every external-data file its tensors (subgraphs included) read.
+
+    Reads the protobuf without its external data; a file that cannot be parsed gives just itself.
+    """
+    p = Path(path)
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:
+        return [p]
+    files = [p]
+    for t in _all_tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc:
+                files.append(p.parent / loc)
+    return list(dict.fromkeys(files))
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                yield from _all_tensors(sub)
+
+
 def check_model(model: onnx.ModelProto, *, what: str, error: type[Exception]) -> None:
     """Run ``onnx.checker.check_model(full_check=True)``; raise ``error`` with one line on failure."""
     try:
@@ -57,29 +86,6 @@ def check_model(model: onnx.ModelProto, *, what: str, error: type[Exception]) ->
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise error(f"{what} fails the ONNX checker: {first}") from e
-
-
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike[str], *, force: bool) -> None:
-    """Serialise ``model`` to a temporary file beside ``path``, then rename it into place.
-
-    Raises:
-        OutputError: ``path`` exists and ``force`` is false, or it cannot be written.
-    """
-    p = Path(path)
-    if p.exists() and not force:
-        raise OutputError(f"output exists: {p} (use --force to overwrite)")
-    data = model.SerializeToString(deterministic=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent or "."))
-    except OSError as e:
-        raise OutputError(f"cannot write to {p.parent}: {e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {p}: {e}") from e
 
 
 @dataclass(frozen=True)

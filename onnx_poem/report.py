@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .graph import GraphView, with_outputs
-from .verify import session
+from .verify import Agreement, session
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -85,7 +85,12 @@ class LayerReport:
 
 @dataclass
 class PruneReport:
-    """Everything a run measured and decided."""
+    """Everything a run measured and decided.
+
+    ``calibration_samples`` fit the weights, ``selection_samples`` chose between
+    candidates (POEM/LS per output, PRO's probes), ``verification_samples`` were
+    read only by the verification (or came from ``--verify-data``).
+    """
 
     model: str
     method: str
@@ -93,7 +98,8 @@ class PruneReport:
     mode: str
     seed: int
     calibration_samples: int
-    held_out_samples: int
+    selection_samples: int
+    verification_samples: int
     synthetic_calibration: bool
     target_macs: float | None = None
     allocation: str = "uniform"
@@ -104,7 +110,8 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
     unprunable: list[dict[str, str]] = field(default_factory=list)
-    agreement: dict[str, dict[str, float]] = field(default_factory=dict)
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -115,6 +122,25 @@ class PruneReport:
     @property
     def params_ratio(self) -> float:
         return self.params_after / self.params_before if self.params_before else 1.0
+
+    def set_agreement(self, a: Agreement) -> None:
+        """Record what :func:`onnx_poem.verify.verify` measured (per output, flat numbers; intervals as lists)."""
+        self.agreement = {}
+        for name, o in a.outputs.items():
+            row: dict[str, Any] = {"rel_error": o.rel_error, "max_abs_error": o.max_abs_error}
+            for key, e in (
+                ("top1_agreement", o.top1),
+                ("cosine", o.cosine),
+                ("accuracy_original", o.accuracy_original),
+                ("accuracy_pruned", o.accuracy_pruned),
+            ):
+                if e is not None:
+                    row[key], row[f"{key}_ci95"] = e.value, [e.low, e.high]
+            self.agreement[name] = row
+        caveats = a.caveats()
+        if self.synthetic_calibration:
+            caveats.append(SYNTHETIC_CAVEAT)
+        self.verification = {"source": a.source, "samples": a.samples, "trusted": not caveats, "caveats": caveats}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -130,24 +156,49 @@ class PruneReport:
         pruned = sum(1 for g in self.groups if g["kept"] < g["channels"])
         lines = [
             f"model        {self.model}",
-            f"method       {self.method} ({self.mode}), ratio {self.ratio:.3g}"
+            f"method       {self.method} ({self.mode}, {self.allocation}), ratio {self.ratio:.3g}"
             + (f" (for MACs target {self.target_macs:g})" if self.target_macs is not None else "")
             + f", seed {self.seed}",
-            f"calibration  {self.calibration_samples} samples"
-            + (" (synthetic)" if self.synthetic_calibration else "")
-            + f", {self.held_out_samples} held out",
+            f"calibration  {self.calibration_samples} samples fit"
+            + (" (SYNTHETIC)" if self.synthetic_calibration else "")
+            + f", {self.selection_samples} chose between candidates",
             f"{'':13}{'before':>14}{'after':>14}{'ratio':>9}",
             f"{'MACs':13}{self.macs_before:>14,}{self.macs_after:>14,}{self.macs_ratio:>9.3f}",
             f"{'params':13}{self.params_before:>14,}{self.params_after:>14,}{self.params_ratio:>9.3f}",
             f"groups       {pruned} of {len(self.groups)} pruned; {len(self.unprunable)} parts left unpruned",
         ]
-        for name, a in self.agreement.items():
-            txt = f"rel. error {a.get('rel_error', float('nan')):.4f}"
-            if "top1_agreement" in a:
-                txt += f", cosine {a['cosine']:.4f}, argmax agreement {100 * a['top1_agreement']:.1f} %"
-            lines.append(f"output       {name}: {txt} (held-out samples)")
+        lines += self._agreement_lines()
+        lines += [f"warning      {w}" for w in self.warnings]
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s")
         return "\n".join(lines)
+
+    def _agreement_lines(self) -> list[str]:
+        v = self.verification
+        n = v.get("samples", 0)
+        where = (
+            f"{n} samples of --verify-data" if v.get("source") == "--verify-data" else f"{n} verification samples"
+        ) + " never used for fitting or selection"
+        lines = []
+        if n:
+            for name, a in self.agreement.items():
+                parts = [f"rel. error {a['rel_error']:.4f}"]
+                for key, label in (("top1_agreement", "top-1 agreement"), ("accuracy_pruned", "top-1 accuracy")):
+                    if key in a:
+                        lo, hi = a[f"{key}_ci95"]
+                        parts.append(f"{label} {100 * a[key]:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f})")
+                if "accuracy_original" in a:
+                    parts.append(f"original {100 * a['accuracy_original']:.1f} %")
+                if "cosine" in a:
+                    lo, hi = a["cosine_ci95"]
+                    parts.append(f"centred cosine {a['cosine']:.4f} (95 % CI {lo:.4f}-{hi:.4f})")
+                lines.append(f"output       {name}: " + ", ".join(parts))
+            lines.append(f"verified on  {where}")
+        lines += [f"caution      {c}" for c in v.get("caveats", [])]
+        return lines
+
+
+#: what the summary says whenever calibration data was synthetic
+SYNTHETIC_CAVEAT = "calibrated on synthetic inputs: agreement measured on synthetic inputs says little about real data"
 
 
 def _finite(x: Any) -> Any:

@@ -1,8 +1,27 @@
-"""Check a rewritten model and compare it with the original on held-out samples."""
+"""Check a rewritten model and compare it with the original on verification samples.
+
+The samples given here must be ones the tool never fitted or chose on (the
+verification split of :mod:`onnx_poem.calibration.split`, or a separate
+``--verify-data`` set), so every number is an estimate for unseen data of the
+same distribution.  Rates come with their 95 % Wilson interval, means with a
+normal-approximation interval, and the count they rest on.
+
+Per output ``o`` (original ``y``, pruned ``ŷ``, ``N`` samples):
+
+* ``rel_error = ‖ŷ − y‖ / ‖y − ȳ‖`` over all samples, ``ȳ`` the original's mean
+  output (an error relative to the output's spread, not to its offset);
+* for ``(N, K)`` outputs with ``K > 1``: top-1 agreement (same argmax) as a
+  rate, and the *centred* cosine ``cos(ŷ_i − ȳ, y_i − ȳ)`` averaged over
+  samples (an uncentred cosine is close to 1 for any output dominated by its
+  mean);
+* with labels: top-1 accuracy of both models.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -11,6 +30,11 @@ import onnxruntime as ort
 from .calibration.sources import CalibrationData
 from .errors import VerificationError
 from .graph import check_model
+
+Z95 = 1.959963984540054
+#: below this many verification samples, or with an interval wider than this, the estimate is flagged
+MIN_SAMPLES = 100
+MAX_WIDTH = 0.10
 
 
 def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession:
@@ -21,6 +45,74 @@ def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A value with its 95 % interval ``[low, high]`` over ``n`` samples."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+def wilson(k: int, n: int) -> Estimate:
+    """Rate ``k/n`` with its 95 % Wilson score interval."""
+    if n <= 0:
+        return Estimate(float("nan"), 0.0, 1.0, 0)
+    p = k / n
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def mean_interval(values: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> Estimate:
+    """Mean of ``values`` with a 95 % normal-approximation interval, clipped to ``[lo, hi]``."""
+    n = len(values)
+    if n == 0:
+        return Estimate(float("nan"), lo, hi, 0)
+    m = float(np.mean(values))
+    half = Z95 * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else hi - lo
+    return Estimate(m, max(lo, m - half), min(hi, m + half), n)
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """Agreement of one graph output (see the module docstring)."""
+
+    rel_error: float
+    max_abs_error: float
+    top1: Estimate | None = None
+    cosine: Estimate | None = None
+    accuracy_original: Estimate | None = None
+    accuracy_pruned: Estimate | None = None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What :func:`verify` measured: ``source`` names the samples, ``samples`` counts them."""
+
+    source: str
+    samples: int
+    outputs: dict[str, OutputAgreement] = field(default_factory=dict)
+
+    def caveats(self) -> list[str]:
+        """Plain-words reasons not to trust the estimate (empty when it can be trusted)."""
+        out = []
+        if self.samples == 0:
+            return ["no verification samples: agreement with the original was not measured"]
+        if self.samples < MIN_SAMPLES:
+            out.append(f"only {self.samples} verification samples (< {MIN_SAMPLES}): the estimate is rough")
+        widths = [e.width for o in self.outputs.values() for e in (o.top1, o.cosine) if e is not None]
+        if widths and max(widths) > MAX_WIDTH:
+            out.append(f"the 95 % interval is {100 * max(widths):.0f} points wide (> 10): too wide to trust")
+        return out
+
+
 def verify(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -28,16 +120,14 @@ def verify(
     indices: Sequence[int] | np.ndarray,
     *,
     batch_size: int,
-) -> dict[str, dict[str, float]]:
-    """Check ``pruned`` and measure per-output agreement with ``original`` on samples ``indices``.
+    source: str,
+) -> Agreement:
+    """Check ``pruned`` and measure its agreement with ``original`` on samples ``indices`` of ``data``.
 
-    Returns:
-        output name → ``rel_error`` (‖ŷ − y‖ / ‖y‖ over all samples), ``max_abs_error``
-        and, for ``(N, K)`` outputs with K > 1, ``top1_agreement`` (same argmax; meaningful for
-        class scores) and ``cosine`` (mean per-sample cosine similarity; meaningful for embeddings).
+    With no indices the model is still checked and run once on sample 0 (validity only).
 
     Raises:
-        VerificationError: the checker rejects ``pruned`` or onnxruntime cannot run it.
+        VerificationError: the checker rejects ``pruned``, onnxruntime cannot run it, or an output changed shape.
     """
     check_model(pruned, what="pruned model", error=VerificationError)
     try:
@@ -46,40 +136,70 @@ def verify(
         raise VerificationError(f"onnxruntime cannot load the pruned model: {e}") from e
     s_orig = session(original)
     names = [o.name for o in original.graph.output]
-    sq_err = dict.fromkeys(names, 0.0)
-    sq_ref = dict.fromkeys(names, 0.0)
-    max_abs = dict.fromkeys(names, 0.0)
-    agree = dict.fromkeys(names, 0)
-    cosine = dict.fromkeys(names, 0.0)
-    count = 0
-    for feed in data.batches(indices, batch_size):
+    scores = {n: _is_scores(original, n) for n in names}
+    idx = np.asarray(indices, dtype=np.int64)
+    acc = {n: _Accumulator(keep=scores[n]) for n in names}
+    for feed in data.batches(idx if len(idx) else np.zeros(1, np.int64), batch_size):
         ref = s_orig.run(names, feed)
         try:
-            out = s_pruned.run(names, feed)
+            got = s_pruned.run(names, feed)
         except Exception as e:
             raise VerificationError(f"onnxruntime failed to run the pruned model: {e}") from e
-        for n, r, o in zip(names, ref, out, strict=True):
-            r64, o64 = np.asarray(r, dtype=np.float64), np.asarray(o, dtype=np.float64)
-            if r64.shape != o64.shape:
-                raise VerificationError(f"output {n} changed shape from {r64.shape} to {o64.shape}")
-            sq_err[n] += float(np.sum((o64 - r64) ** 2))
-            sq_ref[n] += float(np.sum(r64**2))
-            max_abs[n] = max(max_abs[n], float(np.max(np.abs(o64 - r64))) if r64.size else 0.0)
-            if r64.ndim == 2 and r64.shape[1] > 1:
-                agree[n] += int(np.sum(np.argmax(r64, 1) == np.argmax(o64, 1)))
-                norms = np.linalg.norm(r64, axis=1) * np.linalg.norm(o64, axis=1)
-                cosine[n] += float(np.sum(np.sum(r64 * o64, axis=1) / np.maximum(norms, 1e-30)))
-        count += len(next(iter(feed.values())))
-    result: dict[str, dict[str, float]] = {}
-    for n in names:
-        result[n] = {"rel_error": float(np.sqrt(sq_err[n] / max(sq_ref[n], 1e-30))), "max_abs_error": max_abs[n]}
-        if count and _is_2d_scores(original, n):
-            result[n]["top1_agreement"] = agree[n] / count
-            result[n]["cosine"] = cosine[n] / count
-    return result
+        for n, r, o in zip(names, ref, got, strict=True):
+            if np.shape(r) != np.shape(o):
+                raise VerificationError(f"output {n} changed shape from {np.shape(r)} to {np.shape(o)}")
+            acc[n].add(np.asarray(r, dtype=np.float64), np.asarray(o, dtype=np.float64))
+    if not len(idx):
+        return Agreement(source, 0)
+    labels = None if data.labels is None else np.asarray(data.labels)[idx]
+    return Agreement(source, len(idx), {n: acc[n].result(labels) for n in names})
 
 
-def _is_2d_scores(model: onnx.ModelProto, name: str) -> bool:
+class _Accumulator:
+    """Streaming error sums of one output; ``(N, K)`` score outputs are also kept for per-sample measures."""
+
+    def __init__(self, *, keep: bool) -> None:
+        self.keep = keep
+        self.count = 0
+        self.total: np.ndarray | float = 0.0  # Σ r (elementwise)
+        self.sq = self.err = self.max_abs = 0.0
+        self.refs: list[np.ndarray] = []
+        self.outs: list[np.ndarray] = []
+
+    def add(self, r: np.ndarray, o: np.ndarray) -> None:
+        rows = r if r.ndim else r[None]
+        self.total = self.total + rows.sum(axis=0)
+        self.count += len(rows)
+        self.sq += float(np.sum(r * r))
+        self.err += float(np.sum((o - r) ** 2))
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(o - r))) if r.size else 0.0)
+        if self.keep:
+            self.refs.append(r)
+            self.outs.append(o)
+
+    def result(self, labels: np.ndarray | None) -> OutputAgreement:
+        spread = self.sq - float(np.sum(np.asarray(self.total) ** 2)) / max(self.count, 1)
+        # a (nearly) constant output has no spread to compare with: fall back to its size
+        rel = math.sqrt(self.err / max(spread, 1e-12 * self.sq, 1e-300))
+        if not self.keep or not self.refs:
+            return OutputAgreement(rel, self.max_abs)
+        r, o = np.concatenate(self.refs), np.concatenate(self.outs)
+        n = len(r)
+        top_r, top_o = np.argmax(r, axis=1), np.argmax(o, axis=1)
+        rc, oc = r - r.mean(axis=0), o - r.mean(axis=0)
+        norms = np.linalg.norm(rc, axis=1) * np.linalg.norm(oc, axis=1)
+        cos = np.where(norms > 0, np.sum(rc * oc, axis=1) / np.maximum(norms, 1e-300), 1.0)
+        acc_r = acc_o = None
+        if labels is not None and len(labels) == n:
+            acc_r = wilson(int(np.sum(top_r == labels)), n)
+            acc_o = wilson(int(np.sum(top_o == labels)), n)
+        return OutputAgreement(
+            rel, self.max_abs, wilson(int(np.sum(top_r == top_o)), n), mean_interval(cos), acc_r, acc_o
+        )
+
+
+def _is_scores(model: onnx.ModelProto, name: str) -> bool:
+    """A ``(N, K)`` output with ``K > 1`` (class scores or an embedding)."""
     for o in model.graph.output:
         if o.name == name:
             dims = o.type.tensor_type.shape.dim

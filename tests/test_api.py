@@ -116,11 +116,15 @@ def test_bad_model_path(tmp_path) -> None:
         prune(bad, ratio=0.5)
 
 
-def test_synthetic_calibration_warns(caplog) -> None:
+def test_no_calibration_data_is_refused_unless_synthetic_is_asked_for(caplog) -> None:
     model = BUILDERS["conv_chain"]()
-    _, rep = prune(model, ratio=0.5, samples=16)
+    with pytest.raises(UsageError, match="--calib .*--synthetic"):
+        prune(model, ratio=0.5, samples=16)
+    _, rep = prune(model, ratio=0.5, samples=16, synthetic=True)
     assert rep.synthetic_calibration
     assert "synthetic" in caplog.text
+    assert "says little about real data" in rep.summary()
+    assert not rep.verification["trusted"]
 
 
 @pytest.mark.parametrize("target", [0.8, 0.5])

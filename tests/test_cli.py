@@ -86,7 +86,7 @@ def test_output_path_rules(work: Path) -> None:
     m = str(work / "m.onnx")
     before = (work / "m.onnx").read_bytes()
     res = invoke(m, "--ratio", "0.5", "-o", m)
-    assert res.exit_code == 2 and "equals the input" in res.output
+    assert res.exit_code == 2 and "is the input model" in res.output
     (work / "exists.onnx").write_bytes(b"keep me")
     res = invoke(m, "--ratio", "0.5", "--calib", str(work / "c.npz"), "-o", str(work / "exists.onnx"))
     assert res.exit_code == 2 and "exists" in res.output

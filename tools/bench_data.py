@@ -49,6 +49,8 @@ class Task:
     model_file: str
     calib: Callable[[int], dict[str, np.ndarray]]
     evaluate: Callable[[ort.InferenceSession], float]
+    #: the evaluation split's model inputs (never calibration data)
+    eval_inputs: Callable[[], dict[str, np.ndarray]]
     metric: str = "top-1 %"
 
 
@@ -70,7 +72,7 @@ def _cifar(shared: Path, key: str, normalise: bool) -> Task:
         x, y = load()
         return top1(sess, x[:5000], y[:5000])
 
-    return Task(key, f"{key}.onnx", calib, evaluate)
+    return Task(key, f"{key}.onnx", calib, evaluate, lambda: {"input": load()[0][:5000]})
 
 
 def _mnist(shared: Path) -> Task:
@@ -82,6 +84,7 @@ def _mnist(shared: Path) -> Task:
         "mnist_cnn.onnx",
         lambda n: {"input": np.ascontiguousarray(x[1::2][:n])},
         lambda s: top1(s, np.ascontiguousarray(x[0::2]), y[0::2]),
+        lambda: {"input": np.ascontiguousarray(x[0::2])},
     )
 
 
@@ -103,7 +106,11 @@ def _imagenet(shared: Path) -> Task:
         return top1(sess, x, y)
 
     return Task(
-        "imagenet_efficientnet_lite0", "imagenet_efficientnet_lite0.onnx", lambda n: {"input": load(0, n)[0]}, evaluate
+        "imagenet_efficientnet_lite0",
+        "imagenet_efficientnet_lite0.onnx",
+        lambda n: {"input": load(0, n)[0]},
+        evaluate,
+        lambda: {"input": load(1)[0]},
     )
 
 
@@ -129,7 +136,17 @@ def _minilm(shared: Path) -> Task:
         b = b / np.linalg.norm(b, axis=1, keepdims=True)
         return float(100.0 * spearmanr(np.sum(a * b, 1), z["test_score"]).statistic)
 
-    return Task("all_minilm_l6_v2", "all_minilm_l6_v2.onnx", calib, evaluate, metric="Spearman×100")
+    def eval_inputs() -> dict[str, np.ndarray]:
+        return {f: np.concatenate([z[f"test_a_{f}"], z[f"test_b_{f}"]]) for f in fields}
+
+    return Task(
+        "all_minilm_l6_v2",
+        "all_minilm_l6_v2.onnx",
+        calib,
+        evaluate,
+        eval_inputs,
+        metric="Spearman×100",
+    )
 
 
 def tasks(shared: Path) -> dict[str, Callable[[], Task]]:

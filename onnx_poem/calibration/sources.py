@@ -8,8 +8,9 @@ a mapping input name → array of ``N`` samples along axis 0.
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +43,37 @@ class ImageOptions:
 
 @dataclass(frozen=True)
 class CalibrationData:
-    """Validated calibration samples: ``arrays[name]`` has the samples on axis 0."""
+    """Validated calibration samples.
+
+    Attributes:
+        arrays: input name → array with the samples on axis 0.
+        scalars: 0-d model inputs (e.g. an audio model's sample rate) → the one value fed with every batch.
+        synthetic: the samples are synthetic, not real data.
+        labels: ``(N,)`` integer class labels, when the source has them (verification data).
+    """
 
     arrays: Mapping[str, np.ndarray]
     synthetic: bool = False
+    scalars: Mapping[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
+
+    def feed(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """One onnxruntime feed of the samples ``indices`` (scalar inputs as they are)."""
+        sel = np.asarray(indices, dtype=np.int64)
+        return {**{k: np.ascontiguousarray(v[sel]) for k, v in self.arrays.items()}, **self.scalars}
 
     def batches(self, indices: Sequence[int] | np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds for onnxruntime, ``batch_size`` samples at a time, in the order of ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
         for start in range(0, len(idx), batch_size):
-            sel = idx[start : start + batch_size]
-            yield {k: np.ascontiguousarray(v[sel]) for k, v in self.arrays.items()}
+            yield self.feed(idx[start : start + batch_size])
 
     def sample_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of one sample per input, with a batch of 1."""
-        return {k: (1, *v.shape[1:]) for k, v in self.arrays.items()}
+        """Shape of one sample per input, with a batch of 1 (scalar inputs: ``()``)."""
+        return {**{k: (1, *v.shape[1:]) for k, v in self.arrays.items()}, **{k: () for k in self.scalars}}
 
 
 def model_inputs(model: onnx.ModelProto) -> list[str]:
@@ -74,35 +88,70 @@ def load_calibration(
     samples: int,
     seed: int,
     image_options: ImageOptions | None = None,
+    synthetic: bool = False,
 ) -> CalibrationData:
     """Read ``source`` and validate it against ``model``'s inputs.
 
     Args:
         model: the model to calibrate.
-        source: a ``.npz``/``.npy`` path, an image directory, arrays, or ``None`` (synthetic data).
+        source: a ``.npz``/``.npy`` path, an image directory (optionally one sub-folder per class,
+            which gives labels), arrays (an array named ``labels`` gives labels), or ``None``.
         samples: use at most this many samples (the first ones).
         seed: seed of the synthetic data.
         image_options: preprocessing of an image directory.
+        synthetic: with ``source=None``, use synthetic inputs instead of refusing.
 
     Raises:
+        UsageError: no ``source`` and ``synthetic`` is false.
         CalibrationError: unreadable source, names/shapes/dtypes that do not match, NaN or Inf.
     """
     if samples < 1:
         raise UsageError(f"samples must be >= 1, got {samples}")
     names = model_inputs(model)
     if source is None:
-        arrays = _synthetic(model, names, samples, seed)
-        return CalibrationData(arrays, synthetic=True)
+        if not synthetic:
+            raise UsageError(NO_DATA)
+        return CalibrationData(_synthetic(model, names, samples, seed), synthetic=True)
     if isinstance(source, np.ndarray):
         raw: dict[str, np.ndarray] = {"": source}
     elif isinstance(source, Mapping):
         raw = {str(k): np.asarray(v) for k, v in source.items()}
     else:
         raw = _read_path(Path(source), model, names, samples, image_options or ImageOptions())
+    labels = raw.pop(LABELS) if LABELS in raw and LABELS not in names else None
     arrays = _match_names(raw, names)
-    arrays = {k: v[:samples] for k, v in arrays.items()}
-    _validate(model, arrays)
-    return CalibrationData(arrays)
+    scalars = {k: v for k, v in arrays.items() if _rank(model, k) == 0}
+    arrays = {k: v[:samples] for k, v in arrays.items() if k not in scalars}
+    _validate(model, arrays, scalars)
+    if labels is not None:
+        labels = _labels(labels, len(next(iter(arrays.values()))), samples)
+    return CalibrationData(arrays, scalars=scalars, labels=labels)
+
+
+#: the array (npz key) that holds class labels
+LABELS = "labels"
+
+NO_DATA = (
+    "no calibration data: pass --calib with 256-1024 real samples (a folder of images, or an .npz "
+    "with one array per model input); pruning on synthetic inputs wrecks accuracy (measured: CIFAR "
+    "ResNet-20 at half its MACs 22.6 % top-1 on noise vs 71.8 % on 512 real images, original 81.0 %), "
+    "add --synthetic to do it anyway"
+)
+
+
+def _rank(model: onnx.ModelProto, name: str) -> int | None:
+    """Declared rank of input ``name`` (``None`` when the model declares no shape)."""
+    for vi in model.graph.input:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def _labels(labels: np.ndarray, n: int, samples: int) -> np.ndarray:
+    labels = np.asarray(labels)[:samples]
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != n:
+        raise CalibrationError(f"labels must be {n} integers (one per sample), got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
 
 
 def _read_path(
@@ -113,16 +162,23 @@ def _read_path(
     if path.is_dir():
         if len(names) != 1:
             raise CalibrationError("an image folder can only calibrate a single-input model")
-        return {names[0]: _read_images(path, model, names[0], samples, opts)}
+        x, labels = _read_images(path, model, names[0], samples, opts)
+        return {names[0]: x} | ({LABELS: labels} if labels is not None else {})
+    if path.suffix not in (".npz", ".npy"):
+        raise CalibrationError(f"unsupported calibration file {path} (expected .npz, .npy or an image folder)")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if path.suffix == ".npz" and not zipfile.is_zipfile(path):
+        raise CalibrationError(f"{path} is not an .npz archive (not a zip file; save it with numpy.savez)")
+    if path.suffix == ".npy" and head != b"\x93NUMPY":
+        raise CalibrationError(f"{path} is not an .npy file (no NumPy header; save it with numpy.save)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        if path.suffix == ".npy":
-            return {"": np.load(path, allow_pickle=False)}
+        return {"": np.load(path, allow_pickle=False)}
     except Exception as e:
         raise CalibrationError(f"cannot read calibration file {path}: {e}") from e
-    raise CalibrationError(f"unsupported calibration file {path} (expected .npz, .npy or an image folder)")
 
 
 def _match_names(raw: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -141,17 +197,30 @@ def _match_names(raw: dict[str, np.ndarray], names: list[str]) -> dict[str, np.n
     )
 
 
-def _validate(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
-    counts = {v.shape[0] if v.ndim else 0 for v in arrays.values()}
+def _validate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], scalars: dict[str, np.ndarray]) -> None:
+    for name, v in scalars.items():
+        if v.ndim != 0:
+            raise CalibrationError(
+                f"model input {name!r} is a scalar: give one 0-d value (fed with every batch), got shape {v.shape}"
+            )
+    if not arrays:
+        raise CalibrationError("the model has only scalar inputs: there is nothing to calibrate on")
+    for name, arr in arrays.items():
+        if arr.ndim == 0:
+            raise CalibrationError(
+                f"calibration input {name!r} is a single value (0-d); the model expects "
+                f"{_fmt(declared_shape(model, name))} with samples on axis 0"
+            )
+    counts = {v.shape[0] for v in arrays.values()}
     if len(counts) != 1 or 0 in counts:
         raise CalibrationError("calibration arrays must all hold the same number (>= 1) of samples")
-    for name, arr in arrays.items():
+    for name, arr in {**arrays, **scalars}.items():
         want = declared_shape(model, name)
-        if arr.ndim != len(want):
+        if _rank(model, name) is not None and arr.ndim != len(want):
             raise CalibrationError(
                 f"calibration input {name!r} has shape {arr.shape}, model expects rank {len(want)} {_fmt(want)}"
             )
-        for i, (have, w) in enumerate(zip(arr.shape, want, strict=True)):
+        for i, (have, w) in enumerate(zip(arr.shape, want, strict=False)):
             if i > 0 and isinstance(w, int) and w > 0 and have != w:
                 raise CalibrationError(f"calibration input {name!r} has shape {arr.shape}, model expects {_fmt(want)}")
         dt = dtype_of(model, name)
@@ -183,12 +252,32 @@ def _synthetic(model: onnx.ModelProto, names: list[str], samples: int, seed: int
     return out
 
 
-def _read_images(path: Path, model: onnx.ModelProto, name: str, samples: int, opts: ImageOptions) -> np.ndarray:
+def _image_files(path: Path, samples: int) -> tuple[list[Path], np.ndarray | None]:
+    """Image files of ``path`` sorted by name, or of its sub-folders (one per class, sorted: labels 0, 1, ...).
+
+    With class sub-folders the first ``samples`` images are taken round-robin over the classes,
+    so a small ``samples`` still sees every class.
+    """
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if files:
+        return files[:samples], None
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    per_class = [sorted(f for f in c.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    chosen: list[tuple[Path, int]] = []
+    for rank in range(max((len(fs) for fs in per_class), default=0)):
+        chosen += [(fs[rank], label) for label, fs in enumerate(per_class) if rank < len(fs)]
+    chosen = chosen[:samples]
+    return [f for f, _ in chosen], (np.array([lab for _, lab in chosen], dtype=np.int64) if chosen else None)
+
+
+def _read_images(
+    path: Path, model: onnx.ModelProto, name: str, samples: int, opts: ImageOptions
+) -> tuple[np.ndarray, np.ndarray | None]:
     from PIL import Image
 
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:samples]
+    files, labels = _image_files(path, samples)
     if not files:
-        raise CalibrationError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        raise CalibrationError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path} or its sub-folders")
     shape = declared_shape(model, name)
     if len(shape) != 4:
         raise CalibrationError(f"input {name!r} of shape {_fmt(shape)} does not take images")
@@ -196,6 +285,11 @@ def _read_images(path: Path, model: onnx.ModelProto, name: str, samples: int, op
     if layout not in ("NCHW", "NHWC"):
         raise UsageError(f"layout must be NCHW or NHWC, got {layout!r}")
     c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+    if isinstance(c, int) and c not in (1, 3):
+        raise CalibrationError(
+            f"input {name!r} {_fmt(shape)} read as {layout} has {c} channels; images give 1 or 3"
+            + (" (check --layout)" if opts.layout else "")
+        )
     size = opts.size
     if size is None:
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
@@ -204,8 +298,12 @@ def _read_images(path: Path, model: onnx.ModelProto, name: str, samples: int, op
     channels = c if isinstance(c, int) and c > 0 else 3
     mean = np.asarray(opts.mean, dtype=np.float32).reshape(-1)
     std = np.asarray(opts.std, dtype=np.float32).reshape(-1)
-    if mean.size not in (1, channels) or std.size not in (1, channels):
-        raise UsageError(f"mean and std need 1 or {channels} values")
+    for what, v in (("mean", mean), ("std", std)):
+        if v.size not in (1, channels):
+            raise UsageError(
+                f"--{what} has {v.size} values; input {name!r} has {channels} channel{'s' if channels > 1 else ''}: "
+                f"give {'1 value' if channels == 1 else f'1 or {channels} values'}"
+            )
     if (std == 0).any():
         raise UsageError("std must not be 0")
     out = np.empty((len(files), int(size[0]), int(size[1]), channels), dtype=np.float32)
@@ -220,4 +318,4 @@ def _read_images(path: Path, model: onnx.ModelProto, name: str, samples: int, op
         out[i] = arr.reshape(out.shape[1:]) * opts.scale
     out = (out - mean) / std
     dt = dtype_of(model, name) or np.dtype(np.float32)
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2) if layout == "NCHW" else out).astype(dt)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2) if layout == "NCHW" else out).astype(dt), labels

@@ -85,7 +85,7 @@ class Stream:
         names = self.view.crossing(cut) if self.enabled else []
         have_names = set(self.frontier) | set(self.view.inputs)
         compute = [n for n in dict.fromkeys([*wanted, *names]) if n not in have_names]
-        sess = session(with_outputs(model, compute, cut=self.frontier)) if compute else None
+        sess = session(with_outputs(model, compute, cut=self.frontier, dtypes=self.view.dtypes)) if compute else None
         inputs = [i.name for i in sess.get_inputs()] if sess else []
         self._generation += 1
         files: list[Path] = []

@@ -338,3 +338,7 @@ def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")
     for u in coupling.unprunable:
         click.echo(f"  {u.where}: {u.reason}")
+
+
+if __name__ == "__main__":
+    main()

@@ -107,6 +107,7 @@ class GraphView:
         outputs: names of the graph outputs.
         inputs: names of the graph inputs that are not initializers.
         shapes: tensor name → inferred shape (``None`` for unknown dimensions).
+        dtypes: tensor name → inferred element type (where inference resolves it).
         captured: names read inside subgraphs (``If``/``Loop``/``Scan`` bodies), which
             may be outer-scope tensors used implicitly.
     """
@@ -117,6 +118,7 @@ class GraphView:
     outputs: set[str] = field(default_factory=set)
     inputs: list[str] = field(default_factory=list)
     shapes: dict[str, Shape] = field(default_factory=dict)
+    dtypes: dict[str, np.dtype[Any]] = field(default_factory=dict)
     captured: set[str] = field(default_factory=set)
     _init: dict[str, onnx.TensorProto] = field(default_factory=dict)
     _const_node: dict[str, int] = field(default_factory=dict)
@@ -141,7 +143,7 @@ class GraphView:
             for a in n.attribute:
                 for sub in [a.g] if a.HasField("g") else list(a.graphs):
                     view.captured |= _referenced(sub)
-        view.shapes = infer_shapes(model, input_shapes or {})
+        view.shapes, view.dtypes = infer_shapes(model, input_shapes or {})
         return view
 
     @property
@@ -199,8 +201,10 @@ def _referenced(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def infer_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, Shape]:
-    """Shapes of every tensor that ONNX shape inference can resolve.
+def infer_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]
+) -> tuple[dict[str, Shape], dict[str, np.dtype[Any]]]:
+    """Shapes and element types of every tensor that ONNX shape inference can resolve.
 
     ``input_shapes`` replace the declared input shapes (e.g. a fixed batch), so
     symbolic dimensions resolve where the graph allows.
@@ -219,18 +223,26 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     except Exception as e:  # inference failure only limits what can be pruned
         logger.warning("shape inference failed (%s); channel counts come from weights only", e)
     out: dict[str, Shape] = {}
+    types: dict[str, np.dtype[Any]] = {}
     for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
         tt = vi.type.tensor_type
+        if tt.elem_type:
+            types[vi.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
         if not tt.HasField("shape"):
             continue
         out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
     for t in model.graph.initializer:
         out[t.name] = tuple(t.dims)
-    return out
+        types[t.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    return out, types
 
 
 def with_outputs(
-    model: onnx.ModelProto, names: Iterable[str], *, cut: Mapping[str, np.dtype[Any]] | None = None
+    model: onnx.ModelProto,
+    names: Iterable[str],
+    *,
+    cut: Mapping[str, np.dtype[Any]] | None = None,
+    dtypes: Mapping[str, np.dtype[Any]] | None = None,
 ) -> onnx.ModelProto:
     """A copy of ``model`` cut down to the nodes needed for tensors ``names``, which become its outputs.
 
@@ -239,6 +251,8 @@ def with_outputs(
     ``cut`` (tensor name → dtype) turns intermediate tensors into extra graph inputs
     (shape left open): the nodes that produced them are dropped too, so only the
     segment after the cut runs. Graph inputs no node needs any more are removed.
+    New outputs are declared with their element type from ``dtypes`` (e.g.
+    :attr:`GraphView.dtypes`), else from shape inference of ``model``.
     """
     wanted = list(dict.fromkeys(names))
     graph = gs.import_onnx(model)
@@ -256,7 +270,9 @@ def with_outputs(
             raise ModelError(f"tensor {n!r} not found in the graph")
         t = tensors[n]
         if isinstance(t, gs.Variable) and t.dtype is None:
-            t.dtype = np.float32
+            if dtypes is None or n not in dtypes:
+                dtypes = {**(dtypes or {}), **infer_shapes(model, {})[1]}
+            t.dtype = dtypes.get(n, np.dtype(np.float32))
         outs.append(t)
     graph.outputs = outs
     graph.cleanup(remove_unused_graph_inputs=cut is not None)

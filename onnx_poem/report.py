@@ -37,7 +37,7 @@ def node_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[
     dynamic = [t for t in dict.fromkeys(wanted) if not view.is_const(t) and t not in view.inputs]
     shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in sample.items()}
     if dynamic:
-        sess = session(with_outputs(model, dynamic))
+        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes))
         shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
     total: dict[int, int] = {}
     for i, n in enumerate(view.nodes):

@@ -354,3 +354,18 @@ BUILDERS = {
     "reduce_mean_head": reduce_mean_head,
     "relu_mlp": relu_mlp,
 }
+
+
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with every float32 initializer, input, output and value_info in float16."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for i, t in enumerate(g.initializer):
+        if t.data_type == TensorProto.FLOAT:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in [*g.input, *g.output, *g.value_info]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(m, full_check=True)
+    return m

@@ -121,7 +121,7 @@ def load_calibration(
     labels = raw.pop(LABELS) if LABELS in raw and LABELS not in names else None
     arrays = _match_names(raw, names)
     scalars = {k: v for k, v in arrays.items() if _rank(model, k) == 0}
-    arrays = {k: v[:samples] for k, v in arrays.items() if k not in scalars}
+    arrays = {k: v[:samples] if v.ndim else v for k, v in arrays.items() if k not in scalars}
     _validate(model, arrays, scalars)
     if labels is not None:
         labels = _labels(labels, len(next(iter(arrays.values()))), samples)

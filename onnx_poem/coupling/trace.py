@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 JOINABLE = ("Add", "Sub", "Mul", "Div", "Max", "Min")
 
 
+#: layers of quantized models (QOperator format), reported with :data:`QUANTIZED_HINT`
+QUANTIZED_LAYERS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm", "MatMulIntegerToFloat")
+QUANTIZED_HINT = "quantized models are not pruned; prune the float model, then quantize it"
+
+
 class _Stop(Exception):
     """Internal: the component cannot be pruned (the message is the reason)."""
 
@@ -59,10 +64,17 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
     """Channels, sliced constants and output edge of producer node ``i`` (``None``: not a layer)."""
     n = view.nodes[i]
     label = view.node_label(i)
+    if n.op_type in QUANTIZED_LAYERS:
+        return Unprunable(label, f"quantized layer ({n.op_type}): {QUANTIZED_HINT}")
     if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return None
     w = view.const(n.input[1]) if len(n.input) > 1 else None
     if w is None:
+        source = view.producer.get(n.input[1]) if len(n.input) > 1 else None
+        if source is not None and view.nodes[source].op_type == "DequantizeLinear":
+            return Unprunable(label, f"weight dequantized at run time (QDQ quantized model): {QUANTIZED_HINT}")
+        if n.op_type in ("Conv", "ConvTranspose"):
+            return Unprunable(label, "weight computed at run time, not a constant")
         return None  # activation x activation products (attention) are not layers
     if view.const_users(n.input[1]) != 1:
         return Unprunable(label, "weight shared by several nodes")

@@ -118,7 +118,7 @@ def test_bad_model_path(tmp_path) -> None:
 
 def test_no_calibration_data_is_refused_unless_synthetic_is_asked_for(caplog) -> None:
     model = BUILDERS["conv_chain"]()
-    with pytest.raises(UsageError, match="--calib .*--synthetic"):
+    with pytest.raises(UsageError, match=r"--calib .*--synthetic"):
         prune(model, ratio=0.5, samples=16)
     _, rep = prune(model, ratio=0.5, samples=16, synthetic=True)
     assert rep.synthetic_calibration

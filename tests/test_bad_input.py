@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from models import BUILDERS, _B, inputs_for, to_float16
+from models import _B, BUILDERS, inputs_for, to_float16
 from onnx_poem.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,4 +37,5 @@ def test_readme_demo_command_runs(tmp_path: Path, monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     out = tmp_path / args[args.index("-o") + 1]
     onnx.checker.check_model(onnx.load(out), full_check=True)
-    assert "MACs" in res.output
+    macs = float(next(ln for ln in res.output.splitlines() if ln.startswith("MACs")).split()[-1])
+    assert 0.45 <= macs <= 0.55  # the README says "about half of its MACs"

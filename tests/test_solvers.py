@@ -192,3 +192,25 @@ def test_thinet_scales_fit_the_kept_contributions() -> None:
     assert np.allclose(ratio[:, 0], ratio[:, 1]) and np.allclose(ratio[:, 0], ratio[0, 0])
     e = lambda M: np.trace(M @ d.G[np.ix_(cols, cols)] @ M.T) - 2 * np.trace(M @ d.P[:, cols].T)  # noqa: E731
     assert e(W) <= e(d.W0[:, cols]) + 1e-6
+
+
+def test_choice_keeps_least_squares_unless_a_fit_is_clearly_better() -> None:
+    """Few selection rows: nothing is significant, least squares stays; many rows: the clearly better fit wins."""
+    from onnx_poem.solvers.reconstruct import LayerData, Samples, choose_per_output, kept_columns
+
+    rng = np.random.default_rng(0)
+    n, m = 6, 3
+    W_true = rng.standard_normal((m, n + 1))
+    cols = kept_columns(np.arange(n), 1, n + 1)
+
+    def layer(rows: int) -> LayerData:
+        X = rng.standard_normal((rows, n))
+        Y = np.c_[X, np.ones(rows)] @ W_true.T
+        s = Samples(X=X, Y=Y, S=np.zeros_like(Y), Z=np.maximum(Y, 0))
+        G = np.eye(n + 1)
+        return LayerData(G, W_true, G, W_true, W_true, 1, rows, "relu", (), s, s)
+
+    bad = W_true + 0.5 * rng.standard_normal(W_true.shape)  # "least squares" that is off
+    for rows, expect in ((2, 0), (500, 1)):
+        pick = choose_per_output(layer(rows), {"ls": bad, "fit": W_true}, cols)
+        assert (pick == expect).all(), (rows, pick)

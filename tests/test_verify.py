@@ -29,7 +29,8 @@ def test_split_is_a_disjoint_cover_with_a_fit_sample(n: int, seed: int, verify: 
     assert verify or len(s.verify) == 0
     again = split_samples(n, seed=seed, verify=verify)
     assert all(
-        np.array_equal(a, b) for a, b in zip((s.fit, s.select, s.verify), (again.fit, again.select, again.verify))
+        np.array_equal(a, b)
+        for a, b in zip((s.fit, s.select, s.verify), (again.fit, again.select, again.verify), strict=True)
     )
 
 

@@ -235,8 +235,6 @@ def prune(
         }
         for g in coupling.groups
     ]
-    report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)
-    report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
     if checks is not None:
         agreement = verify(
             model, pruned, checks, np.arange(len(checks)), batch_size=cfg.batch_size, source="--verify-data"
@@ -244,6 +242,8 @@ def prune(
     else:
         agreement = verify(model, pruned, data, split.verify, batch_size=cfg.batch_size, source="verification split")
     report.set_agreement(agreement)
+    report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)  # after the checks
+    report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
     report.timings["total"] = time.perf_counter() - t0
     return pruned, report
 

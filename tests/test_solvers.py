@@ -214,3 +214,18 @@ def test_choice_keeps_least_squares_unless_a_fit_is_clearly_better() -> None:
     for rows, expect in ((2, 0), (500, 1)):
         pick = choose_per_output(layer(rows), {"ls": bad, "fit": W_true}, cols)
         assert (pick == expect).all(), (rows, pick)
+
+
+def test_cholesky_failures_fall_back_and_say_so(caplog) -> None:
+    """An indefinite matrix: both solves fall back, log it, record it, and still solve the system."""
+    from onnx_poem.solvers.linalg import ridge_solve, spd_inverse
+
+    A = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1: Cholesky fails
+    notes: list[str] = []
+    inv = spd_inverse(A, notes)
+    np.testing.assert_allclose(inv @ A, np.eye(2), atol=1e-12)
+    B = np.array([[1.0, 0.0]])
+    W = ridge_solve(A, B, np.zeros_like(B), 0.0, notes)
+    np.testing.assert_allclose(W @ A, B, atol=1e-12)
+    assert notes == ["Cholesky failed; used the pseudo-inverse", "Cholesky failed; used least squares (lstsq)"]
+    assert "falling back" in caplog.text

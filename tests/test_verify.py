@@ -117,3 +117,32 @@ def test_verify_data_with_labels_gives_both_accuracies(tmp_path: Path, form: str
         lo, hi = a[f"{key}_ci95"]
         assert lo <= a[key] <= hi
     assert "top-1 accuracy" in res.output and "30 samples of --verify-data" in res.output
+
+
+@st.composite
+def _hostile_arrays(draw):
+    """Arrays of any rank, dtype, size and values, named or not."""
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.float16, np.int64, np.uint8, np.bool_]))
+    shape = draw(st.lists(st.integers(0, 11), min_size=0, max_size=5))
+    fill = draw(st.sampled_from([0.0, 1.0, -1e30, np.nan, np.inf, "random"]))
+    if fill == "random":
+        arr = np.random.default_rng(0).standard_normal(shape)
+    else:
+        arr = np.full(shape, fill)
+    with np.errstate(invalid="ignore", over="ignore"):
+        arr = arr.astype(dtype)
+    name = draw(st.sampled_from(["x", "y", "labels", ""]))
+    return {name: arr} if name else arr
+
+
+@given(_hostile_arrays(), st.sampled_from([0.0, 0.3, 0.99]), st.integers(1, 40))
+@settings(max_examples=60, deadline=None)
+def test_hostile_calibration_arrays_give_our_errors_or_a_valid_model(calib, ratio: float, samples: int) -> None:
+    from onnx_poem import PoemError
+
+    model = BUILDERS["conv_chain"]()
+    try:
+        pruned, _ = prune(model, ratio=ratio, calib=calib, samples=samples, positions=4, method="reap")
+    except PoemError:
+        return
+    onnx.checker.check_model(pruned, full_check=True)

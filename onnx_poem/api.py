@@ -35,7 +35,7 @@ from .calibration.stats import LayerStats
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup, Consumer, find_groups
 from .coupling.groups import positions
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, VerificationError
 from .graph import GraphView, check_model, declared_shape, load_model
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
@@ -54,7 +54,7 @@ from .solvers import (
 )
 from .solvers.activations import apply as act_apply
 from .solvers.activations import derivative as act_derivative
-from .verify import session, verify
+from .verify import Agreement, session, verify
 from .weights import effective, stored_arrays
 
 logger = logging.getLogger(__name__)
@@ -189,13 +189,14 @@ def prune(
     chunks = [idx[i : i + cfg.batch_size] for idx in (fit_idx, held_idx) for i in range(0, len(idx), cfg.batch_size)]
     groups = {g.id: g for g in coupling.groups}
     ratios = {g.id: ratio for g in free}
+    failed: dict[str, str] = {}  # group id → why it was left unpruned after it failed
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
         if cfg.allocation == "pro" and free and ratio > 0:
             target = cfg.target_macs if cfg.target_macs is not None else table.predict(free, keep_counts(free, ratio))
             t1 = time.perf_counter()
             probe = held_idx[:PROBE_SAMPLES] if len(held_idx) else fit_idx[:PROBE_SAMPLES]
             curves = _error_curves(
-                view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), probe, progress
+                view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), probe, progress, failed
             )
             kept_by_pro = pro_keeps(free, curves, table, target, step=cfg.round_to)
             ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in free}
@@ -209,20 +210,45 @@ def prune(
         todo = [g for g in coupling.groups if keeps[g.id] < g.channels and not g.residual]
         todo += [g for g in coupling.groups if keeps[g.id] < g.channels and g.residual]
         streams = (Stream(view, data, chunks, Path(tmp), "orig"), Stream(view, data, chunks, Path(tmp), "cur"))
+        probe_feed = data.feed(fit_idx[:1])
         for done, g in enumerate(todo):
             if progress:
                 progress(done, len(todo), g.id)
-            current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
             nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
-            decision, layers = _solve_group(
-                view, current, g, quotas[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
-            )
-            plan = plan.extended(decision)
-            report.layers.extend(layers)
+            for attempt in (0, 1):
+                current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
+                try:
+                    decision, layers = _solve_group(
+                        view, current, g, quotas[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
+                    )
+                    trial = plan.extended(decision)
+                    check_model(apply_plan(view, groups, trial), what="the rewrite", error=VerificationError)
+                except Exception as e:
+                    if attempt == 0 and current is not model and _fails(view, groups, plan, probe_feed):
+                        plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite
+                        streams[1].reset()
+                        continue
+                    failed[g.id] = _reason(e)
+                    logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
+                    break
+                plan = trial
+                report.layers.extend(layers)
+                break
     if progress:
         progress(len(todo), len(todo), "")
-    pruned = apply_plan(view, groups, plan) if plan.decisions else _copy(model)
-    pruned = _infer(pruned)
+    pruned = _infer(apply_plan(view, groups, plan) if plan.decisions else _copy(model))
+    try:
+        agreement = _verify(model, pruned, data, checks, split.verify, cfg)
+    except VerificationError:
+        if not plan.decisions:
+            raise
+        plan = _drop_failing(view, groups, plan, probe_feed, failed)
+        pruned = _infer(apply_plan(view, groups, plan) if plan.decisions else _copy(model))
+        agreement = _verify(model, pruned, data, checks, split.verify, cfg)
+    for gid, why in failed.items():
+        keeps[gid] = groups[gid].channels
+        report.unprunable.append({"where": gid, "reason": f"left unpruned: {why}"})
+    report.layers = [la for la in report.layers if la.group not in failed]
     report.groups = [
         {
             "group": g.id,
@@ -235,17 +261,66 @@ def prune(
         }
         for g in coupling.groups
     ]
-    if checks is not None:
-        agreement = verify(
-            model, pruned, checks, np.arange(len(checks)), batch_size=cfg.batch_size, source="--verify-data"
-        )
-    else:
-        agreement = verify(model, pruned, data, split.verify, batch_size=cfg.batch_size, source="verification split")
     report.set_agreement(agreement)
     report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)  # after the checks
     report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
     report.timings["total"] = time.perf_counter() - t0
     return pruned, report
+
+
+def _verify(
+    model: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    data: CalibrationData,
+    checks: CalibrationData | None,
+    indices: np.ndarray,
+    cfg: PruneConfig,
+) -> Agreement:
+    """Agreement on ``--verify-data`` when given, else on the verification split ``indices`` of ``data``."""
+    if checks is not None:
+        return verify(model, pruned, checks, np.arange(len(checks)), batch_size=cfg.batch_size, source="--verify-data")
+    return verify(model, pruned, data, indices, batch_size=cfg.batch_size, source="verification split")
+
+
+def _reason(e: BaseException) -> str:
+    """One line naming what failed (the group is left unpruned with it)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:300]
+
+
+def _fails(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan, feed: dict[str, np.ndarray]) -> str:
+    """Why the model with ``plan`` applied fails the checker or an onnxruntime run on ``feed`` ("" if it does not)."""
+    try:
+        m = apply_plan(view, groups, plan)
+        check_model(m, what="the rewrite", error=VerificationError)
+        session(m).run(None, feed)
+    except Exception as e:
+        return _reason(e)
+    return ""
+
+
+def _drop_failing(
+    view: GraphView,
+    groups: dict[str, ChannelGroup],
+    plan: PrunePlan,
+    feed: dict[str, np.ndarray],
+    failed: dict[str, str],
+) -> PrunePlan:
+    """``plan`` without the decisions whose rewrite breaks the model (each recorded in ``failed``).
+
+    Decisions are added back one at a time in order; one that makes the model fail
+    the checker or an onnxruntime run is dropped (a failure found late: a linear
+    search, run only on this error path).
+    """
+    kept = PrunePlan()
+    for d in plan.decisions:
+        why = _fails(view, groups, kept.extended(d), feed)
+        if why:
+            failed[d.group_id] = why
+            logger.warning("group %s left unpruned: %s", d.group_id, why)
+        else:
+            kept = kept.extended(d)
+    return kept
 
 
 #: PRO's probes of the final-output error use at most this many selection samples
@@ -320,6 +395,7 @@ def _error_curves(
     tmp: Path,
     probe_idx: np.ndarray,
     progress: Progress | None,
+    failed: dict[str, str],
 ) -> dict[str, np.ndarray]:
     """PRO's per-group error curves, in units of the final output's relative error.
 
@@ -347,43 +423,65 @@ def _error_curves(
     for i, g in enumerate(order):
         if progress:
             progress(i, len(order), f"sensitivity {g.id}")
-        W0s = [effective(view, c)[0] for c in g.consumers]
         nxt = cut_position(view, order[i + 1]) if i + 1 < len(order) else None
-        stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
-        layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
-        problems, scales = [], []
-        for d in layers:
-            G, P = d.Gw, d.Pw  # activation-weighted for POEM; LayerStats.finish makes them G, P otherwise
-            problems.append(QuadProblem(G, P, d.W0, d.k, d.index))
-            n, count = G.shape[0] - 1, max(G[-1, -1], 1e-12)
-            mean = G[:n, -1] / count
-            M = d.W0[:, :n]
-            V = float(np.einsum("ij,jk,ik->", M, G[:n, :n], M) - count * np.sum((M @ mean) ** 2))
-            scales.append(1.0 / max(V, 1e-12 * float(np.sum(M * M)) + 1e-30))
-        quota = region_keeps(g, PRO_MAX_RATIO)
-        trace: list[float] = []
-        removed: list[int] = []
-        greedy_eliminate(
-            problems,
-            g.channels,
-            int(quota.sum()),
-            lam=cfg.damping,
-            regions=None if g.regions is None else np.asarray(g.regions),
-            region_keep=quota,
-            trace=trace,
-            scales=scales,
-            removed=removed,
-        )
-        curve = np.cumsum(trace)
-        if not len(curve):
-            curves[g.id] = curve
-            continue
-        j0 = min(len(curve), max(1, round(ratio * g.channels)))
-        points = sorted({j0, min(len(curve), 2 * j0), len(curve)})
-        scale = [_final_error(view, every, g, layers, removed[:j], feeds, reference, cfg) / spread for j in points]
-        scale = [e / max(float(curve[j - 1]), 1e-30) for e, j in zip(scale, points, strict=True)]
-        curves[g.id] = curve * np.interp(np.arange(1, len(curve) + 1), points, scale)
+        try:
+            curves[g.id] = _error_curve(view, every, g, streams, nxt, n_fit, probe, i, ratio, feeds, reference, spread)
+        except Exception as e:
+            failed[g.id] = f"error curve: {_reason(e)}"
+            logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
+            curves[g.id] = np.zeros(0)
     return curves
+
+
+def _error_curve(
+    view: GraphView,
+    every: dict[str, ChannelGroup],
+    g: ChannelGroup,
+    streams: tuple[Stream, Stream],
+    nxt: int | None,
+    n_fit: int,
+    probe: PruneConfig,
+    i: int,
+    ratio: float,
+    feeds: list[dict[str, np.ndarray]],
+    reference: list[list[np.ndarray]],
+    spread: float,
+) -> np.ndarray:
+    """PRO's curve of one group (see :func:`_error_curves`)."""
+    W0s = [effective(view, c)[0] for c in g.consumers]
+    stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
+    layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
+    problems, scales = [], []
+    for d in layers:
+        G, P = d.Gw, d.Pw  # activation-weighted for POEM; LayerStats.finish makes them G, P otherwise
+        problems.append(QuadProblem(G, P, d.W0, d.k, d.index))
+        n, count = G.shape[0] - 1, max(G[-1, -1], 1e-12)
+        mean = G[:n, -1] / count
+        M = d.W0[:, :n]
+        V = float(np.einsum("ij,jk,ik->", M, G[:n, :n], M) - count * np.sum((M @ mean) ** 2))
+        scales.append(1.0 / max(V, 1e-12 * float(np.sum(M * M)) + 1e-30))
+    quota = region_keeps(g, PRO_MAX_RATIO)
+    trace: list[float] = []
+    removed: list[int] = []
+    greedy_eliminate(
+        problems,
+        g.channels,
+        int(quota.sum()),
+        lam=probe.damping,
+        regions=None if g.regions is None else np.asarray(g.regions),
+        region_keep=quota,
+        trace=trace,
+        scales=scales,
+        removed=removed,
+    )
+    curve = np.cumsum(trace)
+    if not len(curve):
+        return curve
+    j0 = min(len(curve), max(1, round(ratio * g.channels)))
+    points = sorted({j0, min(len(curve), 2 * j0), len(curve)})
+    scale = [_final_error(view, every, g, layers, removed[:j], feeds, reference, probe) / spread for j in points]
+    scale = [e / max(float(curve[j - 1]), 1e-30) for e, j in zip(scale, points, strict=True)]
+    return curve * np.interp(np.arange(1, len(curve) + 1), points, scale)
 
 
 def _final_error(

@@ -119,6 +119,10 @@ class Stream:
             os.link(f, link)
             self.files.append(link)
 
+    def reset(self) -> None:
+        """Forget the frontier (the model it was computed with changed before it): the next run starts over."""
+        self._reset()
+
     def _reset(self) -> None:
         for f in self.files:
             f.unlink(missing_ok=True)

@@ -162,6 +162,37 @@ def _pivot(rows: list[dict]) -> list[str]:
     return lines
 
 
+def plot(rows: list[dict], out: Path) -> Path | None:
+    """``<out>.svg``: real agreement against calibration samples (log scale), one panel per model."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "onnx-poem"
+    models = list(dict.fromkeys(r["model"] for r in rows if "real" in r))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for config in dict.fromkeys(r["config"] for r in rows):
+            pts = sorted((r["samples"], r["real"]) for r in rows if r["model"] == model and r["config"] == config
+                         and "real" in r)  # fmt: skip
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=config, lw=2.2 if "pro" in config else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("calibration samples")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("real agreement with the original")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = out.with_suffix(".svg")
+    fig.savefig(path, metadata={"Date": None})
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mnist_cnn")
@@ -192,6 +223,7 @@ def main() -> None:
                           f"{r.get('prune_s')} s", file=sys.stderr, flush=True)  # fmt: skip
                     write(rows, Path(a.out), command + f"\n# at commit {_commit()}")
     write(rows, Path(a.out), command + f"\n# at commit {_commit()}")
+    plot(rows, Path(a.out))
 
 
 if __name__ == "__main__":

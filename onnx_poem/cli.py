@@ -82,7 +82,7 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
     try:
         return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError as e:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from e
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -92,11 +92,11 @@ def _size(text: str | None) -> tuple[int, int] | None:
     try:
         vals = [int(p) for p in parts if p]
     except ValueError as e:
-        raise click.BadParameter(f"expected HxW, got {text!r}") from e
+        raise UsageError(f"--input-size: expected HxW, got {text!r}") from e
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) != 2 or min(vals) < 1:
-        raise click.BadParameter(f"expected HxW, got {text!r}")
+        raise UsageError(f"--input-size: expected HxW with H, W >= 1, got {text!r}")
     return vals[0], vals[1]
 
 
@@ -287,6 +287,8 @@ def prune_cmd(
     except KeyboardInterrupt:
         click.echo("error: interrupted; nothing written", err=True)
         sys.exit(130)
+    except MemoryError as e:
+        _fail(PoemError(f"not enough memory ({e}); try fewer --samples or a smaller --input-size"), debug)
     except PoemError as e:
         _fail(e, debug)
     except Exception as e:  # a bug or an onnxruntime failure: still one line, the traceback with --debug

@@ -304,3 +304,29 @@ def test_sigterm_leaves_nothing_behind(tmp_path: Path) -> None:
     assert [p.name for p in tmp.iterdir() if not p.name.startswith(".ses")] == []  # onnxruntime's own .ses
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
     assert snapshot(demo) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--input-size", "0x0"], 2, "expected HxW with H, W >= 1"),
+        (["--input-size", "ten"], 2, "expected HxW"),
+        (["--input-size", "100000x100000"], 1, "takes 10x10 images"),
+        (["--scale", "inf"], 2, "--scale must be a finite non-zero number"),
+        (["--scale", "0"], 2, "--scale must be a finite non-zero number"),
+        (["--mean", "nan"], 2, "--mean and --std must be finite"),
+        (["--mean", "a,b"], 2, "expected comma-separated numbers"),
+    ],
+)
+def test_hostile_image_options(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
+    onnx.save(BUILDERS["conv_chain"](), tmp_path / "m.onnx")
+    _images(tmp_path / "imgs", 4, size=(10, 10))
+    before = snapshot(tmp_path)
+    one_error(invoke(tmp_path / "m.onnx", "--ratio", 0.5, "--calib", tmp_path / "imgs", *args), code, needle)
+    assert snapshot(tmp_path) == before
+
+
+def test_an_empty_image_folder(tmp_path: Path) -> None:
+    onnx.save(BUILDERS["conv_chain"](), tmp_path / "m.onnx")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    one_error(invoke(tmp_path / "m.onnx", "--ratio", 0.5, "--calib", tmp_path / "empty"), 1, "no images")

@@ -37,7 +37,7 @@ def test_mnist_cnn(mnist) -> None:
     pruned, rep = prune(model, ratio=0.5, calib=x[1::2][:256], method="poem", allocation="uniform")
     _check(pruned, rep, 0.6)
     assert len(rep.groups) == 3 and all(g["kept"] < g["channels"] for g in rep.groups)
-    assert _top1(pruned, x[0::2][:1000], y[0::2][:1000]) > 97.0  # original: 99.4
+    assert _top1(pruned, x[0::2][:1000], y[0::2][:1000]) > 98.0  # measured 98.9 (session 4); original 99.4
 
 
 def test_mnist_pro_does_not_extrapolate_a_group_curve(mnist) -> None:
@@ -46,7 +46,7 @@ def test_mnist_pro_does_not_extrapolate_a_group_curve(mnist) -> None:
     model = onnx.load(shared_file("models/mnist_cnn.onnx"))
     pruned, rep = prune(model, target_macs=0.7, calib=x[1::2][:512])
     _check(pruned, rep, 0.72)
-    assert _top1(pruned, x[0::2][:1000], y[0::2][:1000]) > 98.5  # original: 99.4
+    assert _top1(pruned, x[0::2][:1000], y[0::2][:1000]) > 99.0  # measured 99.6 (session 4); original 99.4
 
 
 def test_cifar10_kerascnn(cifar) -> None:
@@ -54,11 +54,11 @@ def test_cifar10_kerascnn(cifar) -> None:
     model = onnx.load(shared_file("models/cifar10_kerascnn.onnx"))
     pruned, rep = prune(model, ratio=0.3, calib=x[5000:5256], method="reap", positions=32)
     _check(pruned, rep, 0.6)
-    assert _top1(pruned, x[:1000], y[:1000]) > 55.0  # original: 77
+    assert _top1(pruned, x[:1000], y[:1000]) > 73.5  # measured 75.6 (session 4); original 77
 
 
 def test_cifar10_kerascnn_pro_beats_uniform(cifar) -> None:
-    """The default PRO allocation against a uniform ratio at the same MACs budget (methods.md: 73.1 vs 60.8 %)."""
+    """The default PRO allocation against a uniform ratio at the same MACs budget."""
     x, y = cifar
     model = onnx.load(shared_file("models/cifar10_kerascnn.onnx"))
     top1 = {}
@@ -66,7 +66,7 @@ def test_cifar10_kerascnn_pro_beats_uniform(cifar) -> None:
         pruned, rep = prune(model, ratio=0.5, calib=x[5000:5256], positions=32, allocation=allocation)
         _check(pruned, rep, 0.35)
         top1[allocation] = _top1(pruned, x[:1000], y[:1000])
-    assert top1["pro"] > top1["uniform"] + 3.0
+    assert top1["pro"] > top1["uniform"] + 10.0  # measured 72.1 vs 58.5 (session 4)
 
 
 def test_cifar10_resnet20_poem_is_post_activation(cifar) -> None:
@@ -80,7 +80,7 @@ def test_cifar10_resnet20_poem_is_post_activation(cifar) -> None:
     relu_layers = [la for la in rep.layers if la.activation == "relu"]
     better = sum(la.errors["post_chosen"] < la.errors["post_ls"] for la in relu_layers)
     assert better > len(relu_layers) / 2  # POEM is not REAP under another name
-    assert _top1(pruned, xn[:2000], y[:2000]) > 55.0  # original: 81
+    assert _top1(pruned, xn[:2000], y[:2000]) > 68.5  # measured 70.75 (session 4); original 81
 
 
 def test_cifar10_resnet20_residual_stream(cifar) -> None:
@@ -91,4 +91,4 @@ def test_cifar10_resnet20_residual_stream(cifar) -> None:
     _check(pruned, rep, 0.56)
     stream = [g for g in rep.groups if g["residual"]]
     assert len(stream) == 1 and len(stream[0]["producers"]) == 10 and stream[0]["kept"] < stream[0]["channels"]
-    assert _top1(pruned, xn[:2000], y[:2000]) > 45.0  # original: 81
+    assert _top1(pruned, xn[:2000], y[:2000]) > 61.0  # measured 63.45 (session 4); original 81

@@ -290,7 +290,13 @@ def _read_images(
             f"input {name!r} {_fmt(shape)} read as {layout} has {c} channels; images give 1 or 3"
             + (" (check --layout)" if opts.layout else "")
         )
+    if not (np.isfinite(opts.scale) and opts.scale != 0):
+        raise UsageError(f"--scale must be a finite non-zero number, got {opts.scale}")
+    if not (np.isfinite(opts.mean).all() and np.isfinite(opts.std).all()):
+        raise UsageError("--mean and --std must be finite numbers")
     size = opts.size
+    if size is not None and (isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0) and tuple(size) != (h, w):
+        raise CalibrationError(f"--input-size {size[0]}x{size[1]}: input {name!r} {_fmt(shape)} takes {h}x{w} images")
     if size is None:
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
             raise CalibrationError(f"input {name!r} has no fixed image size: pass --input-size")

@@ -36,6 +36,7 @@ from .cascade import Stream, cut_position
 from .coupling import ChannelGroup, Consumer, find_groups
 from .coupling.groups import positions
 from .errors import ModelError, UsageError, VerificationError
+from .fold import fold_constants
 from .graph import GraphView, check_model, declared_shape, load_model
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
@@ -143,6 +144,7 @@ def prune(
     cfg.validate()
     t0 = time.perf_counter()
     model, name = _load(model)
+    model = fold_constants(model)
     data = load_calibration(
         model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options, synthetic=cfg.synthetic
     )

@@ -323,9 +323,10 @@ def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
     """Show the channel groups of MODEL and what is left unpruned, without pruning."""
     _setup_logging(0, False)
     from .coupling import find_groups
+    from .fold import fold_constants
 
     try:
-        view = GraphView.build(load_model(model))
+        view = GraphView.build(fold_constants(load_model(model)))
         coupling = find_groups(view, residual=prune_residual)
     except PoemError as e:
         _fail(e, debug)

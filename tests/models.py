@@ -369,3 +369,33 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT16
     onnx.checker.check_model(m, full_check=True)
     return m
+
+
+def paddle_bias(seed: int = 0) -> onnx.ModelProto:
+    """paddle2onnx's biases: conv (no bias) → Add(Reshape(b, [1, C, 1, 1])) → relu, twice, → conv(12→4)."""
+    b = _B(seed)
+
+    def conv_bias(x: str, cin: int, cout: int) -> str:
+        shape = b.const(np.array([1, cout, 1, 1], dtype=np.int64), "shape")
+        bias = b.node("Reshape", [b.const((0.1 * b.rng.standard_normal(cout)).astype(np.float32), "b"), shape])
+        return b.node("Relu", [b.node("Add", [b.conv(x, cin, cout, bias=False), bias])])
+
+    t = conv_bias(conv_bias("x", 3, 8), 8, 12)
+    return b.model([("x", ["N", 3, 10, 10])], [b.conv(t, 12, 4, k=1, pad=0)])
+
+
+def torch_dedup(seed: int = 0) -> onnx.ModelProto:
+    """PyTorch's de-duplicated constants: conv1 and conv2 have equal biases, conv2 reads conv1's through Identity;
+    BN-style per-channel Mul constants shared by two layers directly."""
+    b = _B(seed)
+    t1 = b.conv("x", 3, 8)
+    bias1 = b.nodes[-1].input[2]
+    scale = b.const((1 + 0.1 * b.rng.standard_normal((1, 8, 1, 1))).astype(np.float32), "scale")
+    t = b.node("Relu", [b.node("Mul", [t1, scale])])
+    w = (b.rng.standard_normal((8, 8, 3, 3)) / np.sqrt(72)).astype(np.float32)
+    t2 = b.node("Conv", [t, b.const(w), b.node("Identity", [bias1])], kernel_shape=[3, 3], pads=[1] * 4)
+    t = b.node("Relu", [b.node("Mul", [t2, scale])])
+    return b.model([("x", ["N", 3, 10, 10])], [b.conv(t, 8, 4, k=1, pad=0)])
+
+
+BUILDERS |= {"paddle_bias": paddle_bias, "torch_dedup": torch_dedup}

@@ -1,0 +1,196 @@
+"""Normalise exporters' constant plumbing before the analysis.
+
+Exporters write constants in forms the channel analysis cannot read as weights:
+
+* constant-only chains: PaddlePaddle writes a per-channel bias as
+  ``Reshape(constant, [1, C, 1, 1]) → Add``; PyTorch's exporter de-duplicates equal
+  constants and reads the copy through ``Identity``; others ``Cast`` or
+  ``Unsqueeze`` a stored constant.  :func:`fold_constants` evaluates every node of
+  :data:`FOLDABLE` whose inputs are all constants (initializers or ``Constant``
+  nodes) and stores its output as an initializer of the same name, repeatedly,
+  so a chain folds completely.
+* shared per-channel constants: one stored bias (or norm scale) read by two layers
+  would have to be sliced two ways.  Every floating-point initializer with one axis
+  longer than 1 (a vector, or ``[1, C, 1, 1]``) that several nodes read gets its own
+  copy per reader (the first keeps the name), so each copy can be sliced for its
+  own group.
+
+The folded model computes the same outputs (the ops are evaluated exactly, by
+``onnx.reference``); an input without such constants is returned as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+logger = logging.getLogger(__name__)
+
+#: ops evaluated when all their inputs are constants
+FOLDABLE = ("Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Transpose", "Flatten", "Expand")
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with constant-only :data:`FOLDABLE` nodes folded and shared per-channel constants copied.
+
+    Returns ``model`` itself (not a copy) when there is nothing to change.
+    """
+    if not _foldable(model) and not _shared(model):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    folded = _fold(m)
+    copied = _unshare(m)
+    if folded or copied:
+        logger.info("folded %d constant-only nodes, copied %d shared constants", folded, copied)
+    return m
+
+
+def _constants(g: onnx.GraphProto) -> dict[str, np.ndarray | None]:
+    """Names of every constant (values loaded lazily: ``None`` until needed)."""
+    names: dict[str, np.ndarray | None] = dict.fromkeys(t.name for t in g.initializer)
+    for n in g.node:
+        if n.op_type == "Constant" and len(n.output) == 1:
+            names[n.output[0]] = None
+    return names
+
+
+def _candidates(g: onnx.GraphProto) -> list[int]:
+    consts = _constants(g)
+    outputs = {o.name for o in g.output}
+    return [
+        i
+        for i, n in enumerate(g.node)
+        if n.op_type in FOLDABLE
+        and n.domain in ("", "ai.onnx")
+        and all(not t or t in consts for t in n.input)
+        and n.input
+        and not any(o in outputs for o in n.output)
+    ]
+
+
+def _foldable(model: onnx.ModelProto) -> bool:
+    return bool(_candidates(model.graph))
+
+
+def _value(g: onnx.GraphProto, name: str) -> np.ndarray:
+    for t in g.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in g.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            return _evaluate(_single(n, [], list(n.output)))[0]
+    raise KeyError(name)
+
+
+def _evaluate(model: onnx.ModelProto) -> list[np.ndarray]:
+    """Outputs of a model without inputs, by the ONNX reference implementation."""
+    out = ReferenceEvaluator(model).run(None, {})
+    return [np.asarray(v) for v in (out.values() if isinstance(out, dict) else out)]
+
+
+def _single(node: onnx.NodeProto, inits: list[onnx.TensorProto], outputs: list[str]) -> onnx.ModelProto:
+    """A model of ``node`` alone, its inputs given as initializers."""
+    graph = helper.make_graph(
+        [node], "fold", [], [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs], inits
+    )
+    return helper.make_model(graph)
+
+
+def _fold(m: onnx.ModelProto) -> int:
+    g = m.graph
+    opsets = list(m.opset_import)
+    count = 0
+    while todo := _candidates(g):
+        for i in reversed(todo):
+            n = g.node[i]
+            inits = [numpy_helper.from_array(_value(g, t), t) for t in dict.fromkeys(t for t in n.input if t)]
+            single = _single(n, inits, list(n.output))
+            del single.opset_import[:]
+            single.opset_import.extend(opsets)
+            values = _evaluate(single)
+            for name, v in zip(n.output, values, strict=True):
+                g.initializer.append(numpy_helper.from_array(np.asarray(v), name))
+            del g.node[i]
+            count += 1
+    _drop_unused(g)
+    folded = {t.name for t in g.initializer}
+    keep = [vi for vi in g.value_info if vi.name not in folded]
+    del g.value_info[:]
+    g.value_info.extend(keep)
+    return count
+
+
+def _drop_unused(g: onnx.GraphProto) -> None:
+    """Remove initializers and ``Constant`` nodes that no node (nor subgraph, nor output) reads any more."""
+    read = {t for n in g.node for t in n.input} | {o.name for o in g.output} | _subgraph_reads(g)
+    keep = [t for t in g.initializer if t.name in read or any(i.name == t.name for i in g.input)]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    nodes = [n for n in g.node if n.op_type != "Constant" or any(o in read for o in n.output)]
+    del g.node[:]
+    g.node.extend(nodes)
+
+
+def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for n in g.node:
+        for a in n.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                names |= {t for sn in sub.node for t in sn.input} | _subgraph_reads(sub)
+    return names
+
+
+def _shared(model: onnx.ModelProto) -> dict[str, int]:
+    """Per-channel float constants (one axis longer than 1) read by more than one node input → reader count.
+
+    Matrices (tied weights) are not copied: a weight read by several layers stays unpruned.
+    """
+    g = model.graph
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for t in n.input:
+            uses[t] = uses.get(t, 0) + 1
+    inputs = {i.name for i in g.input}
+    out = {}
+    for t in g.initializer:
+        dt = helper.tensor_dtype_to_np_dtype(t.data_type)
+        vector = sum(d > 1 for d in t.dims) == 1
+        if uses.get(t.name, 0) > 1 and np.dtype(dt).kind == "f" and vector and t.name not in inputs:
+            out[t.name] = uses[t.name]
+    return out
+
+
+def _unshare(m: onnx.ModelProto) -> int:
+    g = m.graph
+    shared = _shared(m)
+    if not shared:
+        return 0
+    stored = {t.name: t for t in g.initializer}
+    names = {t for n in g.node for t in (*n.input, *n.output)} | set(stored)
+    seen: dict[str, int] = {}
+    count = 0
+    for n in g.node:
+        for slot, t in enumerate(n.input):
+            if t not in shared:
+                continue
+            seen[t] = seen.get(t, 0) + 1
+            if seen[t] == 1:
+                continue  # the first reader keeps the original
+            k = seen[t]
+            copy = f"{t}__copy{k}"
+            while copy in names:
+                k += 1
+                copy = f"{t}__copy{k}"
+            names.add(copy)
+            c = onnx.TensorProto()
+            c.CopyFrom(stored[t])
+            c.name = copy
+            g.initializer.append(c)
+            n.input[slot] = copy
+            count += 1
+    return count

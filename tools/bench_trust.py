@@ -113,8 +113,10 @@ def run_one(a: argparse.Namespace) -> dict:
 def _spawn(model: str, config: str, ratio: float, samples: int, a: argparse.Namespace) -> dict:
     key = f"{model}.{config}.{ratio}.{samples}.{a.seed}.json"
     cached = Path(a.work) / "trust" / key
-    if a.resume and cached.exists():
+    if (a.resume or a.cached_only) and cached.exists():
         return dict(json.loads(cached.read_text()))
+    if a.cached_only:
+        return {}
     cmd = [sys.executable, __file__, "--one", "--models", model, "--configs", config, "--ratios", str(ratio),
            "--samples", str(samples), "--seed", str(a.seed), "--shared", a.shared]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -204,20 +206,25 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/onnx-poem-bench")
     p.add_argument("--out", default="benchmarks/trust")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--cached-only", action="store_true", help="tables from the rows in --work only; run nothing")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
         a.model, a.config, a.ratio, a.samples = a.models, a.configs, float(a.ratios), int(a.samples)
         print(json.dumps(run_one(a)))
         return
-    command = "python tools/bench_trust.py " + " ".join(x for x in sys.argv[1:] if x != "--resume")
+    command = "python tools/bench_trust.py " + " ".join(
+        x for x in sys.argv[1:] if x not in ("--resume", "--cached-only")
+    )
     rows: list[dict] = []
     for model in a.models.split(","):
         for ratio in map(float, a.ratios.split(",")):
             for samples in map(int, a.samples.split(",")):
                 for config in a.configs.split(","):
-                    rows.append(_spawn(model, config, ratio, samples, a))
-                    r = rows[-1]
+                    r = _spawn(model, config, ratio, samples, a)
+                    if not r:
+                        continue
+                    rows.append(r)
                     print(f"{model} {config} {ratio} {samples}: real {r.get('real')} reported {r.get('reported')} "
                           f"[{r.get('ci_low')}, {r.get('ci_high')}] metric {r.get('metric')} "
                           f"{r.get('prune_s')} s", file=sys.stderr, flush=True)  # fmt: skip

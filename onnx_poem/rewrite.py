@@ -145,7 +145,7 @@ def _write(
         w_dtype = onnx.helper.tensor_dtype_to_np_dtype(init_type.get(node.input[1], onnx.TensorProto.FLOAT))
         g.initializer.append(numpy_helper.from_array(np.asarray(arrays[name], dtype=w_dtype), name))
         done.add(name)
-        if node.op_type in ("Conv", "Gemm"):
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm"):  # a bias input of their own
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = name

@@ -399,3 +399,17 @@ def torch_dedup(seed: int = 0) -> onnx.ModelProto:
 
 
 BUILDERS |= {"paddle_bias": paddle_bias, "torch_dedup": torch_dedup}
+
+
+def upsample_neck(seed: int = 0) -> onnx.ModelProto:
+    """A DB-style FPN neck: conv(3→8) → relu → ConvTranspose(8→6, stride 2, **no bias**) → relu → conv(6→4).
+
+    The ConvTranspose is a consumer without a bias: the rewrite must give it one as its own input."""
+    b = _B(seed)
+    t = b.node("Relu", [b.conv("x", 3, 8)])
+    w = b.const((b.rng.standard_normal((8, 6, 2, 2)) / 4).astype(np.float32))
+    t = b.node("Relu", [b.node("ConvTranspose", [t, w], kernel_shape=[2, 2], strides=[2, 2])])
+    return b.model([("x", ["N", 3, 5, 5])], [b.conv(t, 6, 4)])
+
+
+BUILDERS |= {"upsample_neck": upsample_neck}

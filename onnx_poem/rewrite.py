@@ -91,8 +91,12 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
 
 
 def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
-    """Give Split node ``idx`` explicit sizes (attribute before opset 13, input after)."""
+    """Give Split node ``idx`` explicit sizes (attribute before opset 13, input after; opset 18's
+    ``num_outputs`` attribute is dropped, as the two may not be given together)."""
     node = model.graph.node[idx]
+    kept = [a for a in node.attribute if a.name != "num_outputs"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
     for a in node.attribute:
         if a.name == "split":
             del a.ints[:]

@@ -78,7 +78,7 @@ class _B:
         b = (0.1 * self.rng.standard_normal(cout)).astype(np.float32)
         return self.node("Gemm", [x, self.const(w), self.const(b, "b")], transB=1)
 
-    def model(self, inputs: list[tuple[str, list[object]]], outputs: list[str]) -> onnx.ModelProto:
+    def model(self, inputs: list[tuple[str, list[object]]], outputs: list[str], opset: int = 0) -> onnx.ModelProto:
         g = helper.make_graph(
             self.nodes,
             "test",
@@ -86,12 +86,12 @@ class _B:
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
             self.inits,
         )
-        return finish(g)
+        return finish(g, opset)
 
 
-def finish(graph: onnx.GraphProto) -> onnx.ModelProto:
-    """A checked model (IR 8, opset :data:`OPSET`, shapes inferred) around ``graph``."""
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+def finish(graph: onnx.GraphProto, opset: int = 0) -> onnx.ModelProto:
+    """A checked model (IR 8, opset ``opset`` or :data:`OPSET`, shapes inferred) around ``graph``."""
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset or OPSET)])
     m.ir_version = 8
     m = onnx.shape_inference.infer_shapes(m)
     onnx.checker.check_model(m, full_check=True)
@@ -413,3 +413,35 @@ def upsample_neck(seed: int = 0) -> onnx.ModelProto:
 
 
 BUILDERS |= {"upsample_neck": upsample_neck}
+
+
+def c2f(seed: int = 0, *, shortcut: bool = False, num_outputs: bool = False) -> onnx.ModelProto:
+    """A YOLO C2f block: conv(3→8) → SiLU → Split [4, 4] → the second half through conv(4→4) → SiLU (a bottleneck,
+    with ``shortcut`` added to its input) → Concat(first half, second half, bottleneck) (12) → conv(12→8) → SiLU →
+    conv(8→4).  ``num_outputs``: opset 18's ``Split(num_outputs=2)`` without sizes."""
+    b = _B(seed)
+
+    def silu(t: str) -> str:
+        return b.node("Mul", [t, b.node("Sigmoid", [t])])
+
+    t = silu(b.conv("x", 3, 8, k=1, pad=0))
+    if num_outputs:
+        b.nodes.append(
+            helper.make_node("Split", [t], ["half_a", "half_b"], name=b.name("Split"), axis=1, num_outputs=2)
+        )
+    else:
+        sizes = b.const(np.array([4, 4], dtype=np.int64), "split")
+        b.nodes.append(helper.make_node("Split", [t, sizes], ["half_a", "half_b"], name=b.name("Split"), axis=1))
+    m = silu(b.conv(silu(b.conv("half_b", 4, 4)), 4, 4))
+    if shortcut:
+        m = b.node("Add", ["half_b", m])
+    t = b.node("Concat", ["half_a", "half_b", m], axis=1)
+    t = silu(b.conv(t, 12, 8, k=1, pad=0))
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 8, 4, k=1, pad=0)], opset=18 if num_outputs else 0)
+
+
+BUILDERS |= {
+    "c2f": c2f,
+    "c2f_shortcut": lambda seed=0: c2f(seed, shortcut=True),
+    "c2f_opset18": lambda seed=0: c2f(seed, num_outputs=True),
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -31,9 +30,6 @@ class GroupDecision:
     keep: tuple[int, ...]
     updates: tuple[ConsumerUpdate, ...]
 
-    def summary(self) -> dict[str, Any]:
-        return {"group": self.group_id, "channels": self.channels, "kept": len(self.keep), "keep": list(self.keep)}
-
 
 @dataclass(frozen=True)
 class PrunePlan:
@@ -43,9 +39,3 @@ class PrunePlan:
 
     def extended(self, d: GroupDecision) -> PrunePlan:
         return PrunePlan((*self.decisions, d))
-
-    def keep_of(self, group_id: str) -> np.ndarray | None:
-        for d in self.decisions:
-            if d.group_id == group_id:
-                return np.asarray(d.keep, dtype=np.int64)
-        return None

@@ -445,3 +445,21 @@ BUILDERS |= {
     "c2f_shortcut": lambda seed=0: c2f(seed, shortcut=True),
     "c2f_opset18": lambda seed=0: c2f(seed, num_outputs=True),
 }
+
+
+def ffn_gelu_op(seed: int = 0) -> onnx.ModelProto:
+    """MatMul(6→8) + b → Relu → MatMul(8→16) + b → Gelu (opset 20's fused op) → MatMul(16→6) + b:
+    the second MatMul is a consumer whose activation is the Gelu op."""
+    b = _B(seed)
+
+    def dense(x: str, cin: int, cout: int) -> str:
+        w = b.const((b.rng.standard_normal((cin, cout)) / np.sqrt(cin)).astype(np.float32))
+        return b.node(
+            "Add", [b.node("MatMul", [x, w]), b.const((0.1 * b.rng.standard_normal(cout)).astype(np.float32))]
+        )
+
+    h = b.node("Gelu", [dense(b.node("Relu", [dense("x", 6, 8)]), 8, 16)])
+    return b.model([("x", ["N", 4, 6])], [dense(h, 16, 6)], opset=20)
+
+
+BUILDERS |= {"ffn_gelu_op": ffn_gelu_op}

@@ -8,6 +8,7 @@ from models import BUILDERS, concat
 from onnx_poem.coupling import find_groups
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
+from onnx_poem.weights import effective
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -36,8 +37,10 @@ def test_bn_before_activation_is_folded_into_consumer() -> None:
 
 def test_flatten_gives_spatial_columns() -> None:
     for name in ("flatten_gemm", "reshape_gemm"):
-        g = find_groups(GraphView.build(BUILDERS[name]())).groups[0]
-        assert g.consumers[0].cols_per_channel == 16
+        view = GraphView.build(BUILDERS[name]())
+        g = find_groups(view).groups[0]
+        W0, _ = effective(view, g.consumers[0])
+        assert (W0.shape[1] - 1) // g.consumers[0].in_channels == 16  # 4x4 positions per channel
     g = find_groups(GraphView.build(BUILDERS["reshape_gemm"]())).groups[0]
     assert len(g.reshapes) == 1
 
@@ -137,3 +140,12 @@ def test_layout_transposes_move_the_channel_axis() -> None:
     assert any(p.name.startswith("s") for p in eight.params)  # the Mul constant broadcast on the NHWC axis
     six = next(g for g in coupling.groups if g.channels == 6)
     assert [c.kind for c in six.consumers] == ["gemm"]
+
+
+def test_the_fused_gelu_op_is_the_consumers_activation() -> None:
+    from models import ffn_gelu_op
+
+    first, second = find_groups(GraphView.build(ffn_gelu_op())).groups
+    assert (first.channels, second.channels) == (8, 16)
+    assert first.consumers[0].activation.kind == "gelu"  # MatMul(8→16) + b → Gelu
+    assert second.consumers[0].activation.kind == "identity"

@@ -7,7 +7,7 @@ accumulates, batch by batch, in float64:
 * ``G  = Σ_t x̄_t x̄_tᵀ``          (n+1, n+1)
 * ``P  = Σ_t y_t x̄_tᵀ``          (m, n+1)
 * ``Gw = Σ_t d̄_t x̄_t x̄_tᵀ``,  ``Pw = Σ_t d̄_t y_t x̄_tᵀ``  (activation-weighted, POEM selection)
-* ``Σ_t ‖y_t‖²`` and the sample count,
+* the sample count,
 
 plus two fixed-size reservoirs (Vitter's algorithm R, seeded) of sample
 columns with their targets: one from fitting images, one from held-out
@@ -28,8 +28,8 @@ class Reservoir:
     Attributes:
         capacity: rows kept at most.
         seen: rows offered so far.
-        rows: name → ``(k, width)`` float32 arrays, ``k <= capacity`` (views of
-            buffers that grow by doubling up to ``capacity``).
+        (rows are kept in float32 buffers that grow by doubling up to ``capacity``;
+        :meth:`get` returns the filled part).
     """
 
     capacity: int
@@ -37,10 +37,6 @@ class Reservoir:
     seen: int = 0
     _buf: dict[str, np.ndarray] = field(default_factory=dict)
     _n: int = 0
-
-    @property
-    def rows(self) -> dict[str, np.ndarray]:
-        return {k: v[: self._n] for k, v in self._buf.items()}
 
     def add(self, **batch: np.ndarray) -> None:
         """Offer the rows of ``batch`` (every array has the same number of rows)."""
@@ -90,7 +86,6 @@ class LayerStats:
     P: np.ndarray
     Gw: np.ndarray
     Pw: np.ndarray
-    yy: float
     count: int
     fit: Reservoir
     held: Reservoir
@@ -105,7 +100,6 @@ class LayerStats:
             P=np.zeros((m, n1)),
             Gw=np.zeros((n1, n1)),
             Pw=np.zeros((m, n1)),
-            yy=0.0,
             count=0,
             fit=Reservoir(capacity, np.random.default_rng(rng.integers(2**63))),
             held=Reservoir(held_capacity, np.random.default_rng(rng.integers(2**63))),
@@ -130,7 +124,6 @@ class LayerStats:
             xw = xb * weight[:, None]
             self.Gw += xw.T @ xb
             self.Pw += yb.T @ xw
-        self.yy += float(np.einsum("ij,ij->", yb, yb))
         self.count += x.shape[0]
         self.fit.add(x=x, y=y, **keep)
 

@@ -76,7 +76,6 @@ class Consumer:
         weight: name of the weight constant.
         bias: name of the bias constant, ``None`` if the layer has none.
         input: the tensor the consumer reads (its ``x``).
-        cols_per_channel: columns of the flattened input per channel (1 without flatten).
         kernel, strides, pads, dilations, auto_pad: conv geometry (2-D), empty for dense layers.
         output_padding: ConvTranspose's extra rows/columns at the end (``convt`` only).
         alpha, beta, trans_b: Gemm attributes (1, 1, False for others).
@@ -94,7 +93,6 @@ class Consumer:
     weight: str
     bias: str | None
     input: str
-    cols_per_channel: int = 1
     kernel: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()

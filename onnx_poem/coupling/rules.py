@@ -392,7 +392,7 @@ def _gemm(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> S
     k = b.shape[1] if trans_b else b.shape[0]
     if k != channels * edge.cols:
         return Stop(f"Gemm expects {k} inputs, group gives {channels}×{edge.cols}")
-    return Consume(dense_consumer(view, node, "gemm", edge.cols))
+    return Consume(dense_consumer(view, node, "gemm"))
 
 
 @coupling_rule("MatMul")
@@ -405,7 +405,7 @@ def _matmul(view: GraphView, node: int, slot: int, edge: Edge, channels: int) ->
         return Stop("MatMul over an axis other than the channel axis")
     if b.shape[0] != channels * edge.cols:
         return Stop(f"MatMul expects {b.shape[0]} inputs, group gives {channels}×{edge.cols}")
-    return Consume(dense_consumer(view, node, "matmul", edge.cols))
+    return Consume(dense_consumer(view, node, "matmul"))
 
 
 def _single_user(view: GraphView, tensor: str) -> tuple[int, int] | None:
@@ -415,7 +415,7 @@ def _single_user(view: GraphView, tensor: str) -> tuple[int, int] | None:
     return (users[0].node, users[0].slot) if len(users) == 1 else None
 
 
-ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softplus", "Elu")
+ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softplus", "Elu", "Gelu")
 
 
 def activation_of(view: GraphView, node: int) -> Activation | None:
@@ -447,6 +447,9 @@ def activation_of(view: GraphView, node: int) -> Activation | None:
         return Activation("hard_sigmoid", (float(view.attr(node, "alpha", 0.2)), float(view.attr(node, "beta", 0.5))))
     if op == "Elu":
         return Activation("elu", (float(view.attr(node, "alpha", 1.0)),))
+    if op == "Gelu":  # opset 20; the tanh approximation is not the solvers' "gelu"
+        approximate = view.attr(node, "approximate", "none")
+        return Activation("gelu") if approximate in ("none", b"none") else None
     if op in ACTIVATION_OPS:
         return Activation({"Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish", "Softplus": "softplus"}[op])
     return None
@@ -508,8 +511,8 @@ def conv_consumer(view: GraphView, node: int, kind: str = "conv") -> Consumer:
     )
 
 
-def dense_consumer(view: GraphView, node: int, kind: str, cols: int) -> Consumer:
-    """Describe Gemm / MatMul ``node`` as a :class:`Consumer` reading ``cols`` columns per channel."""
+def dense_consumer(view: GraphView, node: int, kind: str) -> Consumer:
+    """Describe Gemm / MatMul ``node`` as a :class:`Consumer` (its columns per channel follow from its weight)."""
     n = view.nodes[node]
     bias: str | None = None
     bias_add: int | None = None
@@ -532,7 +535,6 @@ def dense_consumer(view: GraphView, node: int, kind: str, cols: int) -> Consumer
         weight=n.input[1],
         bias=bias,
         input=n.input[0],
-        cols_per_channel=cols,
         alpha=float(view.attr(node, "alpha", 1.0)) if kind == "gemm" else 1.0,
         beta=float(view.attr(node, "beta", 1.0)) if kind == "gemm" else 1.0,
         trans_b=bool(view.attr(node, "transB", 0)) if kind == "gemm" else False,

@@ -26,7 +26,6 @@ KINDS = (
     "softplus",
     "elu",
     "gelu",
-    "silu",
 )
 
 
@@ -54,8 +53,6 @@ def apply(kind: str, params: Sequence[float], y: np.ndarray) -> np.ndarray:
         return np.where(y > 0, y, params[0] * np.expm1(np.minimum(y, 0)))
     if kind == "gelu":
         return 0.5 * y * (1 + erf(y / np.sqrt(2)))
-    if kind == "silu":
-        return y * expit(y)
     raise ValueError(f"unknown activation {kind!r}")
 
 
@@ -85,9 +82,6 @@ def derivative(kind: str, params: Sequence[float], y: np.ndarray) -> np.ndarray:
         return np.where(y > 0, 1.0, params[0] * np.exp(np.minimum(y, 0))).astype(y.dtype)
     if kind == "gelu":
         return 0.5 * (1 + erf(y / np.sqrt(2))) + y * np.exp(-0.5 * y * y) / np.sqrt(2 * np.pi)
-    if kind == "silu":
-        s = expit(y)
-        return s * (1 + y * (1 - s))
     raise ValueError(f"unknown activation {kind!r}")
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import t as student_t
 
+from ..errors import SolverError
 from .activations import apply, derivative, piecewise
 from .linalg import damping, ridge_solve, spd_inverse
 
@@ -87,7 +88,6 @@ class Reconstruction:
 
     W: np.ndarray
     W_ls: np.ndarray | None = None
-    errors: dict[str, float] = field(default_factory=dict)
     choice: dict[str, float] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
 
@@ -247,7 +247,18 @@ def reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.0
     """Reconstruct consumer weights on kept channels ``keep`` with ``method``.
 
     ``method``: ``none`` (original weights), ``scale`` (ThiNet), ``ls`` (REAP) or ``poem``.
+
+    Raises:
+        SolverError: the weights came out non-finite (no fallback can absorb it; the
+            caller leaves the group unpruned with this reason).
     """
+    out = _reconstruct(d, keep, method=method, lam=lam)
+    if not np.isfinite(out.W).all():
+        raise SolverError(f"{method} reconstruction gave non-finite weights ({len(keep)} kept channels)")
+    return out
+
+
+def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> Reconstruction:
     n1 = d.G.shape[0]
     cols = kept_columns(keep, d.k, n1)
     W_none = d.W0[:, cols]

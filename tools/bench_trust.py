@@ -75,7 +75,7 @@ def run_one(a: argparse.Namespace) -> dict:
     calib = task.calib(10**6)  # the whole calibration split, then a seeded random subset of it
     pick = np.sort(np.random.default_rng([a.seed, 11]).permutation(len(next(iter(calib.values()))))[: a.samples])
     calib = {k: np.ascontiguousarray(v[pick]) for k, v in calib.items()}
-    pruned, rep = prune(original, ratio=a.ratio, calib=calib, seed=a.seed, **_options(a.config))
+    pruned, rep = prune(original, ratio=a.ratio, calib=calib, samples=a.samples, seed=a.seed, **_options(a.config))
     prune_s = time.perf_counter() - t
     so, sp = session(original.SerializeToString()), session(pruned.SerializeToString())
     feed = task.eval_inputs()

@@ -124,7 +124,8 @@ def main() -> None:
                     cached.write_text(json.dumps(row))
             rows.setdefault(model, {})[source] = row
             print(model, source, row, file=sys.stderr, flush=True)
-        _write(rows, Path(a.out), command + f"\n# at commit {_commit()}, ratio {a.ratio}")
+        made = sorted({str(r.get("commit", "?")) for rs in rows.values() for r in rs.values()})
+        _write(rows, Path(a.out), command + f"\n# tables at commit {_commit()}, rows computed at {', '.join(made)}")
 
 
 def _write(rows: dict[str, dict[str, dict]], out: Path, command: str) -> None:

@@ -157,6 +157,22 @@ def _commit() -> str:
     return (rev.stdout.strip() or "?") + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def run_row(cmd: list[str], cached: Path, *, reuse: bool) -> dict:
+    """One benchmark row: ``cmd`` run in a fresh process (its last stdout line is the JSON row), stamped with
+    the commit and cached in ``cached``; with ``reuse`` a cached row is returned instead.  A failed run gives
+    ``{"error": <its last stderr line>}`` and is not cached."""
+    if reuse and cached.exists():
+        return dict(json.loads(cached.read_text()))
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+    row = json.loads(p.stdout.strip().splitlines()[-1])
+    row["commit"] = _commit()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(row))
+    return dict(row)
+
+
 def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict | None:
     key = f"{model}.{method}.{ratio}.{a.seed}.{a.mode}.{int(a.target)}.{a.samples}.{a.latency}.json"
     cached = Path(a.work) / "rows" / key
@@ -188,16 +204,11 @@ def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict
         "--latency",
         str(a.latency),
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"  FAILED {model} {method} {ratio}: {tail}", file=sys.stderr)
-        return {"model": model, "method": method, "ratio": ratio, "metric": float("nan"), "error": tail}
-    row = json.loads(p.stdout.strip().splitlines()[-1])
-    row["commit"] = _commit()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(row))
-    return dict(row)
+    row = run_row(cmd, cached, reuse=False)
+    if "error" in row:
+        print(f"  FAILED {model} {method} {ratio}: {row['error']}", file=sys.stderr)
+        return {"model": model, "method": method, "ratio": ratio, "metric": float("nan"), "error": row["error"]}
+    return row
 
 
 def _fmt(v: object) -> str:

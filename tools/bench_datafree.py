@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import _commit
+from bench import _commit, run_row
 from bench_data import session, tasks
 
 SOURCES = ("real", "gauss", "pink", "l1")
@@ -109,19 +107,9 @@ def main() -> None:
     for model in a.models.split(","):
         for source in SOURCES:
             cached = Path(a.work) / "datafree" / f"{model}.{source}.{a.ratio}.{a.samples}.{a.seed}.json"
-            if a.resume and cached.exists():
-                row = json.loads(cached.read_text())
-            else:
-                cmd = [sys.executable, __file__, "--one", source, "--models", model, "--ratio", str(a.ratio),
-                       "--samples", str(a.samples), "--seed", str(a.seed), "--shared", a.shared]  # fmt: skip
-                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-                if out.returncode:
-                    row = {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
-                else:
-                    row = json.loads(out.stdout.strip().splitlines()[-1])
-                    row["commit"] = _commit()
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    cached.write_text(json.dumps(row))
+            cmd = [sys.executable, __file__, "--one", source, "--models", model, "--ratio", str(a.ratio),
+                   "--samples", str(a.samples), "--seed", str(a.seed), "--shared", a.shared]  # fmt: skip
+            row = run_row(cmd, cached, reuse=a.resume)
             rows.setdefault(model, {})[source] = row
             print(model, source, row, file=sys.stderr, flush=True)
         made = sorted({str(r.get("commit", "?")) for rs in rows.values() for r in rs.values()})

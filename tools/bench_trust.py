@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import _commit
+from bench import _commit, run_row
 from bench_data import _run_batched, session, tasks
 
 FIELDS = [
@@ -119,16 +117,11 @@ def _spawn(model: str, config: str, ratio: float, samples: int, a: argparse.Name
         return {}
     cmd = [sys.executable, __file__, "--one", "--models", model, "--configs", config, "--ratios", str(ratio),
            "--samples", str(samples), "--seed", str(a.seed), "--shared", a.shared]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"  FAILED {model} {config} {ratio} {samples}: {tail}", file=sys.stderr)
-        return {"model": model, "config": config, "ratio": ratio, "samples": samples, "error": tail}
-    row = json.loads(p.stdout.strip().splitlines()[-1])
-    row["commit"] = _commit()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(row))
-    return dict(row)
+    row = run_row(cmd, cached, reuse=False)
+    if "error" in row:
+        print(f"  FAILED {model} {config} {ratio} {samples}: {row['error']}", file=sys.stderr)
+        return {"model": model, "config": config, "ratio": ratio, "samples": samples, "error": row["error"]}
+    return row
 
 
 def _fmt(v: object) -> str:

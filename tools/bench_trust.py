@@ -158,7 +158,8 @@ def _pivot(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], out: Path) -> Path | None:
-    """``<out>.svg``: real agreement against calibration samples (log scale), one panel per model."""
+    """``<out>.svg``: real agreement against calibration samples (log scale), one panel per model (rows of one
+    ratio)."""
     try:
         import matplotlib
     except ImportError:
@@ -180,7 +181,7 @@ def plot(rows: list[dict], out: Path) -> Path | None:
         ax.set_xlabel("calibration samples")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("real agreement with the original")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path = out.with_suffix(".svg")
     fig.savefig(path, metadata={"Date": None})
@@ -222,8 +223,10 @@ def main() -> None:
                           f"[{r.get('ci_low')}, {r.get('ci_high')}] metric {r.get('metric')} "
                           f"{r.get('prune_s')} s", file=sys.stderr, flush=True)  # fmt: skip
                     write(rows, Path(a.out), command + f"\n# at commit {_commit()}")
-    write(rows, Path(a.out), command + f"\n# at commit {_commit()}")
-    plot(rows, Path(a.out))
+    made = sorted({str(r.get("commit", "?")) for r in rows})
+    write(rows, Path(a.out), command + f"\n# tables at commit {_commit()}, rows computed at {', '.join(made)}")
+    first = float(a.ratios.split(",")[0])
+    plot([r for r in rows if r["ratio"] == first], Path(a.out))
 
 
 if __name__ == "__main__":

@@ -213,32 +213,35 @@ def prune(
         todo += [g for g in coupling.groups if keeps[g.id] < g.channels and g.residual]
         streams = (Stream(view, data, chunks, Path(tmp), "orig"), Stream(view, data, chunks, Path(tmp), "cur"))
         probe_feed = data.feed(fit_idx[:1])
+        applied = model  # the model with ``plan`` applied (checked), reused as the cascade's current model
         for done, g in enumerate(todo):
             if progress:
                 progress(done, len(todo), g.id)
             nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
             for attempt in (0, 1):
-                current = apply_plan(view, groups, plan) if cfg.mode == "cascade" and plan.decisions else model
+                current = applied if cfg.mode == "cascade" else model
                 try:
                     decision, layers = _solve_group(
                         view, current, g, quotas[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
                     )
                     trial = plan.extended(decision)
-                    check_model(apply_plan(view, groups, trial), what="the rewrite", error=VerificationError)
+                    candidate = apply_plan(view, groups, trial)
+                    check_model(candidate, what="the rewrite", error=VerificationError)
                 except Exception as e:
                     if attempt == 0 and current is not model and _fails(view, groups, plan, probe_feed):
                         plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite
+                        applied = apply_plan(view, groups, plan) if plan.decisions else model
                         streams[1].reset()
                         continue
                     failed[g.id] = _reason(e)
                     logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
                     break
-                plan = trial
+                plan, applied = trial, candidate
                 report.layers.extend(layers)
                 break
     if progress:
         progress(len(todo), len(todo), "")
-    pruned = _infer(apply_plan(view, groups, plan) if plan.decisions else _copy(model))
+    pruned = _infer(applied if plan.decisions else _copy(model))
     try:
         agreement = _verify(model, pruned, data, checks, split.verify, cfg)
     except VerificationError:

@@ -28,3 +28,16 @@ def cifar() -> tuple[np.ndarray, np.ndarray]:
     """All 10,000 JPEG CIFAR-10 test images as float32 NCHW 0..255, and labels."""
     z = np.load(shared_file("data/cifar10_test_jpeg10k.npz"))
     return np.ascontiguousarray(z["x"].astype(np.float32).transpose(0, 3, 1, 2)), z["y"]
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    """A folder with the conv_chain test model ``m.onnx`` and 32 calibration samples ``c.npz``."""
+    import onnx
+
+    from models import BUILDERS, inputs_for
+
+    model = BUILDERS["conv_chain"]()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=inputs_for(model, 32))
+    return tmp_path

@@ -44,14 +44,6 @@ def one_error(res, code: int, needle: str) -> None:
 
 
 @pytest.fixture()
-def work(tmp_path: Path) -> Path:
-    model = BUILDERS["conv_chain"]()
-    onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "c.npz", x=inputs_for(model, 32))
-    return tmp_path
-
-
-@pytest.fixture()
 def external(tmp_path: Path) -> Path:
     """A model whose weights live in an external-data file ``m.data`` beside it."""
     model = BUILDERS["conv_chain"]()

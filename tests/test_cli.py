@@ -14,14 +14,6 @@ from models import BUILDERS, inputs_for, lone_conv
 from onnx_poem.cli import main
 
 
-@pytest.fixture()
-def work(tmp_path: Path) -> Path:
-    model = BUILDERS["conv_chain"]()
-    onnx.save(model, tmp_path / "m.onnx")
-    np.savez(tmp_path / "c.npz", x=inputs_for(model, 32))
-    return tmp_path
-
-
 def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 

@@ -55,6 +55,7 @@ from .solvers import (
 )
 from .solvers.activations import apply as act_apply
 from .solvers.activations import derivative as act_derivative
+from .timing import Clock, bind, stage
 from .verify import Agreement, session, verify
 from .weights import effective, stored_arrays
 
@@ -143,20 +144,24 @@ def prune(
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, method=method, **options)
     cfg.validate()
     t0 = time.perf_counter()
-    model, name = _load(model)
-    model = fold_constants(model)
-    data = load_calibration(
-        model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options, synthetic=cfg.synthetic
-    )
-    checks = None
-    if verify_data is not None:
-        checks = load_calibration(
-            model, verify_data, samples=VERIFY_DATA_MAX, seed=cfg.seed, image_options=image_options
-        )
-    fixed = [d[0] for d in (declared_shape(model, n) for n in data.arrays) if d and isinstance(d[0], int) and d[0] > 0]
-    if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
-        cfg = replace(cfg, batch_size=min(fixed))
-    split = split_samples(len(data), seed=cfg.seed, verify=checks is None)
+    with bind(Clock()) as clock, stage("other"):
+        pruned, report = _prune(model, cfg, calib, image_options, verify_data, progress)
+    report.timings.update({k: round(v, 3) for k, v in clock.seconds.items()})
+    report.timings["total"] = time.perf_counter() - t0
+    return pruned, report
+
+
+def _prune(
+    model: onnx.ModelProto | str | Path,
+    cfg: PruneConfig,
+    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
+    image_options: ImageOptions | None,
+    verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
+    progress: Progress | None,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    with stage("load"):
+        model, name, data, checks, cfg = _inputs(model, cfg, calib, image_options, verify_data)
+        split = split_samples(len(data), seed=cfg.seed, verify=checks is None)
     fit_idx, held_idx = split.fit, split.select
     shapes = data.sample_shapes()
     view = GraphView.build(model, input_shapes=shapes)
@@ -197,12 +202,13 @@ def prune(
             target = cfg.target_macs if cfg.target_macs is not None else table.predict(free, keep_counts(free, ratio))
             t1 = time.perf_counter()
             probe = held_idx[:PROBE_SAMPLES] if len(held_idx) else fit_idx[:PROBE_SAMPLES]
-            curves = _error_curves(
-                view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), probe, progress, failed
-            )
+            with stage("allocation"):
+                curves = _error_curves(
+                    view, free, groups, data, chunks, len(fit_idx), ratio, cfg, Path(tmp), probe, progress, failed
+                )
             kept_by_pro = pro_keeps(free, curves, table, target, step=cfg.round_to)
             ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in free}
-            report.timings["allocation"] = time.perf_counter() - t1
+            report.timings["pro_total"] = time.perf_counter() - t1
         quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in free}
         keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
         keeps |= {g.id: g.channels for g in coupling.groups if g.id in skipped}
@@ -225,8 +231,9 @@ def prune(
                         view, current, g, quotas[g.id], streams, nxt, len(fit_idx), cfg, len(plan.decisions)
                     )
                     trial = plan.extended(decision)
-                    candidate = apply_plan(view, groups, trial)
-                    check_model(candidate, what="the rewrite", error=VerificationError)
+                    with stage("rewrite"):
+                        candidate = apply_plan(view, groups, trial)
+                        check_model(candidate, what="the rewrite", error=VerificationError)
                 except Exception as e:
                     if attempt == 0 and current is not model and _fails(view, groups, plan, probe_feed):
                         plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite
@@ -269,8 +276,32 @@ def prune(
     report.set_agreement(agreement)
     report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)  # after the checks
     report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
-    report.timings["total"] = time.perf_counter() - t0
     return pruned, report
+
+
+def _inputs(
+    model: onnx.ModelProto | str | Path,
+    cfg: PruneConfig,
+    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
+    image_options: ImageOptions | None,
+    verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
+) -> tuple[onnx.ModelProto, str, CalibrationData, CalibrationData | None, PruneConfig]:
+    """The checked, constant-folded model, its name, the calibration data, the ``--verify-data`` set and the
+    config with the batch size clamped to a fixed batch dimension of the model."""
+    model, name = _load(model)
+    model = fold_constants(model)
+    data = load_calibration(
+        model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options, synthetic=cfg.synthetic
+    )
+    checks = None
+    if verify_data is not None:
+        checks = load_calibration(
+            model, verify_data, samples=VERIFY_DATA_MAX, seed=cfg.seed, image_options=image_options
+        )
+    fixed = [d[0] for d in (declared_shape(model, n) for n in data.arrays) if d and isinstance(d[0], int) and d[0] > 0]
+    if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
+        cfg = replace(cfg, batch_size=min(fixed))
+    return model, name, data, checks, cfg
 
 
 def _verify(
@@ -282,6 +313,18 @@ def _verify(
     cfg: PruneConfig,
 ) -> Agreement:
     """Agreement on ``--verify-data`` when given, else on the verification split ``indices`` of ``data``."""
+    with stage("verification"):
+        return _agreement(model, pruned, data, checks, indices, cfg)
+
+
+def _agreement(
+    model: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    data: CalibrationData,
+    checks: CalibrationData | None,
+    indices: np.ndarray,
+    cfg: PruneConfig,
+) -> Agreement:
     if checks is not None:
         return verify(model, pruned, checks, np.arange(len(checks)), batch_size=cfg.batch_size, source="--verify-data")
     return verify(model, pruned, data, indices, batch_size=cfg.batch_size, source="verification split")
@@ -454,7 +497,8 @@ def _error_curve(
 ) -> np.ndarray:
     """PRO's curve of one group (see :func:`_error_curves`)."""
     W0s = [effective(view, c)[0] for c in g.consumers]
-    stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
+    with stage("statistics"):
+        stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
     layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     problems, scales = [], []
     for d in layers:
@@ -527,9 +571,21 @@ def _solve_group(
 ) -> tuple[GroupDecision, list[LayerReport]]:
     t0 = time.perf_counter()
     W0s = [effective(view, c)[0] for c in g.consumers]
-    stats = _collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
+    with stage("statistics"):
+        stats = _collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
     layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
-    kept = select_channels(
+    with stage("selection"):
+        kept = _select(view, g, layers, quota, cfg, index)
+    with stage("reconstruction"):
+        updates, reports = _reconstruct_group(view, g, layers, stats, kept, cfg, t0)
+    return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
+
+
+def _select(
+    view: GraphView, g: ChannelGroup, layers: list[LayerData], quota: np.ndarray, cfg: PruneConfig, index: int
+) -> np.ndarray:
+    """Sorted kept atoms of ``g`` (``quota``: atoms to keep per region) by ``cfg.method``."""
+    return select_channels(
         cfg.method,
         layers,
         g.channels,
@@ -540,6 +596,18 @@ def _solve_group(
         regions=None if g.regions is None else np.asarray(g.regions),
         region_keep=quota,
     )
+
+
+def _reconstruct_group(
+    view: GraphView,
+    g: ChannelGroup,
+    layers: list[LayerData],
+    stats: list[LayerStats],
+    kept: np.ndarray,
+    cfg: PruneConfig,
+    t0: float,
+) -> tuple[list[ConsumerUpdate], list[LayerReport]]:
+    """New weights of every consumer of ``g`` on the ``kept`` atoms, and their layer reports."""
     updates, reports = [], []
     for c, d, st in zip(g.consumers, layers, stats, strict=True):
         own = positions(c.index, kept)  # kept channels of this consumer
@@ -571,7 +639,7 @@ def _solve_group(
         )
         if st.count < 10 * n_params:
             logger.info("%s: %.1f samples per weight (< 10): damping holds the fit", c.label, st.count / n_params)
-    return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
+    return updates, reports
 
 
 def _consumer_update(view: GraphView, g: ChannelGroup, c: Consumer, W: np.ndarray, own: np.ndarray) -> ConsumerUpdate:

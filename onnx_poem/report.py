@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from .graph import GraphView, with_outputs
+from .timing import STAGES
 from .verify import Agreement, session
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -151,6 +152,16 @@ class PruneReport:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
+    def _breakdown(self) -> str:
+        """`` (statistics 8.1, selection 2.0, ...)``: the stages that took at least 5 % of the time."""
+        total = self.timings.get("total", 0.0)
+        parts = [
+            f"{k} {v:.1f}"
+            for k, v in sorted(self.timings.items(), key=lambda kv: -kv[1])
+            if k in (*STAGES, "other") and total > 0 and v >= 0.05 * total
+        ]
+        return f" ({', '.join(parts)})" if parts else ""
+
     def summary(self) -> str:
         """Human-readable summary table."""
         pruned = sum(1 for g in self.groups if g["kept"] < g["channels"])
@@ -169,7 +180,7 @@ class PruneReport:
         ]
         lines += self._agreement_lines()
         lines += [f"warning      {w}" for w in self.warnings]
-        lines.append(f"time         {self.timings.get('total', 0.0):.1f} s")
+        lines.append(f"time         {self.timings.get('total', 0.0):.1f} s{self._breakdown()}")
         return "\n".join(lines)
 
     def _agreement_lines(self) -> list[str]:

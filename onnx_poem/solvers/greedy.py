@@ -11,7 +11,7 @@ Channel ``c`` owns the ``k`` columns ``c·k … c·k+k-1``; the last column
 and the downdates ``W ← W − W_M (H_MM)⁻¹ H_M:``, ``H ← H − H_:M (H_MM)⁻¹ H_M:``
 keep ``W`` the optimal refit on the remaining columns.  Several consumers of
 one group are eliminated together; a channel's cost is the sum over them.
-``H`` is re-inverted from ``G`` every ``C/8`` removals to stop drift.
+``H`` is updated lazily (see :class:`_State`).
 """
 
 from __future__ import annotations
@@ -45,13 +45,47 @@ class QuadProblem:
 
 
 class _State:
+    """Greedy state of one consumer: the refit ``W`` and ``H = (G + δI)⁻¹`` on the remaining columns.
+
+    Neither is updated in full per removal ([R], speed).  Both are kept as a base
+    minus pending rank-``k`` downdates, ``H = H_b − A Bᵀ`` and ``W = W_b − V Bᵀ``
+    with ``B = [H_:M …]`` (the removed columns of ``H`` at their removal),
+    ``A = [H_:M (H_MM)⁻¹ …]`` and ``V = [W_M (H_MM)⁻¹ …]``.  What the costs read
+    is kept up to date directly: the ``k x k`` diagonal blocks ``D_c = H_cc`` and
+    ``K_c = W_cᵀ W_c`` of every channel; with ``v = W_M (H_MM)⁻¹``, ``h = H_:M``,
+    ``Q_c = W_cᵀ v``, ``S = vᵀ v``:
+
+        D_c ← D_c − (h (H_MM)⁻¹ hᵀ)_cc,   K_c ← K_c − Q_c h_cᵀ − h_c Q_cᵀ + h_c S h_cᵀ
+
+    so a removal costs ``O((m + n)·(r + k)·k)`` instead of ``O((m + n)·n·k)``.  When
+    the pending rank ``r`` reaches :data:`FLUSH` (or an eighth of ``n``) the bases
+    absorb it (two matrix products), the removed rows and columns are zeroed and
+    ``K`` is recomputed from ``W_b``.  In exact arithmetic this is the eager
+    update ``W ← W − W_M (H_MM)⁻¹ H_M:``, ``H ← H − H_:M (H_MM)⁻¹ H_M:``.
+    """
+
     def __init__(self, p: QuadProblem, lam: float) -> None:
         self.p = p
         self.delta = damping(p.G, lam)
-        self.Gd = p.G + self.delta * np.eye(p.G.shape[0])
-        self.Pd = p.P + self.delta * p.W0
-        self.H = np.ascontiguousarray(spd_inverse(self.Gd))  # C order: remove() updates Hᵀ, Wᵀ in place
-        self.W = np.ascontiguousarray(self.Pd @ self.H)
+        n1, k = p.G.shape[0], p.k
+        self.Hb = np.ascontiguousarray(spd_inverse(p.G + self.delta * np.eye(n1)))
+        self.Wb = np.ascontiguousarray((p.P + self.delta * p.W0) @ self.Hb)
+        self.limit = max(FLUSH, n1 // 8)
+        self.A = np.zeros((n1, self.limit + k))  # pending factors, first ``r`` columns used
+        self.B = np.zeros((n1, self.limit + k))
+        self.V = np.zeros((self.Wb.shape[0], self.limit + k))
+        self.r = 0
+        self.dead = np.zeros(n1, dtype=bool)
+        self.C = (n1 - 1) // k
+        idx = np.arange(self.C * k).reshape(self.C, k)
+        self.D = self.Hb[idx[:, :, None], idx[:, None, :]]  # (C, k, k) diagonal blocks of H
+        self.K = self._gram()
+
+    def _gram(self) -> np.ndarray:
+        """``(C, k, k)`` blocks ``W_cᵀ W_c`` of the (flushed) ``W_b``."""
+        k = self.p.k
+        w = self.Wb[:, : self.C * k].reshape(-1, self.C, k)
+        return np.einsum("mci,mcj->cij", w, w)
 
     def channel(self, atoms: np.ndarray) -> np.ndarray:
         """Channel of each atom in this consumer (``-1``: absent)."""
@@ -62,18 +96,16 @@ class _State:
         return channels[:, None] * self.p.k + np.arange(self.p.k)
 
     def costs(self, alive: np.ndarray) -> np.ndarray:
+        """``ΔE_c = tr(W_c (H_cc)⁻¹ W_cᵀ) = Σ (H_cc)⁻¹ ⊙ K_c`` of each alive atom (0 where absent)."""
         ch = self.channel(alive)
         out = np.zeros(len(alive))
         present = ch >= 0
-        idx = self.cols(ch[present])
+        c = ch[present]
         if self.p.k == 1:
-            d = np.maximum(self.H[idx[:, 0], idx[:, 0]], 1e-300)
-            out[present] = np.sum(self.W[:, idx[:, 0]] ** 2, axis=0) / d
+            out[present] = self.K[c, 0, 0] / np.maximum(self.D[c, 0, 0], 1e-300)
             return out
-        hmm = self.H[idx[:, :, None], idx[:, None, :]]  # (A, k, k)
-        inv = np.linalg.inv(hmm + 1e-300 * np.eye(self.p.k))
-        wm = self.W[:, idx]  # (m, A, k)
-        out[present] = np.einsum("mak,akl,mal->a", wm, inv, wm)
+        inv = np.linalg.inv(self.D[c] + 1e-300 * np.eye(self.p.k))
+        out[present] = np.sum(inv * self.K[c], axis=(1, 2))
         return out
 
     def remove(self, atom: int) -> None:
@@ -81,22 +113,40 @@ class _State:
         if channel < 0:
             return
         M = self.cols(np.array([channel]))[0]
-        inv = np.linalg.inv(self.H[np.ix_(M, M)])
-        hm = self.H[M, :]  # (k, n1)
-        # W -= (W_M inv) hm and H -= (H_M inv) hm, in place: BLAS updates the Fortran views Wᵀ, Hᵀ
-        blas.dgemm(-1.0, hm.T, (self.W[:, M] @ inv).T, beta=1.0, c=self.W.T, overwrite_c=True)
-        blas.dgemm(-1.0, hm.T, (self.H[:, M] @ inv).T, beta=1.0, c=self.H.T, overwrite_c=True)
-        self.H[M, :] = 0.0
-        self.H[:, M] = 0.0
-        self.W[:, M] = 0.0  # H stays symmetric up to rounding; reinvert() resets the drift
+        r, k, C = self.r, self.p.k, self.C
+        Br = self.B[:, :r]
+        h = self.Hb[:, M] - self.A[:, :r] @ Br[M].T  # (n1, k) = H_:M
+        h[self.dead] = 0.0
+        wM = self.Wb[:, M] - self.V[:, :r] @ Br[M].T  # (m, k) = W_M
+        inv = np.linalg.inv(h[M, :])
+        a, v = h @ inv, wM @ inv
+        Q = self.Wb.T @ v - Br @ (self.V[:, :r].T @ v)  # (n1, k) = Wᵀ v
+        hc, ac, Qc = (z[: C * k].reshape(C, k, k) for z in (h, a, Q))
+        self.D -= np.einsum("cik,cjk->cij", ac, hc)
+        QhT = np.einsum("cik,cjk->cij", Qc, hc)
+        self.K += np.einsum("cik,kl,cjl->cij", hc, v.T @ v, hc) - QhT - QhT.transpose(0, 2, 1)
+        self.dead[M] = True
+        self.A[:, r : r + k], self.B[:, r : r + k], self.V[:, r : r + k] = a, h, v
+        self.r = r + k
+        if self.r >= self.limit:
+            self.flush()
 
-    def reinvert(self, alive: np.ndarray) -> None:
-        ch = self.channel(alive)
-        keep = np.concatenate([self.cols(np.sort(ch[ch >= 0])).reshape(-1), [self.p.G.shape[0] - 1]])
-        self.H = np.zeros_like(self.H)
-        self.H[np.ix_(keep, keep)] = spd_inverse(self.Gd[np.ix_(keep, keep)])
-        self.W = np.zeros_like(self.W)
-        self.W[:, keep] = self.Pd[:, keep] @ self.H[np.ix_(keep, keep)]
+    def flush(self) -> None:
+        """Apply the pending downdates to ``H_b`` and ``W_b``, zero the removed columns, recompute ``K``."""
+        r = self.r
+        if r:  # Hbᵀ −= B Aᵀ and Wbᵀ −= B Vᵀ on the Fortran views of the C-ordered bases (in place)
+            B = np.asfortranarray(self.B[:, :r])
+            blas.dgemm(-1.0, B, np.asfortranarray(self.A[:, :r]), beta=1.0, c=self.Hb.T, overwrite_c=True, trans_b=1)
+            blas.dgemm(-1.0, B, np.asfortranarray(self.V[:, :r]), beta=1.0, c=self.Wb.T, overwrite_c=True, trans_b=1)
+            self.r = 0
+        self.Hb[self.dead, :] = 0.0
+        self.Hb[:, self.dead] = 0.0
+        self.Wb[:, self.dead] = 0.0
+        self.K = self._gram()
+
+
+#: pending rank of the lazy downdates before they are applied to ``H`` (at least; or ``(n+1)/8``)
+FLUSH = 64
 
 
 def greedy_eliminate(
@@ -128,11 +178,10 @@ def greedy_eliminate(
         return np.arange(channels)
     states = [_State(p, lam) for p in problems]
     alive = np.arange(channels)
-    every = max(1, channels // 8)
     if regions is None or region_keep is None:
         regions, region_keep = np.zeros(channels, dtype=np.int64), np.array([keep])
     left = np.bincount(regions, minlength=len(region_keep)) - region_keep  # removals still due per region
-    for step in range(int(left.sum())):
+    for _ in range(int(left.sum())):
         each = [s.costs(alive) for s in states]
         cost = np.zeros(len(alive))
         for c in each:
@@ -148,6 +197,4 @@ def greedy_eliminate(
         alive = np.delete(alive, j)
         for s in states:
             s.remove(victim)
-            if (step + 1) % every == 0 and step + 1 < channels - keep:
-                s.reinvert(alive)
     return alive

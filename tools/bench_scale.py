@@ -1,0 +1,219 @@
+"""Time onnx-poem against one forward pass on larger models (``benchmarks/scale.md``).
+
+For each model (made by ``tools/export_scale_models.py``; EfficientNet-Lite0 is
+read from ``../shared/models``), in a fresh process: one forward pass of the
+calibration samples through the original model (onnxruntime, batch 32, the
+session options prune uses), then ``prune()`` with the given options on the same
+samples, in the same process, right after.  The row gives prune / forward, peak
+RSS (the process's maximum resident set), peak temporary disk (the largest size
+of the run's temporary directory, polled every 0.2 s) and the report's stage
+timings.  Calibration data are seeded random: images ``N(0, 1)`` for image
+inputs, for token inputs random ids with a random valid length per sequence
+(16..seq) marked in ``attention_mask``; the timing does not depend on the
+values, and the models have random weights anyway.
+
+Usage (development tool)::
+
+    python tools/bench_scale.py --models resnet50,bert_base --dir /work/scale \
+        --samples 128 --allocations pro,uniform --out benchmarks/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import run_row
+
+SHARED_MODELS = {"efficientnet_lite0": "imagenet_efficientnet_lite0.onnx"}
+
+
+def _calibration(model_path: Path, samples: int) -> dict[str, np.ndarray]:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    rng = np.random.default_rng(0)
+    feed: dict[str, np.ndarray] = {}
+    mask = None
+    for i in m.graph.input:
+        if i.name in inits:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in i.type.tensor_type.shape.dim][1:]
+        if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            feed[i.name] = rng.standard_normal((samples, *dims)).astype(np.float32)
+            continue
+        seq = dims[-1] if dims else 128
+        if mask is None:
+            lengths = rng.integers(16, seq + 1, samples)
+            mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+        if "mask" in i.name:
+            feed[i.name] = mask
+        elif "type" in i.name:
+            feed[i.name] = np.zeros((samples, seq), dtype=np.int64)
+        else:
+            feed[i.name] = rng.integers(1000, 30000, (samples, seq)).astype(np.int64) * mask
+    return feed
+
+
+class _DiskWatch:
+    """Largest total size of files under ``onnx-poem-*`` directories in the temp dir, polled."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._before = set(Path(tempfile.gettempdir()).glob("onnx-poem-*"))
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _size(self) -> int:
+        total = 0
+        for d in set(Path(tempfile.gettempdir()).glob("onnx-poem-*")) - self._before:
+            for root, _, files in os.walk(d):
+                for f in files:
+                    try:
+                        total += os.stat(os.path.join(root, f)).st_size
+                    except OSError:
+                        pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, self._size())
+
+    def __enter__(self) -> _DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(a: argparse.Namespace) -> dict:
+    import onnx
+
+    from onnx_poem import prune
+    from onnx_poem.report import count_macs, count_params
+    from onnx_poem.verify import session
+
+    path = (
+        Path(a.shared) / "models" / SHARED_MODELS[a.models]
+        if a.models in SHARED_MODELS
+        else Path(a.dir) / f"{a.models}.onnx"
+    )
+    calib = _calibration(path, a.samples)
+    model = onnx.load(str(path))
+    sess = session(model)
+    t = time.perf_counter()
+    for s in range(0, a.samples, 32):
+        sess.run(None, {k: v[s : s + 32] for k, v in calib.items()})
+    fwd = time.perf_counter() - t
+    del sess
+    t = time.perf_counter()
+    with _DiskWatch() as disk:
+        pruned, report = prune(model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples)
+    prune_s = time.perf_counter() - t
+    one = {k: v[:1] for k, v in calib.items()}
+    macs = count_macs(model, one)
+    return {
+        "model": a.models,
+        "allocation": a.allocations,
+        "ratio": a.ratios,
+        "gmacs": macs / 1e9,
+        "params_m": count_params(model) / 1e6,
+        "model_mb": path.stat().st_size / 1e6,
+        "samples": a.samples,
+        "forward_s": fwd,
+        "prune_s": prune_s,
+        "prune_per_forward": prune_s / fwd,
+        "macs_ratio": count_macs(pruned, one) / macs,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_tmp_mb": disk.peak / 1e6,
+        "timings": {k: round(v, 2) for k, v in report.timings.items()},
+    }
+
+
+STAGE_COLS = ("statistics", "selection", "reconstruction", "allocation", "rewrite", "verification", "load", "other")
+
+
+def _table(rows: list[dict]) -> str:
+    head = (
+        "| model | allocation | GMACs | params (M) | samples | forward (s) | prune (s) | prune / forward | "
+        "MACs after | peak RSS (MB) | peak tmp (MB) | " + " | ".join(STAGE_COLS) + " | commit |"
+    )
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['model']} | {r['allocation']} | error: {r['error']} |")
+            continue
+        t = r["timings"]
+        stages = " | ".join(f"{t.get(k, 0.0):.1f}" for k in STAGE_COLS)
+        out.append(
+            f"| {r['model']} | {r['allocation']} | {r['gmacs']:.2f} | {r['params_m']:.1f} | {r['samples']} | "
+            f"{r['forward_s']:.1f} | {r['prune_s']:.1f} | **{r['prune_per_forward']:.1f}** | {r['macs_ratio']:.3f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_tmp_mb']:.0f} | {stages} | {r.get('commit', '?')} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,mobilenet_v3_large,efficientnet_lite0,bert_base")
+    ap.add_argument("--dir", default="/work/scale", help="where tools/export_scale_models.py wrote the models")
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--ratios", type=float, default=0.3)
+    ap.add_argument("--allocations", default="pro,uniform")
+    ap.add_argument("--out", default="benchmarks/scale")
+    ap.add_argument("--work", default="/tmp/onnx-poem-scale")
+    ap.add_argument("--resume", action="store_true", help="reuse cached rows")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(run_one(a)))
+        return
+    rows = []
+    for model in a.models.split(","):
+        for alloc in a.allocations.split(","):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--models",
+                model,
+                "--allocations",
+                alloc,
+                "--dir",
+                a.dir,
+                "--shared",
+                a.shared,
+                "--samples",
+                str(a.samples),
+                "--ratios",
+                str(a.ratios),
+            ]
+            cached = Path(a.work) / f"{model}.{alloc}.{a.samples}.{a.ratios}.json"
+            row = run_row(cmd, cached, reuse=a.resume)
+            row.setdefault("model", model)
+            row.setdefault("allocation", alloc)
+            rows.append(row)
+            print(_table(rows[-1:]).splitlines()[-1], flush=True)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = "python tools/bench_scale.py " + " ".join(sys.argv[1:])
+    out.with_suffix(".md").write_text(f"`{cmd}`\n\n" + _table(rows))
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

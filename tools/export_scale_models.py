@@ -7,7 +7,8 @@ binary builds must match torch's exactly, is not needed.  Weights are seeded
 random, BatchNorm statistics included: the models are graphs to time, not
 classifiers (EfficientNet-Lite0 is the real one in ``../shared/models``).
 
-* ``resnet50.onnx``: ResNet-50 (torchvision's v1.5: stride on the 3x3 conv), 1x3x224x224 input (dynamic batch), 4.1 GMACs;
+* ``resnet50.onnx``: ResNet-50 (torchvision's v1.5: stride on the 3x3 conv), 1x3x224x224
+  input (dynamic batch), 4.1 GMACs;
 * ``mobilenet_v3_large.onnx``: MobileNetV3-Large, 224x224, 0.22 GMACs;
 * ``bert_base.onnx``: a Hugging Face ``BertModel(BertConfig())`` encoder
   (12 layers, hidden 768, FFN 3072), inputs ``input_ids``, ``attention_mask``, ``token_type_ids`` at sequence 128

@@ -773,7 +773,7 @@ def _add_batch(
     tokens = mask is not None and c.kind not in ("conv", "convt") and x_hat.ndim == 3 and mask.shape == x_hat.shape[:2]
     pos, ok = sample_positions(total, cfg.positions, x_hat.shape[0], rng, mask if tokens else None)
     keep = ok.reshape(-1)
-    x = input_samples(c, x_hat, pos)[keep].astype(np.float64)  # sample first: converting is exact
+    x = input_samples(c, x_hat, pos)[keep].astype(np.float32)  # the statistics take float32 rows
     y = output_samples(c, y_full, pos).astype(np.float64)[keep]
     s_orig = s_hat = np.zeros_like(y)
     if c.offset:

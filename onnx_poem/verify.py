@@ -42,6 +42,8 @@ def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
+    # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

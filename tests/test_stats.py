@@ -28,11 +28,14 @@ def test_streaming_gram_equals_batch_gram(n: int, d: int, m: int, cuts: list[int
     bounds = sorted({0, n, *[c for c in cuts if c <= n]})
     for a, b in itertools.pairwise(bounds):
         st_.add_fit(x[a:b], y[a:b], w[a:b], {"z": y[a:b]})
+    st_.finish(weighted=True)
     xb = np.hstack([x, np.ones((n, 1))])
-    np.testing.assert_allclose(st_.G, xb.T @ xb, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(st_.P, y.T @ xb, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(st_.Gw, (xb * w[:, None]).T @ xb, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(st_.Pw, (y * w[:, None]).T @ xb, rtol=1e-10, atol=1e-10)
+    # float32 products per batch (add_fit): relative error ~1e-7 per entry, the sums float64
+    np.testing.assert_allclose(st_.G, xb.T @ xb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(st_.P, y.T @ xb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(st_.Gw, (xb * w[:, None]).T @ xb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(st_.Pw, (y * w[:, None]).T @ xb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(st_.G, st_.G.T)
     assert st_.count == n
     assert len(st_.fit) == min(n, 8)
 
@@ -60,3 +63,25 @@ def test_memory_does_not_grow_with_samples() -> None:
     for _ in range(50):
         st_.add_fit(rng.standard_normal((100, 4)), rng.standard_normal((100, 2)), None, {})
     assert st_.fit.get("x").shape == (16, 4) and st_.G.shape == (5, 5)
+
+
+def test_float32_batches_give_the_float64_least_squares() -> None:
+    """The float32 per-batch products change damped least-squares weights by far less than pruning does."""
+    from onnx_poem.solvers.linalg import damping, ridge_solve
+
+    rng = np.random.default_rng(0)
+    n, m, rows = 200, 30, 6000
+    # correlated, post-ReLU-like activations with a few large channels, as real layers have
+    x = np.maximum(rng.standard_normal((rows, 40)) @ rng.standard_normal((40, n)), 0.0) * rng.gamma(0.5, 2.0, n)
+    x = x.astype(np.float32)
+    y = (x @ rng.standard_normal((n, m)) + rng.standard_normal((rows, m))).astype(np.float32)
+    st_ = LayerStats.empty(n + 1, m, capacity=8, held_capacity=4, seed=0)
+    for a in range(0, rows, 2048):
+        st_.add_fit(x[a : a + 2048], y[a : a + 2048], None, {})
+    st_.finish(weighted=False)
+    xb = np.hstack([x.astype(np.float64), np.ones((rows, 1))])
+    G, P = xb.T @ xb, y.astype(np.float64).T @ xb
+    W0 = np.zeros((m, n + 1))
+    exact = ridge_solve(G, P, W0, damping(G, 0.01))
+    got = ridge_solve(st_.G, st_.P, W0, damping(st_.G, 0.01))
+    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 1e-5

@@ -40,17 +40,24 @@ def spd_inverse(G: np.ndarray, fallbacks: list[str] | None = None) -> np.ndarray
     return 0.5 * (inv + inv.T)
 
 
+def spd_solve(A: np.ndarray, B: np.ndarray, fallbacks: list[str] | None = None) -> np.ndarray:
+    """``B A⁻¹`` for a symmetric positive definite ``A: (n, n)`` and ``B: (m, n)`` → ``(m, n)``.
+
+    Cholesky (``n³/3 + 2n²m``, less than forming the inverse when ``m < n``); least squares if it fails.
+    """
+    try:
+        c = scipy.linalg.cho_factor(A, lower=False, check_finite=False)
+        return np.asarray(scipy.linalg.cho_solve(c, B.T, check_finite=False).T)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+        pass
+    if fallbacks is not None:
+        fallbacks.append("Cholesky failed; used least squares (lstsq)")
+    logger.warning("Cholesky solve failed; falling back to lstsq")
+    return np.asarray(np.linalg.lstsq(A, B.T, rcond=None)[0].T)
+
+
 def ridge_solve(
     G: np.ndarray, P: np.ndarray, W0: np.ndarray, delta: float, fallbacks: list[str] | None = None
 ) -> np.ndarray:
     """``W = (P + δW0)(G + δI)⁻¹`` for ``G: (n, n)``, ``P, W0: (m, n)`` → ``(m, n)``."""
-    A = G + delta * np.eye(G.shape[0])
-    B = P + delta * W0
-    try:
-        c = scipy.linalg.cho_factor(A, lower=False, check_finite=False)
-        return scipy.linalg.cho_solve(c, B.T, check_finite=False).T
-    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-        if fallbacks is not None:
-            fallbacks.append("Cholesky failed; used least squares (lstsq)")
-        logger.warning("Cholesky solve failed; falling back to lstsq")
-        return np.linalg.lstsq(A, B.T, rcond=None)[0].T
+    return spd_solve(G + delta * np.eye(G.shape[0]), P + delta * W0, fallbacks)

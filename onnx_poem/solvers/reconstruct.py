@@ -35,7 +35,7 @@ from scipy.stats import t as student_t
 
 from ..errors import SolverError
 from .activations import apply, derivative, piecewise
-from .linalg import damping, ridge_solve, spd_inverse
+from .linalg import damping, ridge_solve, spd_inverse, spd_solve
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def _gauss_newton(
         fp = derivative(kind, params, pre)
         g = (fp * (apply(kind, params, pre) - Z)).T @ X + mu * ((W - W_ls) @ Gn)
         H = (X * np.mean(fp * fp, axis=1)[:, None]).T @ X + mu * Gn + ridge
-        step = g @ spd_inverse(H)
+        step = spd_solve(H, g)
         for alpha in (1.0, 0.5, 0.25, 0.125):
             e_new = energy(W - alpha * step)
             if e_new < e:

@@ -274,7 +274,7 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> 
         out.fallbacks.append("no held-out samples: kept least squares")
         return out
     candidates: dict[str, np.ndarray] = {"ls": W_ls, "wls": least_squares(d, cols, lam, weighted=True)}
-    for mu in (0.3, 3.0):
+    for mu in POEM_MUS:
         W_p = poem_fit(d, cols, W_ls, mu=mu)
         if W_p is None:
             out.fallbacks.append("no fitting samples: kept least squares")
@@ -291,6 +291,8 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> 
     return out
 
 
+#: regularisation strengths of the POEM fits toward least squares (each costs a full relaxation)
+POEM_MUS = (0.3,)
 #: one-sided level (that of a 2-sigma normal test) a candidate's improvement over least squares must reach
 CHOICE_LEVEL = 0.97725
 #: below this many selection rows the report notes that least squares was the default

@@ -39,6 +39,7 @@ from .errors import ModelError, UsageError, VerificationError
 from .fold import fold_constants
 from .graph import GraphView, check_model, declared_shape, load_model
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
+from .probe import Probe
 from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
 from .rewrite import apply_plan
 from .solvers import (
@@ -457,23 +458,22 @@ def _error_curves(
     on ``probe_idx`` (selection samples, not fitting ones) give the final relative error
     ``ε_g(j) = Σ‖o' − o‖² / Σ‖o − ō‖²`` at ``j0 = round(ratio·C)``, ``2·j0`` and
     the curve's end; the curve is multiplied by ``ε_g(j) / e_g(j)``, interpolated
-    linearly in ``j`` between those points (no extrapolation).
+    linearly in ``j`` between those points (no extrapolation).  The probes run
+    as :class:`onnx_poem.probe.Probe` describes.
     """
-    probe = replace(cfg, mode="parallel")
+    probe_cfg = replace(cfg, mode="parallel")
     work = tmp / "pro"
     work.mkdir()
     streams = (Stream(view, data, chunks, work, "orig"), Stream(view, data, chunks, work, "cur"))
     order = sorted(groups, key=lambda g: cut_position(view, g))
-    feeds = list(data.batches(probe_idx, cfg.batch_size))
-    reference = [session(view.model).run(None, f) for f in feeds]
-    spread = sum(float(np.sum((o - o.mean(axis=0)) ** 2)) for outs in reference for o in outs) or 1.0
+    probe = Probe(view, every, data, probe_idx, cfg.batch_size, work)
     curves: dict[str, np.ndarray] = {}
     for i, g in enumerate(order):
         if progress:
             progress(i, len(order), f"sensitivity {g.id}")
         nxt = cut_position(view, order[i + 1]) if i + 1 < len(order) else None
         try:
-            curves[g.id] = _error_curve(view, every, g, streams, nxt, n_fit, probe, i, ratio, feeds, reference, spread)
+            curves[g.id] = _error_curve(view, g, streams, nxt, n_fit, probe_cfg, i, ratio, probe)
         except Exception as e:
             failed[g.id] = f"error curve: {_reason(e)}"
             logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
@@ -483,22 +483,19 @@ def _error_curves(
 
 def _error_curve(
     view: GraphView,
-    every: dict[str, ChannelGroup],
     g: ChannelGroup,
     streams: tuple[Stream, Stream],
     nxt: int | None,
     n_fit: int,
-    probe: PruneConfig,
+    cfg: PruneConfig,
     i: int,
     ratio: float,
-    feeds: list[dict[str, np.ndarray]],
-    reference: list[list[np.ndarray]],
-    spread: float,
+    probe: Probe,
 ) -> np.ndarray:
     """PRO's curve of one group (see :func:`_error_curves`)."""
     W0s = [effective(view, c)[0] for c in g.consumers]
     with stage("statistics"):
-        stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, probe, i)
+        stats = _collect(view, view.model, g, W0s, streams, nxt, n_fit, cfg, i)
     layers = [_layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     problems, scales = [], []
     for d in layers:
@@ -516,7 +513,7 @@ def _error_curve(
         problems,
         g.channels,
         int(quota.sum()),
-        lam=probe.damping,
+        lam=cfg.damping,
         regions=None if g.regions is None else np.asarray(g.regions),
         region_keep=quota,
         trace=trace,
@@ -528,34 +525,26 @@ def _error_curve(
         return curve
     j0 = min(len(curve), max(1, round(ratio * g.channels)))
     points = sorted({j0, min(len(curve), 2 * j0), len(curve)})
-    scale = [_final_error(view, every, g, layers, removed[:j], feeds, reference, probe) / spread for j in points]
-    scale = [e / max(float(curve[j - 1]), 1e-30) for e, j in zip(scale, points, strict=True)]
+    variants = [_refit_alone(view, g, layers, removed[:j], cfg) for j in points]
+    errors = probe.errors(g, variants)
+    scale = [e / probe.spread / max(float(curve[j - 1]), 1e-30) for e, j in zip(errors, points, strict=True)]
     return curve * np.interp(np.arange(1, len(curve) + 1), points, scale)
 
 
-def _final_error(
-    view: GraphView,
-    every: dict[str, ChannelGroup],
-    g: ChannelGroup,
-    layers: list[LayerData],
-    removed: list[int],
-    feeds: list[dict[str, np.ndarray]],
-    reference: list[list[np.ndarray]],
-    cfg: PruneConfig,
-) -> float:
-    """``Σ‖o' − o‖²`` over ``feeds`` with only ``g`` pruned (atoms ``removed``, least-squares refit)."""
+def _refit_alone(
+    view: GraphView, g: ChannelGroup, layers: list[LayerData], removed: list[int], cfg: PruneConfig
+) -> list[ConsumerUpdate]:
+    """Full-width updates of ``g``'s consumers with atoms ``removed`` read with zero weights and the others
+    refit by least squares: the outputs of ``g`` alone pruned (:mod:`onnx_poem.probe`)."""
     kept = np.setdiff1d(np.arange(g.channels), removed)
     updates = []
     for c, d in zip(g.consumers, layers, strict=True):
         own = positions(c.index, kept)
-        updates.append(_consumer_update(view, g, c, reconstruct(d, own, method="ls", lam=cfg.damping).W, own))
-    alone = PrunePlan((GroupDecision(g.id, g.channels, tuple(int(k) for k in kept), tuple(updates)),))
-    sess = session(apply_plan(view, every, alone))
-    return sum(
-        float(np.sum((p - o) ** 2))
-        for f, outs in zip(feeds, reference, strict=True)
-        for p, o in zip(sess.run(None, f), outs, strict=True)
-    )
+        every = positions(c.index, np.arange(g.channels))
+        W = np.zeros((d.W0.shape[0], len(every) * d.k + 1))
+        W[:, kept_columns(own, d.k, W.shape[1])] = reconstruct(d, own, method="ls", lam=cfg.damping).W
+        updates.append(_consumer_update(view, g, c, W, every))
+    return updates
 
 
 def _solve_group(

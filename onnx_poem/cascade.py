@@ -109,6 +109,15 @@ class Stream:
         if self.enabled:
             self.position, self.frontier, self.files = cut, dtypes, files
 
+    def frontier_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch: the model inputs and the tensors of the recorded frontier."""
+        for k in range(len(self.chunks)):
+            have = self._feed(k)
+            if self.files:
+                with open(self.files[k], "rb") as fh:
+                    have.update({n: np.load(fh) for n in self.frontier})
+            yield have
+
     def adopt(self, other: Stream) -> None:
         """Take ``other``'s frontier (same model so far), sharing its files by hard links."""
         self._reset()

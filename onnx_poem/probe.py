@@ -1,0 +1,125 @@
+"""PRO's probes: the model's final-output error when one group alone is pruned.
+
+Pruning atoms ``R`` of group ``g`` and refitting its consumers gives, on every
+input, the same outputs as the *unpruned* model whose consumers read the
+removed channels with zero weights and the kept ones with the refit weights:
+the removed channels still flow, but nothing reads them any more (every reader
+of a group's tensors is one of its consumers, or passes channels through to
+them).  So the probes of a group need neither a pruned copy of the model nor a
+new session each: [R, speed] one session per group runs the segment after the
+group's cut (the first node touching it, :func:`onnx_poem.cascade.cut_position`)
+from a cached frontier of the probe samples, with the consumers' weights and
+biases as overridable inputs fed once per probe.  The frontier advances along
+the groups in cut order (a :class:`onnx_poem.cascade.Stream` of the original model).
+
+Error of one probe: ``Σ_b Σ_outputs ‖o' − o‖²`` over the probe batches, ``o`` the
+original model's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .calibration.sources import CalibrationData
+from .cascade import Stream, cut_position
+from .coupling import ChannelGroup
+from .graph import GraphView, with_outputs
+from .plan import ConsumerUpdate, GroupDecision, PrunePlan
+from .rewrite import apply_plan
+from .verify import session
+
+
+class Probe:
+    """Final-output errors of the original model with one group's consumers replaced.
+
+    Args:
+        view: index of the original model.
+        groups: every group by id (the rewrite needs them).
+        data: calibration samples.
+        indices: the probe samples (selection samples, never fitting ones).
+        batch_size: samples per onnxruntime run.
+        workdir: directory for the frontier files.
+    """
+
+    def __init__(
+        self,
+        view: GraphView,
+        groups: dict[str, ChannelGroup],
+        data: CalibrationData,
+        indices: np.ndarray,
+        batch_size: int,
+        workdir: Path,
+    ) -> None:
+        self.view, self.groups = view, groups
+        chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+        self.stream = Stream(view, data, chunks, workdir, "probe")
+        self.outputs = [o.name for o in view.model.graph.output]
+        full = session(view.model)
+        self.reference = [full.run(self.outputs, feed) for feed in data.batches(indices, batch_size)]
+        #: ``Σ‖o − ō‖²`` of the original outputs over the probe samples (ō: mean over them)
+        self.spread = sum(float(np.sum((o - o.mean(axis=0)) ** 2)) for outs in self.reference for o in outs) or 1.0
+
+    def errors(self, g: ChannelGroup, variants: Sequence[Sequence[ConsumerUpdate]]) -> list[float]:
+        """``Σ‖o' − o‖²`` for each variant: full-width consumer updates of ``g`` (removed channels' weights zero)."""
+        cut = cut_position(self.view, g)
+        for _ in self.stream.run(self.view.model, [], cut):
+            pass
+        first = GroupDecision(g.id, g.channels, tuple(range(g.channels)), tuple(variants[0]))
+        model = apply_plan(self.view, self.groups, PrunePlan((first,)))
+        names = {_bias_name(u): None for u in variants[0]} | {u.weight: None for u in variants[0]}
+        seg = with_outputs(model, self.outputs, cut=self.stream.frontier, dtypes=self.view.dtypes)
+        seg = _overridable(seg, list(names))
+        specs = {
+            t.name: (helper.tensor_dtype_to_np_dtype(t.data_type), tuple(t.dims))
+            for t in seg.graph.initializer
+            if t.name in names
+        }
+        sess = session(seg)
+        wanted = [i.name for i in sess.get_inputs()] + list(names)
+        out = []
+        for updates in variants:
+            weights = {u.weight: u.weight_value for u in updates} | {_bias_name(u): u.bias_value for u in updates}
+            weights = {
+                n: np.ascontiguousarray(np.asarray(v, dtype=specs[n][0]).reshape(specs[n][1]))
+                for n, v in weights.items()
+            }
+            total = 0.0
+            for have, ref in zip(self.stream.frontier_batches(), self.reference, strict=True):
+                have.update(weights)
+                got = sess.run(self.outputs, {n: have[n] for n in wanted})
+                total += sum(float(np.sum((p - o) ** 2)) for p, o in zip(got, ref, strict=True))
+            out.append(total)
+        return out
+
+
+def _bias_name(u: ConsumerUpdate) -> str:
+    """The stored bias a consumer update writes (the rewrite names a bias it creates this way)."""
+    return u.bias if u.bias is not None else f"{u.weight}__poem_bias"
+
+
+def _overridable(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """``model`` with the constants ``names`` (initializers or ``Constant`` outputs) as graph inputs whose
+    stored values are defaults, so that a run may feed others."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    for i in reversed(range(len(g.node))):
+        n = g.node[i]
+        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in inits:
+            value = next(a.t for a in n.attribute if a.name == "value")
+            t = onnx.TensorProto()
+            t.CopyFrom(value)
+            t.name = n.output[0]
+            g.initializer.append(t)
+            inits[t.name] = t
+            del g.node[i]
+    have = {i.name for i in g.input}
+    for name in names:
+        if name in inits and name not in have:
+            t = inits[name]
+            g.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    return model

@@ -37,7 +37,7 @@ from .coupling import ChannelGroup, Consumer, find_groups
 from .coupling.groups import positions
 from .errors import ModelError, UsageError, VerificationError
 from .fold import fold_constants
-from .graph import GraphView, check_model, declared_shape, load_model
+from .graph import GraphView, check_model, check_structure, declared_shape, load_model
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .probe import Probe
 from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
@@ -234,7 +234,7 @@ def _prune(
                     trial = plan.extended(decision)
                     with stage("rewrite"):
                         candidate = apply_plan(view, groups, trial)
-                        check_model(candidate, what="the rewrite", error=VerificationError)
+                        check_structure(candidate, what="the rewrite", error=VerificationError)
                 except Exception as e:
                     if attempt == 0 and current is not model and _fails(view, groups, plan, probe_feed):
                         plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite

@@ -84,10 +84,10 @@ def test_a_failing_error_curve_keeps_its_group_whole_under_pro(monkeypatch) -> N
     bad = _target_group("conv_chain")
     real_curve = api._error_curve
 
-    def curve(view, every, g, *args):
+    def curve(view, g, *args):
         if g.id == bad:
             raise MemoryError("planted curve failure")
-        return real_curve(view, every, g, *args)
+        return real_curve(view, g, *args)
 
     monkeypatch.setattr(api, "_error_curve", curve)
     _, rep = prune(model, ratio=0.5, calib=x, positions=8)

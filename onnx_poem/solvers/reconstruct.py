@@ -105,8 +105,9 @@ def least_squares(d: LayerData, cols: np.ndarray, lam: float, *, weighted: bool 
     return ridge_solve(Gs, P[:, cols], d.W0[:, cols], damping(Gs, lam))
 
 
-def _bar(X: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    xb = np.empty((X.shape[0], len(cols)))
+def _bar(X: np.ndarray, cols: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """``[X_cols, 1]``: the rows ``X: (R, n)`` on the kept columns ``cols`` (bias last) → ``(R, |cols|)``."""
+    xb: np.ndarray = np.empty((X.shape[0], len(cols)), dtype=dtype)
     xb[:, :-1] = X[:, cols[:-1]]
     xb[:, -1] = 1.0
     return xb
@@ -197,24 +198,34 @@ def _gauss_newton(
 
 
 def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, iters: int = 8) -> np.ndarray | None:
-    """POEM weights on the fit reservoir (relaxation, or Gauss-Newton for smooth ``f``)."""
+    """POEM weights on the fit reservoir (relaxation, or Gauss-Newton for smooth ``f``).
+
+    The W-step matrix is ``(λ X̄ᵀX̄ + μ Ĝ + ρI)⁻¹``.  [R, speed] When the reservoir holds
+    every fitting row (up to ``capacity`` rows, the usual case), ``X̄ᵀX̄ = Ĝ = G_SS`` and, with the
+    ridge ``ρ = 10⁻⁶·mean(diag G_SS)·(λ + μ)``, it is ``H_0 / (λ + μ)`` with ``H_0 = (G_SS + 10⁻⁶·mean(diag)·I)⁻¹``:
+    one inverse for every ``λ``, and no ``X̄ᵀX̄`` product.
+    """
     if len(d.fit) == 0:
         return None
-    X = _bar(d.fit.X, cols)
-    S = d.fit.S.astype(np.float64)
-    Z = d.fit.Z.astype(np.float64)
     Gn = d.G[np.ix_(cols, cols)] * (len(d.fit) / max(d.count, 1))
     pieces = piecewise(d.activation, d.act_params)
     if pieces is None:
-        return _gauss_newton(d, X, S, Z, W_ls, Gn, mu)
-    XtX = X.T @ X
-    ridge = 1e-6 * max(float(np.mean(np.diag(XtX))), 1e-12) * np.eye(len(cols))
+        X = _bar(d.fit.X, cols)
+        return _gauss_newton(d, X, d.fit.S.astype(np.float64), d.fit.Z.astype(np.float64), W_ls, Gn, mu)
     # the relaxation's large (rows × outputs) products run in float32; the normal matrices stay float64
-    X32, S32, Z32 = X.astype(np.float32), S.astype(np.float32), Z.astype(np.float32)
+    X32 = _bar(d.fit.X, cols, dtype=np.float32)
+    S32, Z32 = d.fit.S.astype(np.float32), d.fit.Z.astype(np.float32)
+    whole = len(d.fit) == d.count
+    if whole:
+        H0 = spd_inverse(Gn + 1e-6 * max(float(np.mean(np.diag(Gn))), 1e-12) * np.eye(len(cols)))
+    else:
+        X = X32.astype(np.float64)
+        XtX = X.T @ X
+        ridge = 1e-6 * max(float(np.mean(np.diag(XtX))), 1e-12) * np.eye(len(cols))
     W = W_ls.copy()
+    base = mu * (W_ls @ Gn)
     for lam in (1.0, 10.0, 100.0):
-        H = spd_inverse(lam * XtX + mu * Gn + ridge)
-        base = mu * (W_ls @ Gn)
+        H = H0 / (lam + mu) if whole else spd_inverse(lam * XtX + mu * Gn + ridge)
         for _ in range(iters):
             R = X32 @ W.T.astype(np.float32)
             R += S32

@@ -44,6 +44,8 @@ def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession
     so.intra_op_num_threads = threads
     # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no arena: its peak would stay allocated by every session while the solvers need the memory
+    so.enable_cpu_mem_arena = False
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

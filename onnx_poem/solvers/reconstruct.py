@@ -200,10 +200,12 @@ def _gauss_newton(
 def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, iters: int = 8) -> np.ndarray | None:
     """POEM weights on the fit reservoir (relaxation, or Gauss-Newton for smooth ``f``).
 
-    The W-step matrix is ``(λ X̄ᵀX̄ + μ Ĝ + ρI)⁻¹``.  [R, speed] When the reservoir holds
-    every fitting row (up to ``capacity`` rows, the usual case), ``X̄ᵀX̄ = Ĝ = G_SS`` and, with the
-    ridge ``ρ = 10⁻⁶·mean(diag G_SS)·(λ + μ)``, it is ``H_0 / (λ + μ)`` with ``H_0 = (G_SS + 10⁻⁶·mean(diag)·I)⁻¹``:
-    one inverse for every ``λ``, and no ``X̄ᵀX̄`` product.
+    The W-step matrix is ``(λ X̄ᵀX̄ + μ Ĝ + (λ + μ) ρ I)⁻¹``, the ridge ``ρ = RIDGE·mean(diag Ĝ)``
+    pulling toward ``W_ls`` (the float32-accumulated ``Ĝ`` of a layer with about as many
+    rows as inputs can be indefinite by rounding; a ridge toward 0 would bias the fit).
+    [R, speed] When the reservoir holds every fitting row (up to ``capacity`` rows, the
+    usual case), ``X̄ᵀX̄ = Ĝ = G_SS`` and the matrix is ``H_0 / (λ + μ)`` with
+    ``H_0 = (G_SS + ρI)⁻¹``: one inverse for every ``λ``, and no ``X̄ᵀX̄`` product.
     """
     if len(d.fit) == 0:
         return None
@@ -212,26 +214,32 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
     if pieces is None:
         X = _bar(d.fit.X, cols)
         return _gauss_newton(d, X, d.fit.S.astype(np.float64), d.fit.Z.astype(np.float64), W_ls, Gn, mu)
-    # the relaxation's large (rows × outputs) products run in float32; the normal matrices stay float64
+    # the relaxation's products run in float32 (rows × inputs × outputs, and outputs × inputs²);
+    # the normal matrices are formed and inverted in float64
     X32 = _bar(d.fit.X, cols, dtype=np.float32)
     S32, Z32 = d.fit.S.astype(np.float32), d.fit.Z.astype(np.float32)
     whole = len(d.fit) == d.count
+    rho = RIDGE * max(float(np.mean(np.diag(Gn))), 1e-12)
+    eye = np.eye(len(cols))
     if whole:
-        H0 = spd_inverse(Gn + 1e-6 * max(float(np.mean(np.diag(Gn))), 1e-12) * np.eye(len(cols)))
+        H0 = spd_inverse(Gn + rho * eye)
     else:
         X = X32.astype(np.float64)
         XtX = X.T @ X
-        ridge = 1e-6 * max(float(np.mean(np.diag(XtX))), 1e-12) * np.eye(len(cols))
     W = W_ls.copy()
-    base = mu * (W_ls @ Gn)
     for lam in (1.0, 10.0, 100.0):
-        H = H0 / (lam + mu) if whole else spd_inverse(lam * XtX + mu * Gn + ridge)
+        # W-step: argmin λ‖U − Ŝ − W X̄‖² + μ tr((W − W_ls) Ĝ (W − W_ls)ᵀ) + (λ + μ) ρ ‖W − W_ls‖²
+        H = H0 / (lam + mu) if whole else spd_inverse(lam * XtX + mu * Gn + (lam + mu) * rho * eye)
+        H32 = H.astype(np.float32)
+        base = (W_ls @ (mu * Gn + (lam + mu) * rho * eye)).astype(np.float32)
+        W32 = W.astype(np.float32)
         for _ in range(iters):
-            R = X32 @ W.T.astype(np.float32)
+            R = X32 @ W32.T
             R += S32
             U = _u_step(R, Z32, lam, pieces)
             U -= S32
-            W = (lam * (U.T @ X32).astype(np.float64) + base) @ H
+            W32 = (lam * (U.T @ X32) + base) @ H32
+        W = W32.astype(np.float64)
     return W
 
 
@@ -302,6 +310,8 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> 
     return out
 
 
+#: relative ridge of the POEM W-step (toward least squares; see :func:`poem_fit`)
+RIDGE = 1e-4
 #: regularisation strengths of the POEM fits toward least squares (each costs a full relaxation)
 POEM_MUS = (0.3,)
 #: one-sided level (that of a 2-sigma normal test) a candidate's improvement over least squares must reach

@@ -12,13 +12,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from . import planfile
 from .allocation import (
     PRO_MAX_RATIO,
     MacsTable,
@@ -39,8 +40,9 @@ from .errors import ModelError, UsageError, VerificationError
 from .fold import fold_constants
 from .graph import GraphView, check_model, check_structure, declared_shape, load_model
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
+from .planfile import PlanContext, model_digest
 from .probe import Probe
-from .report import LayerReport, PruneReport, count_macs, count_params, node_macs
+from .report import APPLIED_SOURCE, LayerReport, PruneReport, count_macs, count_params, node_macs
 from .rewrite import apply_plan
 from .solvers import (
     METHODS,
@@ -86,6 +88,7 @@ class PruneConfig:
     allocation: str = "pro"
     round_to: int = 1
     synthetic: bool = False
+    dry_run: bool = False
 
     def validate(self) -> None:
         if (self.ratio is None) == (self.target_macs is None):
@@ -142,11 +145,124 @@ def prune(
     Returns:
         The pruned model and the run report.
     """
+    if options.get("dry_run"):
+        raise UsageError("prune() does not do dry runs: call run(..., dry_run=True)")
+    result = run(
+        model,
+        ratio=ratio,
+        target_macs=target_macs,
+        calib=calib,
+        method=method,
+        image_options=image_options,
+        verify_data=verify_data,
+        progress=progress,
+        **options,
+    )
+    assert result.model is not None  # only dry runs return none
+    return result.model, result.report
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a run produced: the pruned model (``None`` for a dry run), its report, the plan that was
+    applied and what the plan was computed for (to save it with :func:`onnx_poem.planfile.encode`)."""
+
+    model: onnx.ModelProto | None
+    report: PruneReport
+    plan: PrunePlan
+    context: PlanContext
+
+
+def run(
+    model: onnx.ModelProto | str | Path,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    method: str = "poem",
+    image_options: ImageOptions | None = None,
+    verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> PruneResult:
+    """:func:`prune`, returning the plan and its context too; with ``dry_run=True`` only the analysis,
+    calibration and allocation run (the report gives the kept counts and the predicted MACs)."""
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, method=method, **options)
     cfg.validate()
     t0 = time.perf_counter()
     with bind(Clock()) as clock, stage("other"):
-        pruned, report = _prune(model, cfg, calib, image_options, verify_data, progress)
+        result = _prune(model, cfg, calib, image_options, verify_data, progress)
+    result.report.timings.update({k: round(v, 3) for k, v in clock.seconds.items()})
+    result.report.timings["total"] = time.perf_counter() - t0
+    return result
+
+
+def apply_saved_plan(
+    model: onnx.ModelProto | str | Path,
+    plan_file: str | Path,
+    *,
+    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    image_options: ImageOptions | None = None,
+    samples: int = 512,
+    batch_size: int = 32,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """Apply a plan saved by a run (``--save-plan``) to the same model, without calibration.
+
+    The result is byte-identical to the model that run wrote.  With ``calib`` the
+    agreement with the original is measured on (up to ``samples`` of) it; without,
+    the pruned model is only checked and run once on zeros.
+
+    Raises:
+        UsageError: the plan is unreadable, or was computed for another model or analysis.
+    """
+    t0 = time.perf_counter()
+    plan, ctx = planfile.read(Path(plan_file))
+    with bind(Clock()) as clock, stage("other"):
+        with stage("load"):
+            model, name = _load(model)
+            model = fold_constants(model)
+            if _digest(model) != ctx.model_sha256:
+                raise UsageError(f"{plan_file} was computed for another model ({ctx.model_name}), not {name}")
+            view = GraphView.build(model, input_shapes=ctx.input_shapes)
+            groups = {g.id: g for g in find_groups(view, residual=ctx.prune_residual).groups}
+        for d in plan.decisions:
+            if d.group_id not in groups or groups[d.group_id].channels != d.channels:
+                raise UsageError(f"{plan_file}: group {d.group_id} ({d.channels} channels) is not in this model")
+        with stage("rewrite"):
+            pruned = _infer(apply_plan(view, groups, plan) if plan.decisions else _copy(model))
+        zeros = {n: np.zeros(tuple(ctx.input_shapes[n]), dtype=view.dtypes.get(n, np.float32)) for n in view.inputs}
+        data = load_calibration(
+            model, zeros if calib is None else calib, samples=samples, seed=0, image_options=image_options
+        )
+        with stage("verification"):
+            agreement = verify(
+                model,
+                pruned,
+                data,
+                np.arange(len(data)) if calib is not None else [],
+                batch_size=batch_size,
+                source=APPLIED_SOURCE,
+            )
+    settings = ctx.settings
+    report = PruneReport(
+        model=name,
+        method=str(settings.get("method", "?")),
+        ratio=float(settings.get("ratio") or 0.0),
+        mode=str(settings.get("mode", "?")),
+        seed=int(settings.get("seed", 0)),
+        calibration_samples=0,
+        selection_samples=0,
+        verification_samples=len(data) if calib is not None else 0,
+        synthetic_calibration=False,
+        target_macs=settings.get("target_macs"),
+        allocation=f"{settings.get('allocation', '?')} (applied from {Path(plan_file).name})",
+    )
+    kept = {d.group_id: len(d.keep) for d in plan.decisions}
+    report.groups = _group_rows(view, list(groups.values()), {g: kept.get(g, c.channels) for g, c in groups.items()})
+    report.set_agreement(agreement)
+    one = {n: v[:1] for n, v in data.feed([0]).items()}
+    report.macs_before, report.params_before = count_macs(model, one), count_params(model)
+    report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)
     report.timings.update({k: round(v, 3) for k, v in clock.seconds.items()})
     report.timings["total"] = time.perf_counter() - t0
     return pruned, report
@@ -159,12 +275,19 @@ def _prune(
     image_options: ImageOptions | None,
     verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
     progress: Progress | None,
-) -> tuple[onnx.ModelProto, PruneReport]:
+) -> PruneResult:
     with stage("load"):
         model, name, data, checks, cfg = _inputs(model, cfg, calib, image_options, verify_data)
         split = split_samples(len(data), seed=cfg.seed, verify=checks is None)
     fit_idx, held_idx = split.fit, split.select
     shapes = data.sample_shapes()
+    context = PlanContext(
+        model_name=name,
+        model_sha256=_digest(model),
+        input_shapes={k: [int(x) for x in v] for k, v in shapes.items()},
+        prune_residual=cfg.prune_residual,
+        settings=_settings(cfg),
+    )
     view = GraphView.build(model, input_shapes=shapes)
     coupling = find_groups(view, residual=cfg.prune_residual)
     report = PruneReport(
@@ -213,6 +336,11 @@ def _prune(
         quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in free}
         keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
         keeps |= {g.id: g.channels for g in coupling.groups if g.id in skipped}
+        if cfg.dry_run:
+            report.groups = _group_rows(view, coupling.groups, keeps)
+            report.macs_after = round(report.macs_before * table.predict(free, {g.id: keeps[g.id] for g in free}))
+            report.warnings.append("dry run: nothing was solved or written; MACs after are predicted")
+            return PruneResult(None, report, PrunePlan(), context)
         plan = PrunePlan()
         # block-internal groups first: a residual group's consumers then see their final inputs,
         # and no group reads a tensor whose channels an earlier decision already removed
@@ -262,7 +390,16 @@ def _prune(
         keeps[gid] = groups[gid].channels
         report.unprunable.append({"where": gid, "reason": f"left unpruned: {why}"})
     report.layers = [la for la in report.layers if la.group not in failed]
-    report.groups = [
+    report.groups = _group_rows(view, coupling.groups, keeps)
+    report.set_agreement(agreement)
+    report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)  # after the checks
+    report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
+    return PruneResult(pruned, report, plan, context)
+
+
+def _group_rows(view: GraphView, groups: Sequence[ChannelGroup], keeps: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The report's table of groups: size, kept count, members."""
+    return [
         {
             "group": g.id,
             "channels": g.channels,
@@ -272,12 +409,18 @@ def _prune(
             "consumers": [c.label for c in g.consumers],
             "tensors": len(g.tensors),
         }
-        for g in coupling.groups
+        for g in groups
     ]
-    report.set_agreement(agreement)
-    report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)  # after the checks
-    report.warnings += _budget_warnings(coupling.groups, per_node, ratio, cfg, report.macs_ratio, skipped)
-    return pruned, report
+
+
+def _digest(model: onnx.ModelProto) -> str:
+    """SHA-256 of ``model``'s deterministic serialisation (what a saved plan was computed for)."""
+    return model_digest(model.SerializeToString(deterministic=True))
+
+
+def _settings(cfg: PruneConfig) -> dict[str, Any]:
+    """The run's settings as plain data (recorded in a saved plan)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "dry_run"}
 
 
 def _inputs(

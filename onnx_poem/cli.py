@@ -12,16 +12,20 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
-from .api import ALLOCATIONS, prune
+if TYPE_CHECKING:
+    import onnx
+
+from . import __version__, planfile
+from .api import ALLOCATIONS, apply_saved_plan, run
 from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
 from .graph import GraphView, input_files, load_model
 from .outputs import check_outputs, write_together
+from .report import PruneReport
 from .solvers import METHODS
 
 logger = logging.getLogger("onnx_poem")
@@ -195,6 +199,23 @@ def main() -> None:
     help="Without --calib, prune on synthetic standard-normal inputs anyway (this wrecks accuracy on real data).",
 )
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Analyse, calibrate and allocate only: print what would be kept per group and the predicted MACs; "
+    "write no model.",
+)
+@click.option(
+    "--save-plan",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the plan: PLAN.json (what is kept) and PLAN.npz (the new weights), to --apply-plan later.",
+)
+@click.option(
+    "--apply-plan",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Apply a saved plan to the same model instead of pruning (no calibration needed; with --calib the "
+    "agreement is measured on it). Gives the model the planning run wrote, byte for byte.",
+)
 @click.option("--force", "-f", is_flag=True, help="Overwrite existing output and report files.")
 @click.option("--allow-unpruned", is_flag=True, help="Write the model even if nothing could be pruned.")
 @click.option("--input-size", help="Image folder: resize to HxW [default: the model's input size].")
@@ -222,6 +243,9 @@ def prune_cmd(
     verify_data: Path | None,
     synthetic: bool,
     report: Path | None,
+    dry_run: bool,
+    save_plan: Path | None,
+    apply_plan: Path | None,
     force: bool,
     allow_unpruned: bool,
     input_size: str | None,
@@ -235,55 +259,79 @@ def prune_cmd(
 ) -> None:
     """Prune MODEL and write a smaller ONNX model."""
     _setup_logging(verbose, quiet)
-    if (ratio is None) == (target_macs is None):
+    if apply_plan is not None:
+        if ratio is not None or target_macs is not None or dry_run or save_plan is not None:
+            raise click.UsageError(
+                "--apply-plan takes its budget from the plan: no --ratio, --target-macs, "
+                "--dry-run or --save-plan with it"
+            )
+    elif (ratio is None) == (target_macs is None):
         raise click.UsageError("give exactly one of --ratio and --target-macs")
+    if dry_run and save_plan is not None:
+        raise click.UsageError("--dry-run solves nothing, so it has no plan to save")
     if synthetic and calib is not None:
         raise click.UsageError("--synthetic replaces --calib: give one of them")
     try:
         out = output or model.with_name(model.name.removesuffix(".onnx") + ".poem.onnx")
         if not model.is_file():
             raise ModelError(f"model file not found: {model}" if not model.exists() else f"not a file: {model}")
-        outputs = {"output": out} | ({"report": report} if report is not None else {})
-        check_outputs(input_files(model), outputs, force=force)
+        outputs = {} if dry_run else {"output": out}
+        outputs |= {"report": report} if report is not None else {}
+        if save_plan is not None:
+            outputs |= {"plan": save_plan, "plan weights": planfile.arrays_path(save_plan)}
+        plan_files = [apply_plan, planfile.arrays_path(apply_plan)] if apply_plan is not None else []
+        check_outputs([*input_files(model), *plan_files], outputs, force=force)
         opts = ImageOptions(
             size=_size(input_size), mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
         with _terminate_as_interrupt():
-            pruned, rep = prune(
-                model,
-                ratio=ratio,
-                target_macs=target_macs,
-                calib=calib,
-                method=method,
-                mode=mode,
-                samples=samples,
-                positions=positions,
-                seed=seed,
-                image_options=opts,
-                verify_data=verify_data,
-                progress=progress,
-                prune_residual=prune_residual,
-                allocation=allocation,
-                round_to=round_to,
-                synthetic=synthetic,
-            )
+            files: dict[Path, bytes] = {}
+            pruned: onnx.ModelProto | None
+            if apply_plan is not None:
+                pruned, rep = apply_saved_plan(model, apply_plan, calib=calib, image_options=opts, samples=samples)
+            else:
+                result = run(
+                    model,
+                    ratio=ratio,
+                    target_macs=target_macs,
+                    calib=calib,
+                    method=method,
+                    mode=mode,
+                    samples=samples,
+                    positions=positions,
+                    seed=seed,
+                    image_options=opts,
+                    verify_data=verify_data,
+                    progress=progress,
+                    prune_residual=prune_residual,
+                    allocation=allocation,
+                    round_to=round_to,
+                    synthetic=synthetic,
+                    dry_run=dry_run,
+                )
+                pruned, rep = result.model, result.report
+                if save_plan is not None:
+                    files |= planfile.encode(result.plan, result.context, save_plan)
             for u in rep.unprunable:
                 logger.info("not pruned: %s: %s", u["where"], u["reason"])
             for w in rep.warnings:
                 logger.warning("%s", w)
-            if not any(g["kept"] < g["channels"] for g in rep.groups) and rep.ratio > 0 and not allow_unpruned:
+            nothing = not any(g["kept"] < g["channels"] for g in rep.groups)
+            if pruned is not None and nothing and rep.ratio > 0 and not allow_unpruned and apply_plan is None:
                 raise PoemError(
                     "nothing in this model could be pruned (see `onnx-poem inspect`); "
                     "nothing written (use --allow-unpruned to write it anyway)"
                 )
-            files = {out: pruned.SerializeToString(deterministic=True)}
+            if pruned is not None:
+                files[out] = pruned.SerializeToString(deterministic=True)
             if report is not None:
                 files[report] = (rep.to_json() + "\n").encode()
             write_together(files, force=force)
         if not quiet:
-            click.echo(rep.summary())
-            click.echo(f"written      {out}" + (f", {report}" if report is not None else ""))
+            click.echo(rep.summary() if pruned is not None else _dry_summary(rep))
+            if files:
+                click.echo(f"written      {', '.join(str(f) for f in files)}")
     except KeyboardInterrupt:
         click.echo("error: interrupted; nothing written", err=True)
         sys.exit(130)
@@ -295,6 +343,19 @@ def prune_cmd(
         if debug:
             raise
         _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
+
+
+def _dry_summary(rep: PruneReport) -> str:
+    """What a dry run would prune: kept channels per group and the predicted MACs."""
+    lines = [f"model        {rep.model}", f"method       {rep.method} ({rep.allocation}), ratio {rep.ratio:g}"]
+    lines.append(f"MACs         {rep.macs_before:,} -> {rep.macs_after:,} predicted ({rep.macs_ratio:.3f})")
+    lines.append(
+        f"groups       {sum(g['kept'] < g['channels'] for g in rep.groups)} of {len(rep.groups)} would be pruned"
+    )
+    lines += [f"  {g['group']}: keep {g['kept']} of {g['channels']}" for g in rep.groups]
+    lines += [f"unpruned     {u['where']}: {u['reason']}" for u in rep.unprunable]
+    lines.append(f"time         {rep.timings.get('total', 0.0):.1f} s (dry run: nothing solved or written)")
+    return "\n".join(lines)
 
 
 @contextmanager

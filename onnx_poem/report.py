@@ -84,6 +84,10 @@ class LayerReport:
     seconds: float = 0.0
 
 
+#: verification source of a saved plan applied with ``--calib`` (not independent of the plan's fit)
+APPLIED_SOURCE = "--calib with --apply-plan"
+
+
 @dataclass
 class PruneReport:
     """Everything a run measured and decided.
@@ -141,6 +145,8 @@ class PruneReport:
         caveats = a.caveats()
         if self.synthetic_calibration:
             caveats.append(SYNTHETIC_CAVEAT)
+        if a.source == APPLIED_SOURCE and a.samples:
+            caveats.append("measured on --calib samples the plan may have been fitted on: it can read high")
         self.verification = {"source": a.source, "samples": a.samples, "trusted": not caveats, "caveats": caveats}
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,9 +192,12 @@ class PruneReport:
     def _agreement_lines(self) -> list[str]:
         v = self.verification
         n = v.get("samples", 0)
-        where = (
-            f"{n} samples of --verify-data" if v.get("source") == "--verify-data" else f"{n} verification samples"
-        ) + " never used for fitting or selection"
+        if v.get("source") == APPLIED_SOURCE:  # a saved plan applied: the planning run may have fitted on them
+            where = f"{n} samples of --calib (the plan may have been fitted on them: not independent)"
+        else:
+            where = (
+                f"{n} samples of --verify-data" if v.get("source") == "--verify-data" else f"{n} verification samples"
+            ) + " never used for fitting or selection"
         lines = []
         if n:
             for name, a in self.agreement.items():

@@ -77,7 +77,7 @@ def test_missing_output_folder_is_refused_before_any_work(work: Path, flag: str,
     def must_not_run(*args, **kwargs):
         raise AssertionError("pruning started before the output paths were checked")
 
-    monkeypatch.setattr(cli, "prune", must_not_run)
+    monkeypatch.setattr(cli, "run", must_not_run)
     before = snapshot(work)
     res = invoke(work / "m.onnx", "--ratio", 0.5, "--calib", work / "c.npz", flag, work / "no" / "such" / "f")
     one_error(res, 1, "folder does not exist")

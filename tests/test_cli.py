@@ -161,7 +161,7 @@ def test_unexpected_failure_is_one_line(work: Path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("simulated runtime failure")
 
-    monkeypatch.setattr(cli, "prune", boom)
+    monkeypatch.setattr(cli, "run", boom)
     res = invoke(str(work / "m.onnx"), "--ratio", "0.5")
     assert res.exit_code == 1 and "internal error" in res.output and "simulated" in res.output
     _one_error_line(res)

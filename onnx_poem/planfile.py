@@ -1,0 +1,147 @@
+"""A pruning plan on disk: ``PLAN.json`` (what to keep, readable) beside ``PLAN.npz`` (the new weights).
+
+``PLAN.json``::
+
+    {"format": "onnx-poem-plan", "version": 1,
+     "model": {"name": ..., "sha256": <of the constant-folded model's deterministic serialisation>},
+     "input_shapes": {input: [1, dims...]},   # one sample (batch 1): the shapes the graph was analysed with
+     "prune_residual": bool, "settings": {...},         # settings: informational
+     "decisions": [{"group": id, "channels": C, "keep": [atoms],
+                    "updates": [{"node": i, "weight": name, "bias": name | null,
+                                 "weight_array": key, "bias_array": key}]}]}
+
+``PLAN.npz`` holds the arrays under those keys (written with fixed zip
+timestamps, so the same plan gives the same bytes).  Applying a plan needs the
+same model (the hash is checked) and no calibration data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .plan import ConsumerUpdate, GroupDecision, PrunePlan
+
+FORMAT = "onnx-poem-plan"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a plan was computed for: the model, the analysis shapes and options, the settings."""
+
+    model_name: str
+    model_sha256: str
+    input_shapes: dict[str, list[int]]
+    prune_residual: bool
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def model_digest(serialised: bytes) -> str:
+    """SHA-256 of a model's deterministic serialisation."""
+    return hashlib.sha256(serialised).hexdigest()
+
+
+def arrays_path(json_path: Path) -> Path:
+    """``PLAN.npz`` beside ``PLAN.json``."""
+    return json_path.with_suffix(".npz")
+
+
+def encode(plan: PrunePlan, ctx: PlanContext, json_path: Path) -> dict[Path, bytes]:
+    """The two files of ``plan`` (``json_path`` and its ``.npz``) as bytes, for an atomic write."""
+    arrays: dict[str, np.ndarray] = {}
+    decisions = []
+    for i, d in enumerate(plan.decisions):
+        updates = []
+        for j, u in enumerate(d.updates):
+            wkey, bkey = f"d{i}_u{j}_weight", f"d{i}_u{j}_bias"
+            arrays[wkey], arrays[bkey] = u.weight_value, u.bias_value
+            updates.append(
+                {"node": u.node, "weight": u.weight, "bias": u.bias, "weight_array": wkey, "bias_array": bkey}
+            )
+        decisions.append({"group": d.group_id, "channels": d.channels, "keep": list(d.keep), "updates": updates})
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": ctx.model_name, "sha256": ctx.model_sha256},
+        "input_shapes": ctx.input_shapes,
+        "prune_residual": ctx.prune_residual,
+        "settings": ctx.settings,
+        "arrays": arrays_path(json_path).name,
+        "decisions": decisions,
+    }
+    return {json_path: (json.dumps(doc, indent=1) + "\n").encode(), arrays_path(json_path): _npz(arrays)}
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``.npz`` of ``arrays`` with fixed member timestamps (``np.savez`` stamps the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
+        for key, a in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(a), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+    return buf.getvalue()
+
+
+def read(json_path: Path) -> tuple[PrunePlan, PlanContext]:
+    """The plan and context saved at ``json_path`` (and its ``.npz``).
+
+    Raises:
+        UsageError: a missing, unreadable or malformed plan (one line naming the file and what is wrong).
+    """
+    try:
+        doc = json.loads(Path(json_path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"plan file not found: {json_path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{json_path} is not a plan file ({type(e).__name__}: {e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UsageError(f'{json_path} is not an onnx-poem plan (no "format": "{FORMAT}")')
+    if doc.get("version") != VERSION:
+        raise UsageError(f"{json_path}: plan version {doc.get('version')!r} is not supported (this is {VERSION})")
+    npz = Path(json_path).parent / str(doc.get("arrays", arrays_path(Path(json_path)).name))
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UsageError(f"the plan's weights are missing: {npz}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{npz}: unreadable plan weights ({type(e).__name__}: {e})") from e
+    try:
+        decisions = tuple(
+            GroupDecision(
+                str(d["group"]),
+                int(d["channels"]),
+                tuple(int(k) for k in d["keep"]),
+                tuple(
+                    ConsumerUpdate(
+                        int(u["node"]),
+                        str(u["weight"]),
+                        arrays[u["weight_array"]],
+                        None if u["bias"] is None else str(u["bias"]),
+                        arrays[u["bias_array"]],
+                    )
+                    for u in d["updates"]
+                ),
+            )
+            for d in doc["decisions"]
+        )
+        ctx = PlanContext(
+            model_name=str(doc["model"]["name"]),
+            model_sha256=str(doc["model"]["sha256"]),
+            input_shapes={str(k): [int(x) for x in v] for k, v in doc["input_shapes"].items()},
+            prune_residual=bool(doc["prune_residual"]),
+            settings=dict(doc.get("settings", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"{json_path}: malformed plan ({type(e).__name__}: {e})") from e
+    return PrunePlan(decisions), ctx

@@ -85,3 +85,39 @@ def test_float32_batches_give_the_float64_least_squares() -> None:
     exact = ridge_solve(G, P, W0, damping(G, 0.01))
     got = ridge_solve(st_.G, st_.P, W0, damping(st_.G, 0.01))
     assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 1e-5
+
+
+@given(n=st.integers(2, 80), cut=st.integers(1, 79), seed=st.integers(0, 50))
+def test_merged_shards_equal_one_pass(n: int, cut: int, seed: int) -> None:
+    """Map over shards + merge by addition gives the single pass's sums; the reservoir stays bounded."""
+    cut = min(cut, n - 1)
+    rng = np.random.default_rng(seed)
+    x, y, w = rng.standard_normal((n, 3)), rng.standard_normal((n, 2)), rng.random(n)
+    whole = LayerStats.empty(4, 2, capacity=8, held_capacity=4, seed=0)
+    whole.add_fit(x, y, w, {"z": y})
+    a = LayerStats.empty(4, 2, capacity=8, held_capacity=4, seed=1)
+    b = LayerStats.empty(4, 2, capacity=8, held_capacity=4, seed=2)
+    a.add_fit(x[:cut], y[:cut], w[:cut], {"z": y[:cut]})
+    b.add_fit(x[cut:], y[cut:], w[cut:], {"z": y[cut:]})
+    merged = a.merge(b)
+    for st_ in (whole, merged):
+        st_.finish(weighted=True)
+    for name in ("G", "P", "Gw", "Pw"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=1e-5, atol=1e-5)
+    assert merged.count == n and merged.fit.seen == n
+    assert len(merged.fit) == min(n, 8)
+    rows = {tuple(r) for r in np.round(x.astype(np.float32), 5)}
+    assert all(tuple(r) in rows for r in np.round(merged.fit.get("x"), 5))
+
+
+def test_merged_reservoir_is_uniform_over_both_streams() -> None:
+    """Two streams of 300 and 100 rows merged into 40 slots: about three quarters from the first."""
+    share = []
+    for seed in range(200):
+        a, b = Reservoir(40, np.random.default_rng(seed)), Reservoir(40, np.random.default_rng(10_000 + seed))
+        a.add(i=np.zeros((300, 1)))
+        b.add(i=np.ones((100, 1)))
+        m = a.merge(b)
+        assert len(m) == 40 and m.seen == 400
+        share.append(1 - m.get("i").mean())
+    assert abs(np.mean(share) - 0.75) < 0.02  # std of the mean ≈ 0.0045

@@ -71,6 +71,31 @@ class Reservoir:
                 self._buf[k][slots[keep]] = v[src[keep]]
         self.seen += n
 
+    def merge(self, other: Reservoir) -> Reservoir:
+        """A uniform sample of both streams (``self``'s capacity and generator; neither input changes).
+
+        The number of rows taken from ``self`` is hypergeometric (``seen`` of each stream, the
+        merged size), drawn without replacement from each side's rows; each side's rows are a
+        uniform sample of its stream, so the result is one of the union.
+        """
+        out = Reservoir(self.capacity, self.rng)
+        total = self.seen + other.seen
+        size = min(self.capacity, total)
+        if size == 0:
+            return out
+        k = (
+            int(self.rng.hypergeometric(self.seen, other.seen, size))
+            if other.seen and self.seen
+            else (size if self.seen else 0)
+        )
+        pick_a = np.sort(self.rng.choice(len(self), k, replace=False)) if k else np.zeros(0, np.int64)
+        pick_b = np.sort(self.rng.choice(len(other), size - k, replace=False)) if size - k else np.zeros(0, np.int64)
+        names = list(self._buf or other._buf)
+        batch = {n: np.concatenate([self.get(n)[pick_a], other.get(n)[pick_b]]) for n in names}
+        out.add(**batch)
+        out.seen = total
+        return out
+
     def get(self, name: str) -> np.ndarray:
         return self._buf[name][: self._n] if name in self._buf else np.empty((0, 0), dtype=np.float32)
 
@@ -134,6 +159,25 @@ class LayerStats:
             self.Pw += (y32 * w32[:, None]).T @ xb
         self.count += x.shape[0]
         self.fit.add(x=x, y=y, **keep)
+
+    def merge(self, other: LayerStats) -> LayerStats:
+        """Statistics of both sample streams: the sums add, the reservoirs merge (:meth:`Reservoir.merge`).
+
+        The statistics pass is a map (batches → partial statistics, each from :meth:`empty`
+        and :meth:`add_fit`) and this merge, so an engine such as Ray or Dask can shard it
+        (``docs/SCALING.md``); call :meth:`finish` once, on the merged result.
+        """
+        return LayerStats(
+            n1=self.n1,
+            m=self.m,
+            G=self.G + other.G,
+            P=self.P + other.P,
+            Gw=self.Gw + other.Gw,
+            Pw=self.Pw + other.Pw,
+            count=self.count + other.count,
+            fit=self.fit.merge(other.fit),
+            held=self.held.merge(other.held),
+        )
 
     def finish(self, weighted: bool) -> None:
         """Mirror the accumulated upper triangles into symmetric ``G``/``Gw``; make ``Gw``/``Pw``

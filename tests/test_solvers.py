@@ -229,3 +229,41 @@ def test_cholesky_failures_fall_back_and_say_so(caplog) -> None:
     np.testing.assert_allclose(W @ A, B, atol=1e-12)
     assert notes == ["Cholesky failed; used the pseudo-inverse", "Cholesky failed; used least squares (lstsq)"]
     assert "falling back" in caplog.text
+
+
+def _eager_greedy(G: np.ndarray, P: np.ndarray, W0: np.ndarray, k: int, channels: int, keep: int, lam: float):
+    """Reference: at every step, the removal whose damped least-squares refit loses the least, by direct solves."""
+    from onnx_poem.solvers.linalg import damping
+
+    delta = damping(G, lam)
+    Gd, Pd = G + delta * np.eye(len(G)), P + delta * W0
+
+    def loss(alive: list[int]) -> float:  # ‖Y − W X‖² up to a constant: −tr(P_S G_SS⁻¹ P_Sᵀ)
+        cols = np.concatenate([np.arange(c * k, c * k + k) for c in alive] + [np.array([len(G) - 1])])
+        W = np.linalg.solve(Gd[np.ix_(cols, cols)], Pd[:, cols].T).T
+        return float(-np.sum(W * Pd[:, cols]))
+
+    alive, costs = list(range(channels)), []
+    while len(alive) > keep:
+        trial = [loss([a for a in alive if a != c]) for c in alive]
+        j = int(np.argmin(trial))
+        costs.append(trial[j] - loss(alive))
+        alive.pop(j)
+    return np.array(alive), np.array(costs)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_lazy_greedy_matches_eager_solves_across_flushes(k: int) -> None:
+    """The lazy downdates (flushed every FLUSH ranks) pick what direct refits pick, with the same costs."""
+    rng = np.random.default_rng(3)
+    C, m, rows = 90, 12, 2000  # 60 removals: at least one flush of the pending rank (FLUSH = 64)
+    X = rng.standard_normal((rows, C * k)) * rng.gamma(1.0, 1.0, C * k) + 0.3 * rng.standard_normal((rows, 1))
+    Xb = np.hstack([X, np.ones((rows, 1))])
+    W0 = rng.standard_normal((m, C * k + 1))
+    Y = Xb @ W0.T + 0.5 * rng.standard_normal((rows, m))
+    G, P = Xb.T @ Xb, Y.T @ Xb
+    trace: list[float] = []
+    kept = greedy_eliminate([QuadProblem(G, P, W0, k)], C, 30, lam=0.01, trace=trace)
+    ref_kept, ref_costs = _eager_greedy(G, P, W0, k, C, 30, 0.01)
+    np.testing.assert_array_equal(kept, np.sort(ref_kept))
+    np.testing.assert_allclose(trace, ref_costs, rtol=1e-6, atol=1e-6 * abs(ref_costs).max())

@@ -21,33 +21,59 @@ def damping(G: np.ndarray, lam: float) -> float:
     return float(lam * max(float(np.mean(np.diag(G))), 1e-12))
 
 
-def spd_inverse(G: np.ndarray, fallbacks: list[str] | None = None) -> np.ndarray:
+def spd_inverse(G: np.ndarray, fallbacks: list[str] | None = None, *, overwrite: bool = False) -> np.ndarray:
     """Inverse of a symmetric positive definite ``G: (n, n)``.
 
     LAPACK ``potrf`` + ``potri`` (the inverse straight from the factor, half the work of
-    solving against the identity); the result is exactly symmetric.  If the factorisation
-    fails (a Gram accumulated in float32 can be indefinite by rounding), it is retried with
-    a jitter of ``10⁻⁶, 10⁻⁵, 10⁻⁴ × mean(diag G)`` on the diagonal, then the pseudo-inverse.
+    solving against the identity) in a single ``n x n`` buffer: ``G`` itself with
+    ``overwrite`` (the caller's array then holds the result), else one copy.  The result is
+    exactly symmetric.  If the factorisation fails (a Gram accumulated in float32 can be
+    indefinite by rounding), the matrix is restored from the triangle LAPACK did not touch
+    and retried with a jitter of ``10⁻⁶, 10⁻⁵, 10⁻⁴ × mean(diag G)`` on the diagonal, then
+    the pseudo-inverse is taken.
     """
     G = np.asarray(G, dtype=np.float64)
-    scale = max(float(np.mean(np.abs(np.diag(G)))), 1e-300) if G.size else 1.0
+    n = G.shape[0]
+    diag = np.diag(G).copy()
+    scale = max(float(np.mean(np.abs(diag))), 1e-300) if n else 1.0
+    buf = G if overwrite and G.flags.c_contiguous else np.array(G, order="C")
+    f = buf.T  # Fortran-ordered view of the symmetric matrix: LAPACK works on it in place
     for jitter in (0.0, 1e-6, 1e-5, 1e-4):
-        A = G + jitter * scale * np.eye(G.shape[0]) if jitter else G
-        U, info = lapack.dpotrf(A, lower=0, clean=0)
-        if info == 0 and np.isfinite(U).all():
-            inv, info = lapack.dpotri(U, lower=0)
+        if jitter:
+            _mirror(f, upper=False)  # restore the triangle potrf overwrote
+            f[np.diag_indices(n)] = diag + jitter * scale
+        U, info = lapack.dpotrf(f, lower=0, clean=0, overwrite_a=1)
+        if info == 0 and np.isfinite(np.diag(U)).all():
+            inv, info = lapack.dpotri(U, lower=0, overwrite_c=1)
             if info == 0:
                 if jitter:
                     logger.debug("Cholesky needed a diagonal jitter of %g x mean(diag)", jitter)
-                upper = np.triu(inv)
-                return upper + np.triu(upper, 1).T
-        if not np.isfinite(G).all():
+                inv = _mirror(inv, upper=True)
+                return inv.T if not inv.flags.c_contiguous else inv  # symmetric: the C-ordered view
+        if not np.isfinite(diag).all():
             break
     if fallbacks is not None:
         fallbacks.append("Cholesky failed; used the pseudo-inverse")
     logger.warning("Cholesky factorisation failed; falling back to the pseudo-inverse")
-    inv = np.linalg.pinv(G, hermitian=True)
+    _mirror(f, upper=False)
+    f[np.diag_indices(n)] = diag
+    inv = np.linalg.pinv(f, hermitian=True)
     return 0.5 * (inv + inv.T)
+
+
+def _mirror(a: np.ndarray, *, upper: bool, block: int = 512) -> np.ndarray:
+    """Make ``a: (n, n)`` symmetric in place from its upper (or lower) triangle, in blocks (no ``n²`` temporary)."""
+    n = a.shape[0]
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        if upper:
+            a[j:, i:j] = a[i:j, j:].T
+        else:
+            a[i:j, j:] = a[j:, i:j].T
+        sub = a[i:j, i:j]
+        tri = np.tril_indices(j - i, -1) if upper else np.triu_indices(j - i, 1)
+        sub[tri] = sub.T[tri]
+    return a
 
 
 def spd_solve(A: np.ndarray, B: np.ndarray, fallbacks: list[str] | None = None) -> np.ndarray:

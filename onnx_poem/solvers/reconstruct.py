@@ -222,7 +222,7 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
     rho = RIDGE * max(float(np.mean(np.diag(Gn))), 1e-12)
     eye = np.eye(len(cols))
     if whole:
-        H0 = spd_inverse(Gn + rho * eye)
+        H0 = spd_inverse(Gn + rho * eye, overwrite=True)
     else:
         X = X32.astype(np.float64)
         XtX = X.T @ X

@@ -34,3 +34,9 @@ class VerificationError(PoemError):
 
 class OutputError(PoemError):
     """The output path is unusable (exists, equals the input, or cannot be written)."""
+
+
+def one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters): why a part was left unpruned."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:300]

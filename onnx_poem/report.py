@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 
+from .coupling import ChannelGroup
 from .graph import GraphView, with_outputs
 from .timing import STAGES
 from .verify import Agreement, session
@@ -234,3 +235,19 @@ def _finite(x: Any) -> Any:
     if isinstance(x, np.floating):
         return float(x)
     return x
+
+
+def group_rows(view: GraphView, groups: Sequence[ChannelGroup], keeps: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The report's table of groups: size, kept count, members."""
+    return [
+        {
+            "group": g.id,
+            "channels": g.channels,
+            "kept": keeps[g.id],
+            "residual": g.residual,
+            "producers": [view.node_label(p) for p in g.producers],
+            "consumers": [c.label for c in g.consumers],
+            "tensors": len(g.tensors),
+        }
+        for g in groups
+    ]

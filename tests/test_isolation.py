@@ -7,6 +7,8 @@ import onnx
 import pytest
 
 import onnx_poem.api as api
+import onnx_poem.pro as pro
+import onnx_poem.solve as solve_mod
 from models import BUILDERS, inputs_for
 from onnx_poem import prune
 
@@ -24,16 +26,16 @@ def test_a_planted_failure_leaves_that_group_unpruned_and_prunes_the_rest(monkey
     x = inputs_for(model, 32)
     bad = _target_group("conv_chain")
     if where == "solve":
-        real_solve = api._solve_group
+        real_solve = api.solve_group
 
         def solve(view, current, g, *args):
             if g.id == bad:
                 raise FloatingPointError("planted solver failure")
             return real_solve(view, current, g, *args)
 
-        monkeypatch.setattr(api, "_solve_group", solve)
+        monkeypatch.setattr(api, "solve_group", solve)
     else:
-        real_update = api._consumer_update
+        real_update = solve_mod.consumer_update
 
         def update(view, g, c, W, own):
             u = real_update(view, g, c, W, own)
@@ -41,7 +43,7 @@ def test_a_planted_failure_leaves_that_group_unpruned_and_prunes_the_rest(monkey
                 return type(u)(u.node, u.weight, u.weight_value[:, :-1], u.bias, u.bias_value)
             return u
 
-        monkeypatch.setattr(api, "_consumer_update", update)
+        monkeypatch.setattr(solve_mod, "consumer_update", update)
     pruned, rep = prune(model, ratio=0.5, calib=x, positions=8, allocation="uniform")
     onnx.checker.check_model(pruned, full_check=True)
     by_id = {g["group"]: g for g in rep.groups}
@@ -70,7 +72,7 @@ def test_a_rewrite_that_only_onnxruntime_rejects_is_dropped_at_the_end(monkeypat
         return m
 
     monkeypatch.setattr(api, "apply_plan", apply)
-    monkeypatch.setattr(api, "check_model", lambda *a, **k: None)  # let the bad rewrite through the per-group check
+    monkeypatch.setattr(api, "check_structure", lambda *a, **k: None)  # let the bad rewrite through the per-group check
     _, rep = prune(model, ratio=0.5, calib=x, positions=8, allocation="uniform", mode="parallel")
     by_id = {g["group"]: g for g in rep.groups}
     assert by_id[bad]["kept"] == by_id[bad]["channels"]
@@ -82,14 +84,14 @@ def test_a_failing_error_curve_keeps_its_group_whole_under_pro(monkeypatch) -> N
     model = BUILDERS["conv_chain"]()
     x = inputs_for(model, 32)
     bad = _target_group("conv_chain")
-    real_curve = api._error_curve
+    real_curve = pro._error_curve
 
     def curve(view, g, *args):
         if g.id == bad:
             raise MemoryError("planted curve failure")
         return real_curve(view, g, *args)
 
-    monkeypatch.setattr(api, "_error_curve", curve)
+    monkeypatch.setattr(pro, "_error_curve", curve)
     _, rep = prune(model, ratio=0.5, calib=x, positions=8)
     by_id = {g["group"]: g for g in rep.groups}
     assert by_id[bad]["kept"] == by_id[bad]["channels"]

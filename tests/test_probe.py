@@ -7,16 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import onnx_poem.api as api
 from models import BUILDERS, inputs_for
+from onnx_poem.calibration.collect import collect, layer_data
 from onnx_poem.calibration.sources import load_calibration
 from onnx_poem.cascade import Stream, cut_position
+from onnx_poem.config import PruneConfig
 from onnx_poem.coupling import find_groups
 from onnx_poem.coupling.groups import positions
 from onnx_poem.graph import GraphView
 from onnx_poem.plan import GroupDecision, PrunePlan
+from onnx_poem.pro import refit_alone
 from onnx_poem.probe import Probe
 from onnx_poem.rewrite import apply_plan
+from onnx_poem.solve import consumer_update
 from onnx_poem.solvers import reconstruct
 from onnx_poem.verify import session
 from onnx_poem.weights import effective
@@ -30,7 +33,7 @@ def test_probe_errors_equal_those_of_the_pruned_model(name: str, tmp_path: Path)
     groups = {g.id: g for g in find_groups(view, residual=True).groups}
     if not groups:
         pytest.skip("no prunable group")
-    cfg = api.PruneConfig(ratio=0.5, mode="parallel", positions=8)
+    cfg = PruneConfig(ratio=0.5, mode="parallel", positions=8)
     probe_idx = np.arange(16, 24)
     probe = Probe(view, groups, data, probe_idx, 4, tmp_path)  # two batches: the frontier is read per batch
     reference = [session(model).run(None, f) for f in data.batches(probe_idx, 4)]
@@ -39,15 +42,15 @@ def test_probe_errors_equal_those_of_the_pruned_model(name: str, tmp_path: Path)
     rng = np.random.default_rng(0)
     for i, g in enumerate(sorted(groups.values(), key=lambda g: cut_position(view, g))):
         W0s = [effective(view, c)[0] for c in g.consumers]
-        stats = api._collect(view, model, g, W0s, streams, None, 16, cfg, i)
-        layers = [api._layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
+        stats = collect(view, model, g, W0s, streams, None, 16, cfg, i)
+        layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
         removed = sorted(rng.choice(g.channels, g.channels // 2, replace=False).tolist())
         kept = np.setdiff1d(np.arange(g.channels), removed)
         updates = []
         for c, d in zip(g.consumers, layers, strict=True):
             own = positions(c.index, kept)
             W = reconstruct(d, own, method="ls", lam=cfg.damping).W
-            updates.append(api._consumer_update(view, g, c, W, own))
+            updates.append(consumer_update(view, g, c, W, own))
         alone = PrunePlan((GroupDecision(g.id, g.channels, tuple(int(k) for k in kept), tuple(updates)),))
         pruned = session(apply_plan(view, groups, alone))
         expect = sum(
@@ -56,7 +59,7 @@ def test_probe_errors_equal_those_of_the_pruned_model(name: str, tmp_path: Path)
             for p, o in zip(pruned.run(None, f), outs, strict=True)
         )
         got_none, got = probe.errors(
-            g, [api._refit_alone(view, g, layers, [], cfg), api._refit_alone(view, g, layers, removed, cfg)]
+            g, [refit_alone(view, g, layers, [], cfg), refit_alone(view, g, layers, removed, cfg)]
         )
         assert got == pytest.approx(expect, rel=1e-4, abs=1e-6 * probe.spread), g.id
         assert got_none < got or got == 0.0

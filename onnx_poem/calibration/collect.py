@@ -1,0 +1,153 @@
+"""Statistics of a group's consumers from the calibration batches (the statistics stage).
+
+For every consumer: the streaming Grams and reservoirs of :class:`LayerStats`
+(targets from the original model, inputs from the current one, both run
+segment-wise by :class:`onnx_poem.cascade.Stream`), and the solver's view of
+them (:func:`layer_data`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..cascade import Stream, cut_position
+from ..config import PruneConfig
+from ..coupling import ChannelGroup, Consumer
+from ..graph import GraphView
+from ..solvers import LayerData, Samples
+from ..solvers.activations import apply as act_apply
+from ..solvers.activations import derivative as act_derivative
+from .im2col import input_samples, output_samples, positions_of, sample_positions
+from .stats import LayerStats
+
+
+def layer_data(c: Consumer, W0: np.ndarray, st: LayerStats) -> LayerData:
+    """Solver view of consumer ``c`` with effective weights ``W0: (m, n+1)`` and its statistics."""
+    channels = c.in_channels or 1
+
+    def samples(r: Any) -> Samples:
+        m = W0.shape[0]
+        empty = np.zeros((0, m), dtype=np.float32)
+        return Samples(
+            X=r.get("x") if len(r) else np.zeros((0, W0.shape[1] - 1), dtype=np.float32),
+            Y=r.get("y") if len(r) else empty,
+            S=r.get("s") if len(r) else empty,
+            Z=r.get("z") if len(r) else empty,
+        )
+
+    return LayerData(
+        G=st.G,
+        P=st.P,
+        Gw=st.Gw,
+        Pw=st.Pw,
+        W0=W0,
+        k=(W0.shape[1] - 1) // channels,
+        count=st.count,
+        activation=c.activation.kind,
+        act_params=c.activation.params,
+        fit=samples(st.fit),
+        held=samples(st.held),
+        index=None if c.index is None else np.asarray(c.index, dtype=np.int64),
+    )
+
+
+def collect(
+    view: GraphView,
+    current: onnx.ModelProto,
+    g: ChannelGroup,
+    W0s: list[np.ndarray],
+    streams: tuple[Stream, Stream],
+    next_cut: int | None,
+    n_fit: int,
+    cfg: PruneConfig,
+    index: int,
+) -> list[LayerStats]:
+    """Stream the calibration batches (the first ``n_fit`` samples fit, the rest held out) for group ``g``.
+
+    Targets come from the original model (``streams[0]``), consumer inputs from
+    ``current`` (``streams[1]``); both run segment-wise from their cached frontier.
+    The original model never changes, so its stream may move on to ``next_cut``
+    (the next group's cut) when only it is needed.
+    """
+    orig_names = [*view.inputs, *(t for c in g.consumers for t in (c.output, c.offset) if t)]
+    cur_names = [t for c in g.consumers for t in (c.input, c.offset) if t]
+    same = current is view.model
+    if same:
+        orig_names = list(dict.fromkeys(orig_names + cur_names))
+    cut = cut_position(view, g)
+    orig_stream, cur_stream = streams
+    cur_runs = None if same else cur_stream.run(current, cur_names, cut)
+    orig_cut = next_cut if (next_cut is not None and not (same and cfg.mode == "cascade")) else cut
+    weighted = cfg.method == "poem"
+    stats: list[LayerStats] = []
+    for j, W0 in enumerate(W0s):
+        seed = int(np.random.SeedSequence([cfg.seed, index, j, 1]).generate_state(1)[0])
+        stats.append(
+            LayerStats.empty(
+                W0.shape[1], W0.shape[0], capacity=cfg.reservoir, held_capacity=max(cfg.reservoir // 2, 1), seed=seed
+            )
+        )
+    rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
+    seen = 0
+    for orig in orig_stream.run(view.model, orig_names, cut, orig_cut):
+        cur = next(cur_runs) if cur_runs else orig
+        held = seen >= n_fit
+        seen += len(next(iter(orig.values())))
+        mask = _token_mask({n: orig[n] for n in view.inputs})
+        for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
+            _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=weighted, cfg=cfg)
+    if cur_runs:
+        for _ in cur_runs:  # not reached: both streams visit the same batches; this commits the frontier
+            pass
+    elif cfg.mode == "cascade":
+        cur_stream.adopt(orig_stream)
+    for st in stats:
+        st.finish(weighted)
+    return stats
+
+
+def _token_mask(feed: dict[str, np.ndarray]) -> np.ndarray | None:
+    """``(B, T)`` valid-token flags from an integer ``*mask*`` input (padding is not calibration data)."""
+    for name, v in feed.items():
+        if "mask" in name.lower() and v.ndim == 2 and v.dtype.kind in "iub":
+            return v != 0
+    return None
+
+
+def _add_batch(
+    c: Consumer,
+    st: LayerStats,
+    rng: np.random.Generator,
+    x_hat: np.ndarray,
+    orig: dict[str, np.ndarray],
+    cur: dict[str, np.ndarray],
+    mask: np.ndarray | None,
+    *,
+    held: bool,
+    weighted: bool,
+    cfg: PruneConfig,
+) -> None:
+    y_full = orig[c.output]
+    total = positions_of(c, x_hat.shape)
+    tokens = mask is not None and c.kind not in ("conv", "convt") and x_hat.ndim == 3 and mask.shape == x_hat.shape[:2]
+    pos, ok = sample_positions(total, cfg.positions, x_hat.shape[0], rng, mask if tokens else None)
+    keep = ok.reshape(-1)
+    x = input_samples(c, x_hat, pos)[keep].astype(np.float32)  # the statistics take float32 rows
+    y = output_samples(c, y_full, pos).astype(np.float64)[keep]
+    s_orig = s_hat = np.zeros_like(y)
+    if c.offset:
+        s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)[keep]
+        s_hat = s_orig
+        if cur[c.offset].shape == orig[c.offset].shape:  # else pruned already: use the original shortcut
+            s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
+    a = y + s_orig
+    kind, params = c.activation.kind, c.activation.params
+    z = act_apply(kind, params, a)
+    if held:
+        st.held.add(x=x, y=y, s=s_hat, z=z)
+        return
+    w = np.mean(act_derivative(kind, params, a) ** 2, axis=1) if weighted else None
+    st.add_fit(x, y, w, {"s": s_hat, "z": z})

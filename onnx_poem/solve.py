@@ -1,0 +1,128 @@
+"""The solve stage for one group: statistics → kept atoms (selection) → new consumer weights (reconstruction)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import onnx
+
+from .calibration.collect import collect, layer_data
+from .calibration.stats import LayerStats
+from .cascade import Stream
+from .config import PruneConfig
+from .coupling import ChannelGroup, Consumer
+from .coupling.groups import positions
+from .graph import GraphView
+from .plan import ConsumerUpdate, GroupDecision
+from .report import LayerReport
+from .solvers import RECONSTRUCTION, LayerData, kept_columns, reconstruct, relative_errors, select_channels
+from .timing import stage
+from .weights import effective, stored_arrays
+
+logger = logging.getLogger(__name__)
+
+
+def solve_group(
+    view: GraphView,
+    current: onnx.ModelProto,
+    g: ChannelGroup,
+    quota: np.ndarray,
+    streams: tuple[Stream, Stream],
+    next_cut: int | None,
+    n_fit: int,
+    cfg: PruneConfig,
+    index: int,
+) -> tuple[GroupDecision, list[LayerReport]]:
+    t0 = time.perf_counter()
+    W0s = [effective(view, c)[0] for c in g.consumers]
+    with stage("statistics"):
+        stats = collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
+    layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
+    with stage("selection"):
+        kept = _select(view, g, layers, quota, cfg, index)
+    with stage("reconstruction"):
+        updates, reports = _reconstruct_group(view, g, layers, stats, kept, cfg, t0)
+    return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
+
+
+def _select(
+    view: GraphView, g: ChannelGroup, layers: list[LayerData], quota: np.ndarray, cfg: PruneConfig, index: int
+) -> np.ndarray:
+    """Sorted kept atoms of ``g`` (``quota``: atoms to keep per region) by ``cfg.method``."""
+    return select_channels(
+        cfg.method,
+        layers,
+        g.channels,
+        int(quota.sum()),
+        filters=_filters(view, g),
+        seed=cfg.seed + index,
+        lam=cfg.damping,
+        regions=None if g.regions is None else np.asarray(g.regions),
+        region_keep=quota,
+    )
+
+
+def _reconstruct_group(
+    view: GraphView,
+    g: ChannelGroup,
+    layers: list[LayerData],
+    stats: list[LayerStats],
+    kept: np.ndarray,
+    cfg: PruneConfig,
+    t0: float,
+) -> tuple[list[ConsumerUpdate], list[LayerReport]]:
+    """New weights of every consumer of ``g`` on the ``kept`` atoms, and their layer reports."""
+    updates, reports = [], []
+    for c, d, st in zip(g.consumers, layers, stats, strict=True):
+        own = positions(c.index, kept)  # kept channels of this consumer
+        rec = reconstruct(d, own, method=RECONSTRUCTION[cfg.method], lam=cfg.damping)
+        cols = kept_columns(own, d.k, d.G.shape[0])
+        errs = {}
+        for tag, W in (
+            ("none", d.W0[:, cols]),
+            ("ls", rec.W_ls if rec.W_ls is not None else reconstruct(d, own, method="ls", lam=cfg.damping).W),
+            ("chosen", rec.W),
+        ):
+            errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
+        updates.append(consumer_update(view, g, c, rec.W, own))
+        n_params = d.W0.shape[1]
+        reports.append(
+            LayerReport(
+                group=g.id,
+                consumer=c.label,
+                channels=g.channels,
+                kept=len(kept),
+                activation=d.activation,
+                samples=st.count,
+                samples_per_param=st.count / n_params,
+                errors=errs,
+                choice=rec.choice,
+                fallbacks=rec.fallbacks,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+        if st.count < 10 * n_params:
+            logger.info("%s: %.1f samples per weight (< 10): damping holds the fit", c.label, st.count / n_params)
+    return updates, reports
+
+
+def consumer_update(view: GraphView, g: ChannelGroup, c: Consumer, W: np.ndarray, own: np.ndarray) -> ConsumerUpdate:
+    """The stored weight and bias of consumer ``c`` for effective weights ``W`` on its kept channels ``own``."""
+    w, b = stored_arrays(view, c, W, own, c.in_channels or g.channels)
+    return ConsumerUpdate(c.node, c.weight, w, c.bias, b)
+
+
+def _filters(view: GraphView, g: ChannelGroup) -> np.ndarray:
+    """``(atoms, F)`` weights of every producer of ``g``, side by side (zeros where an atom is absent)."""
+    blocks = []
+    for prod in g.producers or (g.producer,):
+        p = next(p for p in g.params if p.name == view.nodes[prod].input[1])
+        w = np.moveaxis(np.asarray(view.const(p.name), dtype=np.float64), p.axis, 0)
+        w = w.reshape(w.shape[0], -1)
+        idx = np.arange(g.channels) if p.index is None else np.asarray(p.index)
+        block = np.zeros((g.channels, w.shape[1]))
+        block[idx >= 0] = w[idx[idx >= 0]]
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)

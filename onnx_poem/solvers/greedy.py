@@ -68,7 +68,9 @@ class _State:
         self.p = p
         self.delta = damping(p.G, lam)
         n1, k = p.G.shape[0], p.k
-        self.Hb = spd_inverse(p.G + self.delta * np.eye(n1), overwrite=True)
+        Gd = np.array(p.G, dtype=np.float64)
+        Gd[np.diag_indices(n1)] += self.delta
+        self.Hb = spd_inverse(Gd, overwrite=True)  # in Gd's buffer
         self.Wb = np.ascontiguousarray((p.P + self.delta * p.W0) @ self.Hb)
         self.limit = max(FLUSH, n1 // 8)
         self.A = np.zeros((n1, self.limit + k))  # pending factors, first ``r`` columns used

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 
+from ..errors import SolverError
+
 logger = logging.getLogger(__name__)
 
 
@@ -76,16 +78,21 @@ def _mirror(a: np.ndarray, *, upper: bool, block: int = 512) -> np.ndarray:
     return a
 
 
-def spd_solve(A: np.ndarray, B: np.ndarray, fallbacks: list[str] | None = None) -> np.ndarray:
+def spd_solve(
+    A: np.ndarray, B: np.ndarray, fallbacks: list[str] | None = None, *, overwrite: bool = False
+) -> np.ndarray:
     """``B A⁻¹`` for a symmetric positive definite ``A: (n, n)`` and ``B: (m, n)`` → ``(m, n)``.
 
-    Cholesky (``n³/3 + 2n²m``, less than forming the inverse when ``m < n``); least squares if it fails.
+    Cholesky (``n³/3 + 2n²m``, less than forming the inverse when ``m < n``), in place on ``A``
+    with ``overwrite`` (the caller's array is then destroyed); least squares if it fails.
     """
     try:
-        c = scipy.linalg.cho_factor(A, lower=False, check_finite=False)
+        # the transpose of a symmetric C-ordered matrix is the same matrix, Fortran-ordered: factored in place
+        c = scipy.linalg.cho_factor(A.T if overwrite else A, lower=False, overwrite_a=overwrite, check_finite=False)
         return np.asarray(scipy.linalg.cho_solve(c, B.T, check_finite=False).T)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-        pass
+        if overwrite:
+            raise SolverError("Cholesky solve failed on a matrix given up to it (overwrite=True)") from None
     if fallbacks is not None:
         fallbacks.append("Cholesky failed; used least squares (lstsq)")
     logger.warning("Cholesky solve failed; falling back to lstsq")
@@ -93,7 +100,30 @@ def spd_solve(A: np.ndarray, B: np.ndarray, fallbacks: list[str] | None = None) 
 
 
 def ridge_solve(
-    G: np.ndarray, P: np.ndarray, W0: np.ndarray, delta: float, fallbacks: list[str] | None = None
+    G: np.ndarray,
+    P: np.ndarray,
+    W0: np.ndarray,
+    delta: float,
+    fallbacks: list[str] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> np.ndarray:
-    """``W = (P + δW0)(G + δI)⁻¹`` for ``G: (n, n)``, ``P, W0: (m, n)`` → ``(m, n)``."""
-    return spd_solve(G + delta * np.eye(G.shape[0]), P + delta * W0, fallbacks)
+    """``W = (P + δW0)(G + δI)⁻¹`` for ``G: (n, n)``, ``P, W0: (m, n)`` → ``(m, n)``.
+
+    With ``overwrite`` ``G`` (a caller's temporary) is damped and factored in place; if that
+    factorisation fails, the solve is repeated on a copy rebuilt from ``G``'s untouched triangle.
+    """
+    A = G if overwrite and G.flags.c_contiguous else np.array(G, dtype=np.float64)
+    diag = np.diag_indices(A.shape[0])
+    A[diag] += delta
+    d = A[diag].copy()
+    B = P + delta * W0
+    try:
+        return spd_solve(A, B, fallbacks, overwrite=True)
+    except SolverError:
+        pass
+    # the factorisation overwrote the lower triangle (C order) and the diagonal: rebuild from the upper one
+    A = np.triu(A, 1)
+    A += A.T
+    A[diag] = d
+    return spd_solve(A, B, fallbacks)

@@ -102,7 +102,7 @@ def least_squares(d: LayerData, cols: np.ndarray, lam: float, *, weighted: bool 
     G = d.Gw if weighted else d.G
     P = d.Pw if weighted else d.P
     Gs = G[np.ix_(cols, cols)]
-    return ridge_solve(Gs, P[:, cols], d.W0[:, cols], damping(Gs, lam))
+    return ridge_solve(Gs, P[:, cols], d.W0[:, cols], damping(Gs, lam), overwrite=True)
 
 
 def _bar(X: np.ndarray, cols: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -220,18 +220,27 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
     S32, Z32 = d.fit.S.astype(np.float32), d.fit.Z.astype(np.float32)
     whole = len(d.fit) == d.count
     rho = RIDGE * max(float(np.mean(np.diag(Gn))), 1e-12)
-    eye = np.eye(len(cols))
+    diag = np.diag_indices(len(cols))
     if whole:
-        H0 = spd_inverse(Gn + rho * eye, overwrite=True)
+        A = Gn.copy()
+        A[diag] += rho
+        H0 = spd_inverse(A, overwrite=True)  # (n, n) buffers: Gn, H0 and one float32 copy at a time
     else:
         X = X32.astype(np.float64)
         XtX = X.T @ X
+        del X
     W = W_ls.copy()
+    WG = W_ls @ Gn
     for lam in (1.0, 10.0, 100.0):
         # W-step: argmin λ‖U − Ŝ − W X̄‖² + μ tr((W − W_ls) Ĝ (W − W_ls)ᵀ) + (λ + μ) ρ ‖W − W_ls‖²
-        H = H0 / (lam + mu) if whole else spd_inverse(lam * XtX + mu * Gn + (lam + mu) * rho * eye)
-        H32 = H.astype(np.float32)
-        base = (W_ls @ (mu * Gn + (lam + mu) * rho * eye)).astype(np.float32)
+        if whole:
+            H32 = np.multiply(H0, 1.0 / (lam + mu), dtype=np.float32)
+        else:
+            A = lam * XtX
+            A += mu * Gn
+            A[diag] += (lam + mu) * rho
+            H32 = spd_inverse(A, overwrite=True).astype(np.float32)
+        base = (mu * WG + (lam + mu) * rho * W_ls).astype(np.float32)
         W32 = W.astype(np.float32)
         for _ in range(iters):
             R = X32 @ W32.T

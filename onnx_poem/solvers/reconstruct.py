@@ -169,7 +169,7 @@ def _gauss_newton(
 
     Objective ``E(W) = ‖f(X Wᵀ + S) − Z‖² + μ tr((W − W_ls) Gn (W − W_ls)ᵀ)``; step
     ``ΔW = −g H⁻¹`` with ``g = (f'(Ỹ) ⊙ (f(Ỹ) − Z))ᵀ X + μ (W − W_ls) Gn`` and
-    ``H = Xᵀ diag(mean_i f'(Ỹ)²) X + μ Gn``; a step is taken only if ``E`` drops
+    ``H = Xᵀ diag(mean_i f'(Ỹ)²) X + μ Gn + ρI``; a step is taken only if ``E`` drops
     (halving it up to three times), else the iteration stops.
     """
     kind, params = d.activation, d.act_params
@@ -180,12 +180,17 @@ def _gauss_newton(
         return float(np.sum(r * r) + mu * np.sum((dW @ Gn) * dW))
 
     W, e = W_ls.copy(), energy(W_ls)
-    ridge = 1e-6 * max(float(np.mean(np.diag(Gn))), 1e-12) * np.eye(len(Gn))
+    # Levenberg-style damping of the curvature (it only shortens steps): a float32-accumulated Gn of a
+    # layer with about as many rows as inputs can be indefinite by rounding
+    ridge = RIDGE * max(float(np.mean(np.diag(Gn))), 1e-12)
+    diag = np.diag_indices(len(Gn))
     for _ in range(10):
         pre = X @ W.T + S
         fp = derivative(kind, params, pre)
         g = (fp * (apply(kind, params, pre) - Z)).T @ X + mu * ((W - W_ls) @ Gn)
-        H = (X * np.mean(fp * fp, axis=1)[:, None]).T @ X + mu * Gn + ridge
+        H = (X * np.mean(fp * fp, axis=1)[:, None]).T @ X
+        H += mu * Gn
+        H[diag] += ridge
         step = spd_solve(H, g)
         for alpha in (1.0, 0.5, 0.25, 0.125):
             e_new = energy(W - alpha * step)

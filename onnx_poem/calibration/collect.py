@@ -82,14 +82,16 @@ def collect(
     cur_runs = None if same else cur_stream.run(current, cur_names, cut)
     orig_cut = next_cut if (next_cut is not None and not (same and cfg.mode == "cascade")) else cut
     weighted = cfg.method == "poem"
+    n_all = sum(len(c) for c in orig_stream.chunks)
     stats: list[LayerStats] = []
-    for j, W0 in enumerate(W0s):
+    for j, (c, W0) in enumerate(zip(g.consumers, W0s, strict=True)):
         seed = int(np.random.SeedSequence([cfg.seed, index, j, 1]).generate_state(1)[0])
-        stats.append(
-            LayerStats.empty(
-                W0.shape[1], W0.shape[0], capacity=cfg.reservoir, held_capacity=max(cfg.reservoir // 2, 1), seed=seed
-            )
-        )
+        # a reservoir never needs more rows than the samples can give (its buffer is sized by it)
+        per = _rows_per_sample(view, c, cfg.positions)
+        fit_cap = cfg.reservoir if per is None else max(1, min(cfg.reservoir, n_fit * per))
+        held_cap = max(cfg.reservoir // 2, 1)
+        held_cap = held_cap if per is None else max(1, min(held_cap, (n_all - n_fit) * per))
+        stats.append(LayerStats.empty(W0.shape[1], W0.shape[0], capacity=fit_cap, held_capacity=held_cap, seed=seed))
     rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
     seen = 0
     for orig in orig_stream.run(view.model, orig_names, cut, orig_cut):
@@ -107,6 +109,14 @@ def collect(
     for st in stats:
         st.finish(weighted)
     return stats
+
+
+def _rows_per_sample(view: GraphView, c: Consumer, positions: int) -> int | None:
+    """Sample rows one calibration sample gives consumer ``c`` at most (``None``: its input shape is not known)."""
+    shape = view.shapes.get(c.input)
+    if shape is None or any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+        return None
+    return min(positions, positions_of(c, (1, *shape[1:])))  # type: ignore[arg-type]
 
 
 def _token_mask(feed: dict[str, np.ndarray]) -> np.ndarray | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 
 from .errors import ModelError
-from .graph import check_model, load_model
+from .graph import check_model, load_model, skeleton
 from .planfile import model_digest
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,26 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_or_keep(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the inferred ``value_info`` of its tensors (strict, type-checked), or unchanged with a
+    warning if inference fails (the final checker reports real problems).
+
+    Inference runs on :func:`onnx_poem.graph.skeleton` ``(model)`` (weights' values never matter to it)
+    and its ``value_info`` and outputs are copied back: what full inference would give, without copying
+    the weights.
+    """
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except Exception as e:  # the checker in verify() reports real problems
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
+    except Exception as e:
         logger.warning("shape inference of the pruned model failed: %s", e)
         return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    weights = {t.name for t in model.graph.initializer}
+    out.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in weights)
+    del out.graph.output[:]
+    out.graph.output.extend(inferred.graph.output)
+    return out
 
 
 def digest(model: onnx.ModelProto) -> str:

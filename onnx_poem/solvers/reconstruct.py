@@ -252,7 +252,11 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
             R += S32
             U = _u_step(R, Z32, lam, pieces)
             U -= S32
-            W32 = (lam * (U.T @ X32) + base) @ H32
+            W_new = (lam * (U.T @ X32) + base) @ H32
+            step = float(np.linalg.norm(W_new - W32))
+            W32 = W_new
+            if step <= RELAX_TOL * float(np.linalg.norm(W32)):
+                break  # [R, speed] converged for this λ (λ = 100 moves W by ~2e-4 per iteration)
         W = W32.astype(np.float64)
     return W
 
@@ -324,6 +328,8 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> 
     return out
 
 
+#: the relaxation moves on to the next λ once an iteration changes W by less than this (relative)
+RELAX_TOL = 1e-3
 #: relative ridge of the POEM W-step (toward least squares; see :func:`poem_fit`)
 RIDGE = 1e-4
 #: regularisation strengths of the POEM fits toward least squares (each costs a full relaxation)

@@ -80,7 +80,8 @@ def apply_saved_plan(
         verification_samples=len(data) if calib is not None else 0,
         synthetic_calibration=False,
         target_macs=settings.get("target_macs"),
-        allocation=f"{settings.get('allocation', '?')} (applied from {Path(plan_file).name})",
+        allocation=str(settings.get("allocation", "?")),
+        applied_plan=str(plan_file),
     )
     kept = {d.group_id: len(d.keep) for d in plan.decisions}
     report.groups = group_rows(view, list(groups.values()), {g: kept.get(g, c.channels) for g, c in groups.items()})

@@ -120,6 +120,7 @@ class PruneReport:
     verification: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    applied_plan: str | None = None  # --apply-plan: the plan file (nothing was calibrated or solved)
 
     @property
     def macs_ratio(self) -> float:
@@ -177,9 +178,13 @@ class PruneReport:
             f"method       {self.method} ({self.mode}, {self.allocation}), ratio {self.ratio:.3g}"
             + (f" (for MACs target {self.target_macs:g})" if self.target_macs is not None else "")
             + f", seed {self.seed}",
-            f"calibration  {self.calibration_samples} samples fit"
-            + (" (SYNTHETIC)" if self.synthetic_calibration else "")
-            + f", {self.selection_samples} chose between candidates",
+            (
+                f"plan         applied from {self.applied_plan} (no calibration, nothing solved)"
+                if self.applied_plan is not None
+                else f"calibration  {self.calibration_samples} samples fit"
+                + (" (SYNTHETIC)" if self.synthetic_calibration else "")
+                + f", {self.selection_samples} chose between candidates"
+            ),
             f"{'':13}{'before':>14}{'after':>14}{'ratio':>9}",
             f"{'MACs':13}{self.macs_before:>14,}{self.macs_after:>14,}{self.macs_ratio:>9.3f}",
             f"{'params':13}{self.params_before:>14,}{self.params_after:>14,}{self.params_ratio:>9.3f}",

@@ -37,6 +37,7 @@ def test_saved_plan_applies_to_the_same_bytes(work: Path, allocation: str) -> No
     assert res.exit_code == 0, res.output
     assert (work / "a.onnx").read_bytes() == (work / "b.onnx").read_bytes()
     assert "not measured" in res.output  # no --calib: nothing to claim agreement on
+    assert "applied from" in res.output and "samples fit" not in res.output
     # a second planning run gives the same plan bytes (fixed zip timestamps)
     res = invoke(m, "--ratio", "0.5", "--calib", c, "--allocation", allocation, "-o", str(work / "a2.onnx"),
                  "--save-plan", str(work / "q.json"))  # fmt: skip

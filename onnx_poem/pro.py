@@ -109,7 +109,9 @@ def _error_curve(
         n, count = G.shape[0] - 1, max(G[-1, -1], 1e-12)
         mean = G[:n, -1] / count
         M = d.W0[:, :n]
-        V = float(np.einsum("ij,jk,ik->", M, G[:n, :n], M) - count * np.sum((M @ mean) ** 2))
+        # tr(M G Mᵀ) as one matrix product (a three-operand einsum loops in C without BLAS: 7.6 s vs 0.15 s
+        # for a BERT-base FFN, 40 % of its PRO pass)
+        V = float(np.sum((M @ G[:n, :n]) * M) - count * np.sum((M @ mean) ** 2))
         scales.append(1.0 / max(V, 1e-12 * float(np.sum(M * M)) + 1e-30))
     quota = region_keeps(g, PRO_MAX_RATIO)
     trace: list[float] = []

@@ -126,8 +126,7 @@ def run(
     t0 = time.perf_counter()
     with bind(Clock()) as clock, stage("other"):
         result = _prune(model, cfg, calib, image_options, verify_data, progress)
-    result.report.timings.update({k: round(v, 3) for k, v in clock.seconds.items()})
-    result.report.timings["total"] = time.perf_counter() - t0
+    result.report.timings.update(clock.timings(t0))
     return result
 
 
@@ -374,6 +373,7 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
         report.groups = group_rows(ctx.view, a.coupling.groups, keeps)
         report.macs_after = round(report.macs_before * a.table.predict(a.free, {g.id: keeps[g.id] for g in a.free}))
         report.warnings.append("dry run: nothing was solved or written; MACs after are predicted")
+        report.dry_run = True
         return report
     for gid, why in solved.failed.items():
         keeps[gid] = a.groups[gid].channels

@@ -91,10 +91,7 @@ class Stream:
         files: list[Path] = []
         dtypes: dict[str, np.dtype[Any]] = {}
         for k in range(len(self.chunks)):
-            have = self._feed(k)
-            if self.files:
-                with open(self.files[k], "rb") as fh:
-                    have.update({n: np.load(fh) for n in self.frontier})
+            have = self._batch(k)
             if sess:
                 have.update(zip(compute, sess.run(compute, {n: have[n] for n in inputs}), strict=True))
             if names:
@@ -112,11 +109,15 @@ class Stream:
     def frontier_batches(self) -> Iterator[dict[str, np.ndarray]]:
         """Per batch: the model inputs and the tensors of the recorded frontier."""
         for k in range(len(self.chunks)):
-            have = self._feed(k)
-            if self.files:
-                with open(self.files[k], "rb") as fh:
-                    have.update({n: np.load(fh) for n in self.frontier})
-            yield have
+            yield self._batch(k)
+
+    def _batch(self, k: int) -> dict[str, np.ndarray]:
+        """Batch ``k``'s model inputs and its tensors of the recorded frontier."""
+        have = self._feed(k)
+        if self.files:
+            with open(self.files[k], "rb") as fh:
+                have.update({n: np.load(fh) for n in self.frontier})
+        return have
 
     def adopt(self, other: Stream) -> None:
         """Take ``other``'s frontier (same model so far), sharing its files by hard links."""

@@ -25,7 +25,6 @@ from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
 from .graph import GraphView, input_files, load_model
 from .outputs import check_outputs, write_together
-from .report import PruneReport
 from .solvers import METHODS
 
 logger = logging.getLogger("onnx_poem")
@@ -329,7 +328,7 @@ def prune_cmd(
                 files[report] = (rep.to_json() + "\n").encode()
             write_together(files, force=force)
         if not quiet:
-            click.echo(rep.summary() if pruned is not None else _dry_summary(rep))
+            click.echo(rep.summary())
             if files:
                 click.echo(f"written      {', '.join(str(f) for f in files)}")
     except KeyboardInterrupt:
@@ -343,19 +342,6 @@ def prune_cmd(
         if debug:
             raise
         _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
-
-
-def _dry_summary(rep: PruneReport) -> str:
-    """What a dry run would prune: kept channels per group and the predicted MACs."""
-    lines = [f"model        {rep.model}", f"method       {rep.method} ({rep.allocation}), ratio {rep.ratio:g}"]
-    lines.append(f"MACs         {rep.macs_before:,} -> {rep.macs_after:,} predicted ({rep.macs_ratio:.3f})")
-    lines.append(
-        f"groups       {sum(g['kept'] < g['channels'] for g in rep.groups)} of {len(rep.groups)} would be pruned"
-    )
-    lines += [f"  {g['group']}: keep {g['kept']} of {g['channels']}" for g in rep.groups]
-    lines += [f"unpruned     {u['where']}: {u['reason']}" for u in rep.unprunable]
-    lines.append(f"time         {rep.timings.get('total', 0.0):.1f} s (dry run: nothing solved or written)")
-    return "\n".join(lines)
 
 
 @contextmanager

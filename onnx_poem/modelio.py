@@ -41,8 +41,7 @@ def infer_or_keep(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as e:
         logger.warning("shape inference of the pruned model failed: %s", e)
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     del out.graph.value_info[:]
     weights = {t.name for t in model.graph.initializer}
     out.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in weights)

@@ -30,7 +30,7 @@ from .cascade import Stream, cut_position
 from .coupling import ChannelGroup
 from .graph import GraphView, with_outputs
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
-from .rewrite import apply_plan
+from .rewrite import apply_plan, bias_name
 from .verify import session
 
 
@@ -71,7 +71,7 @@ class Probe:
             pass
         first = GroupDecision(g.id, g.channels, tuple(range(g.channels)), tuple(variants[0]))
         model = apply_plan(self.view, self.groups, PrunePlan((first,)))
-        names = {_bias_name(u): None for u in variants[0]} | {u.weight: None for u in variants[0]}
+        names = {bias_name(u): None for u in variants[0]} | {u.weight: None for u in variants[0]}
         seg = with_outputs(model, self.outputs, cut=self.stream.frontier, dtypes=self.view.dtypes)
         seg = _overridable(seg, list(names))
         specs = {
@@ -83,7 +83,7 @@ class Probe:
         wanted = [i.name for i in sess.get_inputs()] + list(names)
         out = []
         for updates in variants:
-            weights = {u.weight: u.weight_value for u in updates} | {_bias_name(u): u.bias_value for u in updates}
+            weights = {u.weight: u.weight_value for u in updates} | {bias_name(u): u.bias_value for u in updates}
             weights = {
                 n: np.ascontiguousarray(np.asarray(v, dtype=specs[n][0]).reshape(specs[n][1]))
                 for n, v in weights.items()
@@ -95,11 +95,6 @@ class Probe:
                 total += sum(float(np.sum((p - o) ** 2)) for p, o in zip(got, ref, strict=True))
             out.append(total)
         return out
-
-
-def _bias_name(u: ConsumerUpdate) -> str:
-    """The stored bias a consumer update writes (the rewrite names a bias it creates this way)."""
-    return u.bias if u.bias is not None else f"{u.weight}__poem_bias"
 
 
 def _overridable(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -86,9 +86,8 @@ def apply_saved_plan(
     kept = {d.group_id: len(d.keep) for d in plan.decisions}
     report.groups = group_rows(view, list(groups.values()), {g: kept.get(g, c.channels) for g, c in groups.items()})
     report.set_agreement(agreement)
-    one = {n: v[:1] for n, v in data.feed([0]).items()}
+    one = data.feed([0])
     report.macs_before, report.params_before = count_macs(model, one), count_params(model)
     report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)
-    report.timings.update({k: round(v, 3) for k, v in clock.seconds.items()})
-    report.timings["total"] = time.perf_counter() - t0
+    report.timings.update(clock.timings(t0))
     return pruned, report

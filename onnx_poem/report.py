@@ -121,6 +121,7 @@ class PruneReport:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     applied_plan: str | None = None  # --apply-plan: the plan file (nothing was calibrated or solved)
+    dry_run: bool = False  # --dry-run: only analysed and allocated; ``macs_after`` is predicted
 
     @property
     def macs_ratio(self) -> float:
@@ -171,7 +172,9 @@ class PruneReport:
         return f" ({', '.join(parts)})" if parts else ""
 
     def summary(self) -> str:
-        """Human-readable summary table."""
+        """Human-readable summary table (for a dry run: what would be kept per group, the predicted MACs)."""
+        if self.dry_run:
+            return self._dry_summary()
         pruned = sum(1 for g in self.groups if g["kept"] < g["channels"])
         lines = [
             f"model        {self.model}",
@@ -193,6 +196,17 @@ class PruneReport:
         lines += self._agreement_lines()
         lines += [f"warning      {w}" for w in self.warnings]
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s{self._breakdown()}")
+        return "\n".join(lines)
+
+    def _dry_summary(self) -> str:
+        lines = [f"model        {self.model}", f"method       {self.method} ({self.allocation}), ratio {self.ratio:g}"]
+        lines.append(f"MACs         {self.macs_before:,} -> {self.macs_after:,} predicted ({self.macs_ratio:.3f})")
+        lines.append(
+            f"groups       {sum(g['kept'] < g['channels'] for g in self.groups)} of {len(self.groups)} would be pruned"
+        )
+        lines += [f"  {g['group']}: keep {g['kept']} of {g['channels']}" for g in self.groups]
+        lines += [f"unpruned     {u['where']}: {u['reason']}" for u in self.unprunable]
+        lines.append(f"time         {self.timings.get('total', 0.0):.1f} s (dry run: nothing solved or written)")
         return "\n".join(lines)
 
     def _agreement_lines(self) -> list[str]:

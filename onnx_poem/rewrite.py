@@ -16,7 +16,12 @@ from onnx import helper, numpy_helper
 from .coupling import ChannelGroup
 from .coupling.groups import positions
 from .graph import GraphView
-from .plan import PrunePlan
+from .plan import ConsumerUpdate, PrunePlan
+
+
+def bias_name(u: ConsumerUpdate) -> str:
+    """The stored bias a consumer update writes: its own, or the one the rewrite creates for a layer without."""
+    return u.bias if u.bias is not None else f"{u.weight}__poem_bias"
 
 
 def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan) -> onnx.ModelProto:
@@ -38,7 +43,7 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
                 old = get(u.bias)
                 arrays[u.bias] = u.bias_value.reshape(old.shape) if old.size == u.bias_value.size else u.bias_value
             else:
-                name = f"{u.weight}__poem_bias"
+                name = bias_name(u)
                 arrays[name] = u.bias_value
                 new_bias[u.node] = name
     group_attr: dict[int, int] = {}

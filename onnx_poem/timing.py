@@ -27,6 +27,10 @@ class Clock:
     seconds: dict[str, float] = field(default_factory=dict)
     _stack: list[tuple[str, float]] = field(default_factory=list)
 
+    def timings(self, started: float) -> dict[str, float]:
+        """The stages' seconds (rounded to ms) and ``total``: the wall-clock time since ``started``."""
+        return {k: round(v, 3) for k, v in self.seconds.items()} | {"total": time.perf_counter() - started}
+
     def enter(self, name: str) -> None:
         now = time.perf_counter()
         if self._stack:

@@ -267,3 +267,17 @@ def test_lazy_greedy_matches_eager_solves_across_flushes(k: int) -> None:
     ref_kept, ref_costs = _eager_greedy(G, P, W0, k, C, 30, 0.01)
     np.testing.assert_array_equal(kept, np.sort(ref_kept))
     np.testing.assert_allclose(trace, ref_costs, rtol=1e-6, atol=1e-6 * abs(ref_costs).max())
+
+
+def test_in_place_solve_falls_back_on_the_restored_matrix() -> None:
+    """A failed in-place Cholesky restores the matrix before least squares (the caller's temporary)."""
+    from onnx_poem.solvers.linalg import spd_solve
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((40, 40))
+    A = A + A.T - 15 * np.eye(40)  # symmetric, indefinite: Cholesky fails part-way
+    B = rng.standard_normal((5, 40))
+    work = A.copy()
+    got = spd_solve(work, B, overwrite=True)
+    np.testing.assert_array_equal(work, A)
+    np.testing.assert_allclose(got, np.linalg.lstsq(A, B.T, rcond=None)[0].T, rtol=1e-10, atol=1e-12)

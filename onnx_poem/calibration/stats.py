@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.linalg import blas
 
+from ..solvers.linalg import symmetrize
+
 
 @dataclass
 class Reservoir:
@@ -182,8 +184,8 @@ class LayerStats:
     def finish(self, weighted: bool) -> None:
         """Mirror the accumulated upper triangles into symmetric ``G``/``Gw``; make ``Gw``/``Pw``
         equal to ``G``/``P`` when no weights were given."""
-        self.G = np.triu(self.G) + np.triu(self.G, 1).T
+        symmetrize(self.G, upper=True)  # in place: no (n+1)² temporaries
         if weighted:
-            self.Gw = np.triu(self.Gw) + np.triu(self.Gw, 1).T
+            symmetrize(self.Gw, upper=True)
         else:
             self.Gw, self.Pw = self.G, self.P

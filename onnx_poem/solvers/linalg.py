@@ -13,8 +13,6 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 
-from ..errors import SolverError
-
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +40,7 @@ def spd_inverse(G: np.ndarray, fallbacks: list[str] | None = None, *, overwrite:
     f = buf.T  # Fortran-ordered view of the symmetric matrix: LAPACK works on it in place
     for jitter in (0.0, 1e-6, 1e-5, 1e-4):
         if jitter:
-            _mirror(f, upper=False)  # restore the triangle potrf overwrote
+            symmetrize(f, upper=False)  # restore the triangle potrf overwrote
             f[np.diag_indices(n)] = diag + jitter * scale
         U, info = lapack.dpotrf(f, lower=0, clean=0, overwrite_a=1)
         if info == 0 and np.isfinite(np.diag(U)).all():
@@ -50,20 +48,20 @@ def spd_inverse(G: np.ndarray, fallbacks: list[str] | None = None, *, overwrite:
             if info == 0:
                 if jitter:
                     logger.debug("Cholesky needed a diagonal jitter of %g x mean(diag)", jitter)
-                inv = _mirror(inv, upper=True)
+                inv = symmetrize(inv, upper=True)
                 return inv.T if not inv.flags.c_contiguous else inv  # symmetric: the C-ordered view
         if not np.isfinite(diag).all():
             break
     if fallbacks is not None:
         fallbacks.append("Cholesky failed; used the pseudo-inverse")
     logger.warning("Cholesky factorisation failed; falling back to the pseudo-inverse")
-    _mirror(f, upper=False)
+    symmetrize(f, upper=False)
     f[np.diag_indices(n)] = diag
     inv = np.linalg.pinv(f, hermitian=True)
     return 0.5 * (inv + inv.T)
 
 
-def _mirror(a: np.ndarray, *, upper: bool, block: int = 512) -> np.ndarray:
+def symmetrize(a: np.ndarray, *, upper: bool, block: int = 512) -> np.ndarray:
     """Make ``a: (n, n)`` symmetric in place from its upper (or lower) triangle, in blocks (no ``n²`` temporary)."""
     n = a.shape[0]
     for i in range(0, n, block):
@@ -84,15 +82,20 @@ def spd_solve(
     """``B A⁻¹`` for a symmetric positive definite ``A: (n, n)`` and ``B: (m, n)`` → ``(m, n)``.
 
     Cholesky (``n³/3 + 2n²m``, less than forming the inverse when ``m < n``), in place on ``A``
-    with ``overwrite`` (the caller's array is then destroyed); least squares if it fails.
+    with ``overwrite`` (the caller's array is then destroyed); least squares if it fails (after
+    restoring ``A`` from the triangle the factorisation did not touch).
     """
+    in_place = overwrite and A.flags.c_contiguous and A.dtype == np.float64
+    diag = np.diag(A).copy() if in_place else None
     try:
         # the transpose of a symmetric C-ordered matrix is the same matrix, Fortran-ordered: factored in place
-        c = scipy.linalg.cho_factor(A.T if overwrite else A, lower=False, overwrite_a=overwrite, check_finite=False)
+        c = scipy.linalg.cho_factor(A.T if in_place else A, lower=False, overwrite_a=in_place, check_finite=False)
         return np.asarray(scipy.linalg.cho_solve(c, B.T, check_finite=False).T)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-        if overwrite:
-            raise SolverError("Cholesky solve failed on a matrix given up to it (overwrite=True)") from None
+        pass
+    if diag is not None:  # potrf wrote the upper triangle of Aᵀ (the lower one of A) and the diagonal
+        symmetrize(A.T, upper=False)
+        A[np.diag_indices(A.shape[0])] = diag
     if fallbacks is not None:
         fallbacks.append("Cholesky failed; used least squares (lstsq)")
     logger.warning("Cholesky solve failed; falling back to lstsq")
@@ -110,20 +113,8 @@ def ridge_solve(
 ) -> np.ndarray:
     """``W = (P + δW0)(G + δI)⁻¹`` for ``G: (n, n)``, ``P, W0: (m, n)`` → ``(m, n)``.
 
-    With ``overwrite`` ``G`` (a caller's temporary) is damped and factored in place; if that
-    factorisation fails, the solve is repeated on a copy rebuilt from ``G``'s untouched triangle.
+    With ``overwrite`` ``G`` (a caller's temporary) is damped and factored in place.
     """
     A = G if overwrite and G.flags.c_contiguous else np.array(G, dtype=np.float64)
-    diag = np.diag_indices(A.shape[0])
-    A[diag] += delta
-    d = A[diag].copy()
-    B = P + delta * W0
-    try:
-        return spd_solve(A, B, fallbacks, overwrite=True)
-    except SolverError:
-        pass
-    # the factorisation overwrote the lower triangle (C order) and the diagonal: rebuild from the upper one
-    A = np.triu(A, 1)
-    A += A.T
-    A[diag] = d
-    return spd_solve(A, B, fallbacks)
+    A[np.diag_indices(A.shape[0])] += delta
+    return spd_solve(A, P + delta * W0, fallbacks, overwrite=True)

@@ -161,6 +161,7 @@ class _Inputs:
     model: onnx.ModelProto  # checked, constant-folded
     data: CalibrationData
     checks: CalibrationData | None  # --verify-data
+    loaded: onnx.ModelProto  # as loaded (written back when nothing is pruned)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class RunContext:
     view: GraphView
     chunks: list[np.ndarray]  # sample indices per batch: the fitting batches, then the selection batches
     workdir: Path
+    loaded: onnx.ModelProto  # the model as loaded, before folding: the result when nothing is pruned
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     chunks = [
         idx[i : i + cfg.batch_size] for idx in (split.fit, split.select) for i in range(0, len(idx), cfg.batch_size)
     ]
-    return RunContext(cfg, inputs.name, inputs.model, data, inputs.checks, split, view, chunks, workdir)
+    return RunContext(cfg, inputs.name, inputs.model, data, inputs.checks, split, view, chunks, workdir, inputs.loaded)
 
 
 def _analyse(ctx: RunContext) -> Analysis:
@@ -314,7 +316,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
             break
     if progress:
         progress(len(todo), len(todo), "")
-    pruned = infer_or_keep(applied if plan.decisions else copy_model(ctx.model))
+    pruned = infer_or_keep(applied if plan.decisions else copy_model(ctx.loaded))
     return Solved(plan, pruned, layers, failed)
 
 
@@ -328,7 +330,7 @@ def _verify(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:
             raise
         failed = dict(solved.failed)
         plan = _drop_failing(ctx.view, a.groups, solved.plan, ctx.data.feed(ctx.split.fit[:1]), failed)
-        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else copy_model(ctx.model))
+        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else copy_model(ctx.loaded))
         solved = Solved(plan, model, solved.layers, failed)
         agreement = _agreement(ctx, model)
     layers = [la for la in solved.layers if la.group not in solved.failed]
@@ -412,8 +414,8 @@ def _inputs(
 ) -> _Inputs:
     """The checked, constant-folded model, its name, the calibration data, the ``--verify-data`` set and the
     config with the batch size clamped to a fixed batch dimension of the model."""
-    model, name = load_checked(model)
-    model = fold_constants(model)
+    loaded, name = load_checked(model)
+    model = fold_constants(loaded)
     data = load_calibration(
         model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options, synthetic=cfg.synthetic
     )
@@ -425,7 +427,7 @@ def _inputs(
     fixed = [d[0] for d in (declared_shape(model, n) for n in data.arrays) if d and isinstance(d[0], int) and d[0] > 0]
     if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
         cfg = replace(cfg, batch_size=min(fixed))
-    return _Inputs(cfg, name, model, data, checks)
+    return _Inputs(cfg, name, model, data, checks, loaded)
 
 
 def _fails(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan, feed: dict[str, np.ndarray]) -> str:

@@ -384,7 +384,8 @@ def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
         kind = f" residual stream of {len(g.producers)} producers," if g.residual else ""
         if not g.residual and len(g.producers) > 1:
             kind = f" {len(g.producers)} producers,"
-        click.echo(f"  {g.id}:{kind} {g.channels} channels -> {cons}")
+        size = f"{g.channels} channels" if g.block == 1 else f"{g.channels} conv groups of {g.block} channels"
+        click.echo(f"  {g.id}:{kind} {size} -> {cons}")
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")
     for u in coupling.unprunable:
         click.echo(f"  {u.where}: {u.reason}")

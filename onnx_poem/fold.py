@@ -28,6 +28,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .shapefold import fold_shapes
+
 logger = logging.getLogger(__name__)
 
 #: ops evaluated when all their inputs are constants
@@ -37,8 +39,10 @@ FOLDABLE = ("Identity", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Transpose", 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with constant-only :data:`FOLDABLE` nodes folded and shared per-channel constants copied.
 
-    Returns ``model`` itself (not a copy) when there is nothing to change.
+    Returns ``model`` itself (not a copy) when there is nothing to change.  Shape arithmetic
+    that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`).
     """
+    model = fold_shapes(model)
     if not _foldable(model) and not _shared(model):
         return model
     m = onnx.ModelProto()
@@ -127,7 +131,7 @@ def _fold(m: onnx.ModelProto) -> int:
 
 def _drop_unused(g: onnx.GraphProto) -> None:
     """Remove initializers and ``Constant`` nodes that no node (nor subgraph, nor output) reads any more."""
-    read = {t for n in g.node for t in n.input} | {o.name for o in g.output} | _subgraph_reads(g)
+    read = {t for n in g.node for t in n.input} | {o.name for o in g.output} | subgraph_reads(g)
     keep = [t for t in g.initializer if t.name in read or any(i.name == t.name for i in g.input)]
     del g.initializer[:]
     g.initializer.extend(keep)
@@ -136,12 +140,12 @@ def _drop_unused(g: onnx.GraphProto) -> None:
     g.node.extend(nodes)
 
 
-def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
+def subgraph_reads(g: onnx.GraphProto) -> set[str]:
     names: set[str] = set()
     for n in g.node:
         for a in n.attribute:
             for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                names |= {t for sn in sub.node for t in sn.input} | _subgraph_reads(sub)
+                names |= {t for sn in sub.node for t in sn.input} | subgraph_reads(sub)
     return names
 
 

@@ -261,8 +261,9 @@ def group_rows(view: GraphView, groups: Sequence[ChannelGroup], keeps: Mapping[s
     return [
         {
             "group": g.id,
-            "channels": g.channels,
-            "kept": keeps[g.id],
+            "channels": g.channels * g.block,
+            "kept": keeps[g.id] * g.block,
+            "channels_per_unit": g.block,
             "residual": g.residual,
             "producers": [view.node_label(p) for p in g.producers],
             "consumers": [c.label for c in g.consumers],

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .coupling import ChannelGroup
-from .coupling.groups import positions
+from .coupling.groups import ShuffleFix
 from .graph import GraphView
 from .plan import ConsumerUpdate, PrunePlan
 
@@ -52,20 +52,19 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
         g = groups[dec.group_id]
         keep = np.asarray(dec.keep, dtype=np.int64)
         for p in g.params:
-            arrays[p.name] = np.take(get(p.name), positions(p.index, keep), axis=p.axis)
+            arrays[p.name] = np.take(get(p.name), g.positions(p.index, keep), axis=p.axis)
         for prod in g.producers:
             if prod in new_bias:
                 index = next(p.index for p in g.params if p.name == view.nodes[prod].input[1])
-                arrays[new_bias[prod]] = np.take(arrays[new_bias[prod]], positions(index, keep), axis=0)
+                arrays[new_bias[prod]] = np.take(arrays[new_bias[prod]], g.positions(index, keep), axis=0)
         for r in g.reshapes:
             shape = shape_fix.get(r.shape, get(r.shape)).copy()
-            shape.reshape(-1)[r.position] = len(positions(r.index, keep)) * r.cols_per_channel
+            shape.reshape(-1)[r.position] = len(g.positions(r.index, keep)) * r.cols_per_channel
             shape_fix[r.shape] = arrays[r.shape] = shape
         for gr in g.grouped:
-            group_attr[gr.node] = len(positions(gr.index, keep))
+            group_attr[gr.node] = len(g.positions(gr.index, keep)) // gr.per_group
         for pad in g.pads:
-            out_pos = np.asarray(pad.index, dtype=np.int64)[keep]
-            out_pos = out_pos[out_pos >= 0]
+            out_pos = g.positions(pad.index, keep)
             pads = get(pad.pads).copy()
             ax = pad.axis % pad.rank
             pads[ax] = int(np.sum(out_pos < pad.before))
@@ -74,8 +73,9 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
     split_attr: dict[int, list[int]] = {}
     for dec in plan.decisions:
         keep = np.asarray(dec.keep, dtype=np.int64)
-        for rf in groups[dec.group_id].ranges:
-            kept = positions(rf.index, keep)
+        g = groups[dec.group_id]
+        for rf in g.ranges:
+            kept = g.positions(rf.index, keep)
             starts = [int(np.sum(kept < a)) for a, _ in rf.parts]
             sizes = [int(np.sum((kept >= a) & (kept < a + n))) for a, n in rf.parts]
             node = view.nodes[rf.node]
@@ -88,11 +88,66 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
                 arrays[node.input[1]] = np.asarray(sizes, dtype=get(node.input[1]).dtype)
             else:
                 split_attr[rf.node] = sizes
+    gathers: dict[int, np.ndarray] = {}  # first Reshape of a channel shuffle → Gather indices
+    for dec in plan.decisions:
+        keep = np.asarray(dec.keep, dtype=np.int64)
+        for sh in groups[dec.group_id].shuffles:
+            gathers[sh.nodes[0]] = shuffle_indices(sh, keep)
     model = onnx.ModelProto()
     model.CopyFrom(view.model)
+    dropped = _replace_shuffles(model, view, groups, plan, gathers)
     _write(model, arrays, new_bias, group_attr, split_attr)
+    if dropped:  # after _write: its node indices refer to the original graph
+        kept_nodes = [n for n in model.graph.node if not (n.output and n.output[0] in dropped)]
+        del model.graph.node[:]
+        model.graph.node.extend(kept_nodes)
     del model.graph.value_info[:]
     return model
+
+
+def shuffle_indices(sh: ShuffleFix, keep: np.ndarray) -> np.ndarray:
+    """Gather indices that put the kept channels of a shuffle's input in their shuffled order.
+
+    The pruned input holds the kept atoms by increasing input position, the pruned output
+    by increasing output position: output ``j`` reads the input rank of the atom ``j``-th in
+    output order.
+    """
+    src = np.asarray(sh.source, dtype=np.int64)[keep]
+    dst = np.asarray(sh.target, dtype=np.int64)[keep]
+    src, dst = src[src >= 0], dst[src >= 0]  # atoms of the group that pass this shuffle
+    rank = np.argsort(np.argsort(src, kind="stable"), kind="stable")
+    return rank[np.argsort(dst, kind="stable")].astype(np.int64)
+
+
+def _replace_shuffles(
+    model: onnx.ModelProto,
+    view: GraphView,
+    groups: dict[str, ChannelGroup],
+    plan: PrunePlan,
+    gathers: dict[int, np.ndarray],
+) -> set[str]:
+    """Each pruned shuffle's first Reshape becomes ``Gather(axis=1)`` writing the last Reshape's output.
+
+    Returns the outputs of the shuffles' Transpose and last Reshape nodes, which nothing reads any more
+    (to be removed once node indices no longer matter)."""
+    g = model.graph
+    dropped: set[str] = set()
+    for first, indices in gathers.items():
+        sh = next(s for d in plan.decisions for s in groups[d.group_id].shuffles if s.nodes[0] == first)
+        node = g.node[first]
+        name = f"{node.output[0]}__poem_gather"
+        g.initializer.append(numpy_helper.from_array(indices, name))
+        target = view.nodes[sh.nodes[2]].output[0]
+        g.node[sh.nodes[2]].output[0] = f"{target}__poem_unused"
+        dropped |= {g.node[sh.nodes[1]].output[0], g.node[sh.nodes[2]].output[0]}
+        source = node.input[0]
+        node.op_type = "Gather"
+        del node.input[:]
+        node.input.extend([source, name])
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("axis", 1))
+        node.output[0] = target
+    return dropped
 
 
 def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:

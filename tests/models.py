@@ -463,3 +463,58 @@ def ffn_gelu_op(seed: int = 0) -> onnx.ModelProto:
 
 
 BUILDERS |= {"ffn_gelu_op": ffn_gelu_op}
+
+
+def grouped_conv(seed: int = 0) -> onnx.ModelProto:
+    """A ResNeXt bottleneck: conv(3→8) → BN → relu → grouped conv(8→8, group=4, 2 channels per group) → BN →
+    relu → conv(8→5, 1x1).  The grouped conv is pruned by whole conv groups (blocks of 2 channels)."""
+    b = _B(seed)
+    t = b.node("Relu", [b.bn(b.conv("x", 3, 8, bias=False), 8)])
+    t = b.node("Relu", [b.bn(b.conv(t, 8, 8, group=4, bias=False), 8)])
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 8, 5, k=1, pad=0)])
+
+
+BUILDERS |= {"grouped_conv": grouped_conv}
+
+
+def channel_shuffle(seed: int = 0) -> onnx.ModelProto:
+    """A ShuffleNetV2 unit: conv(3→8) → relu → Split [4, 4] → second half through conv(4→4) → relu →
+    Concat(first half, branch) → channel shuffle (Reshape (N, 2, 4, H, W) → Transpose → Reshape) → conv(8→5)."""
+    b = _B(seed)
+    t = b.node("Relu", [b.conv("x", 3, 8)])
+    sizes = b.const(np.array([4, 4], dtype=np.int64), "split")
+    b.nodes.append(helper.make_node("Split", [t, sizes], ["sh_a", "sh_b"], name=b.name("Split"), axis=1))
+    t = b.node("Concat", ["sh_a", b.node("Relu", [b.conv("sh_b", 4, 4, k=1, pad=0)])], axis=1)
+    t = b.node("Reshape", [t, b.const(np.array([-1, 2, 4, 6, 6], np.int64), "shape")])
+    t = b.node("Transpose", [t], perm=[0, 2, 1, 3, 4])
+    t = b.node("Reshape", [t, b.const(np.array([-1, 8, 6, 6], np.int64), "shape")])
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(t, 8, 5)])
+
+
+def torchscript_shapes(seed: int = 0) -> onnx.ModelProto:
+    """TorchScript's dynamic-batch shape arithmetic: conv(3→8) → relu → ``chunk(2)`` as two Slices whose bounds
+    come from ``Shape → Gather → Div`` → conv(4→3) each, added → relu → 3x3 max-pool → Flatten as
+    ``Reshape(x, [Shape(x)[0], -1])`` → Gemm(3·4→5)."""
+    b = _B(seed)
+    x = b.node("Relu", [b.conv("x", 3, 8)])
+    i64 = np.int64
+    c = b.node("Gather", [b.node("Shape", [x]), b.const(np.array(1, i64), "i")], axis=0)
+    half = b.node("Unsqueeze", [b.node("Div", [c, b.const(np.array(2, i64), "c")]), b.const(np.array([0], i64), "ax")])
+    end = b.node("Unsqueeze", [c, b.const(np.array([0], i64), "ax")])
+    axis = b.const(np.array([1], i64), "ax")
+    first = b.node("Slice", [x, b.const(np.array([0], i64), "s"), half, axis])
+    second = b.node("Slice", [x, half, end, b.const(np.array([1], i64), "ax")])
+    y = b.node("Relu", [b.node("Add", [b.conv(first, 4, 3), b.conv(second, 4, 3)])])
+    y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[3, 3])
+    n = b.node(
+        "Unsqueeze",
+        [
+            b.node("Gather", [b.node("Shape", [y]), b.const(np.array(0, i64), "i")], axis=0),
+            b.const(np.array([0], i64), "ax"),
+        ],
+    )
+    flat = b.node("Reshape", [y, b.node("Concat", [n, b.const(np.array([-1], i64), "m")], axis=0)])
+    return b.model([("x", ["N", 3, 6, 6])], [b.gemm(flat, 3 * 4, 5)])
+
+
+BUILDERS |= {"channel_shuffle": channel_shuffle, "torchscript_shapes": torchscript_shapes}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models import BUILDERS, concat
+from models import BUILDERS, concat, grouped_conv, inputs_for
+from onnx_poem import prune
 from onnx_poem.coupling import find_groups
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
@@ -149,3 +150,18 @@ def test_the_fused_gelu_op_is_the_consumers_activation() -> None:
     assert (first.channels, second.channels) == (8, 16)
     assert first.consumers[0].activation.kind == "gelu"  # MatMul(8→16) + b → Gelu
     assert second.consumers[0].activation.kind == "identity"
+
+
+def test_grouped_conv_is_pruned_by_whole_groups() -> None:
+    """ResNeXt: an atom is one conv group (2 channels); the grouped conv keeps its channels per group."""
+    model = grouped_conv()
+    (g,) = find_groups(GraphView.build(model)).groups
+    assert g.block == 2 and g.channels == 4 and g.grouped[0].per_group == 2
+    assert g.consumers[0].in_channels == 4  # counted in blocks: 2·9 columns per block
+    pruned, rep = prune(model, ratio=0.5, calib=inputs_for(model, 64), seed=0)
+    conv = [n for n in pruned.graph.node if n.op_type == "Conv"]
+    group = next(a.i for a in conv[1].attribute if a.name == "group")
+    w = {t.name: t for t in pruned.graph.initializer}
+    assert group == 2 and list(w[conv[1].input[1]].dims) == [4, 2, 3, 3]
+    assert next(iter(w[conv[0].input[1]].dims)) == 4 and list(w[conv[2].input[1]].dims)[1] == 4
+    assert rep.groups[0]["channels"] == 8 and rep.groups[0]["kept"] == 4

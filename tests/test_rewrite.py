@@ -14,11 +14,12 @@ from onnx_poem.coupling import find_groups
 from onnx_poem.coupling.groups import positions
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
-from onnx_poem.plan import ConsumerUpdate, GroupDecision, PrunePlan
+from onnx_poem.plan import GroupDecision, PrunePlan
 from onnx_poem.report import count_params
 from onnx_poem.rewrite import apply_plan
+from onnx_poem.solve import consumer_update
 from onnx_poem.solvers import kept_columns
-from onnx_poem.weights import effective, stored_arrays
+from onnx_poem.weights import effective
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -37,8 +38,9 @@ def _kill_channels(model: onnx.ModelProto, dead: dict[str, list[int]]) -> onnx.M
         g = groups[gid]
         for c in g.consumers:
             w = view.const(c.weight).copy()
-            k = w.shape[1] // c.in_channels if c.kind == "conv" or c.trans_b else w.shape[0] // c.in_channels
-            for ch in positions(c.index, np.array(chans)):
+            n_in = c.in_channels * g.block
+            k = w.shape[1] // n_in if c.kind == "conv" or c.trans_b else w.shape[0] // n_in
+            for ch in positions(c.index, np.array(chans), g.block):
                 if c.kind == "conv":
                     w[:, ch] = 0
                 elif c.kind == "gemm" and c.trans_b:
@@ -60,8 +62,7 @@ def _identity_plan(view: GraphView, dead: dict[str, list[int]]) -> tuple[dict, P
             W0, _ = effective(view, c)
             own = positions(c.index, keep)
             cols = kept_columns(own, (W0.shape[1] - 1) // c.in_channels, W0.shape[1])
-            w, b = stored_arrays(view, c, W0[:, cols], own, c.in_channels)
-            updates.append(ConsumerUpdate(c.node, c.weight, w, c.bias, b))
+            updates.append(consumer_update(view, g, c, W0[:, cols], own))
         decisions.append(GroupDecision(gid, g.channels, tuple(int(i) for i in keep), tuple(updates)))
     return groups, PrunePlan(tuple(decisions))
 

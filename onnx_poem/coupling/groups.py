@@ -38,12 +38,19 @@ class ParamSlice:
 Index = tuple[int, ...] | None
 
 
-def positions(index: Index, keep: np.ndarray) -> np.ndarray:
-    """Sorted channel positions of the kept atoms ``keep`` in a member with ``index``."""
+def positions(index: Index, keep: np.ndarray, block: int = 1) -> np.ndarray:
+    """Sorted channel positions of the kept atoms ``keep`` in a member with ``index``.
+
+    With ``block > 1`` (a group pruned by whole convolution groups, see :class:`ChannelGroup`)
+    ``index`` counts blocks of ``block`` consecutive channels; the result lists every channel
+    of the kept blocks.
+    """
     if index is None:
-        return np.asarray(keep, dtype=np.int64)
-    idx = np.asarray(index, dtype=np.int64)[np.asarray(keep, dtype=np.int64)]
-    return np.sort(idx[idx >= 0])
+        pos = np.asarray(keep, dtype=np.int64)
+    else:
+        idx = np.asarray(index, dtype=np.int64)[np.asarray(keep, dtype=np.int64)]
+        pos = np.sort(idx[idx >= 0])
+    return pos if block == 1 else (pos[:, None] * block + np.arange(block)).reshape(-1)
 
 
 @dataclass(frozen=True)
@@ -125,18 +132,21 @@ class ReshapeFix:
 
 @dataclass(frozen=True)
 class Grouped:
-    """A depthwise conv whose ``group`` attribute equals its channel count."""
+    """A grouped conv carried by the group: depthwise (``group`` equals its channel count,
+    ``per_group = 1``) or with ``per_group`` input channels per conv group (ResNeXt, RegNet),
+    pruned by whole conv groups.  Its ``group`` attribute becomes kept channels / ``per_group``."""
 
     node: int
     index: tuple[int, ...] | None = None
+    per_group: int = 1
 
 
 @dataclass(frozen=True)
 class PadFix:
     """A channel ``Pad`` whose pads constant ``pads`` changes with the kept atoms.
 
-    ``index`` maps atoms to output positions; ``before``/``after`` are the padded
-    channel counts and ``size`` the output channel count before pruning.
+    ``index`` maps atoms to output positions (in the group's blocks); ``before``/``after``
+    are the padded channel counts and ``size`` the output channel count before pruning.
     """
 
     node: int
@@ -153,8 +163,8 @@ class PadFix:
 class RangeFix:
     """A channel ``Split`` or ``Slice`` whose ranges change with the kept atoms.
 
-    ``index`` maps atoms to input positions; ``parts`` are the ``(start, length)``
-    input ranges of the outputs before pruning; ``entry`` is the position of the
+    ``index`` maps atoms to input positions (in the group's blocks); ``parts`` are the
+    ``(start, length)`` input channel ranges of the outputs before pruning; ``entry`` is the position of the
     channel axis in a Slice's ``starts``/``ends``.
     """
 
@@ -162,6 +172,17 @@ class RangeFix:
     index: tuple[int, ...]
     parts: tuple[tuple[int, int], ...]
     entry: int = 0
+
+
+@dataclass(frozen=True)
+class ShuffleFix:
+    """A channel shuffle ``Reshape → Transpose → Reshape`` (``nodes``) that the rewrite replaces by a
+    ``Gather`` of the kept channels in their shuffled order.  ``source``/``target`` map atoms to the
+    channel positions before and after the shuffle."""
+
+    nodes: tuple[int, int, int]
+    source: tuple[int, ...]
+    target: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -183,6 +204,11 @@ class ChannelGroup:
             (a residual stream), as opposed to producers side by side (``Concat``) or a
             squeeze-excite gate (``Mul``).
         ranges: channel Split/Slice nodes whose ranges change.
+        shuffles: channel shuffles, replaced by a ``Gather`` when the group is pruned.
+        block: channels per atom.  1 except where the channels pass a grouped conv with
+            ``1 < group < C`` (ResNeXt, RegNet): an atom is then one conv group, ``block``
+            consecutive channels in every member, and ``index``/``channels``/a consumer's
+            ``in_channels`` count blocks (:func:`positions` expands them).
         regions: atom → region id, atoms of one region occurring in the same tensors
             (e.g. the channels of one ResNet stage); ratios apply per region.
             ``None``: a single region.
@@ -201,6 +227,12 @@ class ChannelGroup:
     residual: bool = False
     regions: tuple[int, ...] | None = None
     ranges: tuple[RangeFix, ...] = ()
+    block: int = 1
+    shuffles: tuple[ShuffleFix, ...] = ()
+
+    def positions(self, index: Index, keep: np.ndarray) -> np.ndarray:
+        """Channel positions of the kept atoms ``keep`` in a member with ``index`` (blocks expanded)."""
+        return positions(index, keep, self.block)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class Through:
     params: tuple[ParamSlice, ...] = ()
     reshape: ReshapeFix | None = None
     grouped: int | None = None
+    per_group: int = 1  # input channels per conv group of ``grouped`` (1: depthwise)
 
 
 @dataclass(frozen=True)
@@ -370,12 +371,15 @@ def _conv(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> S
         if w.shape[1] != channels:
             return Stop(f"Conv expects {w.shape[1]} input channels, group has {channels}")
         return Consume(conv_consumer(view, node))
-    if group == channels and w.shape[0] == channels and w.shape[1] == 1:
-        params = [ParamSlice(n.input[1], 0)]
-        if len(n.input) > 2 and n.input[2]:
-            params.append(ParamSlice(n.input[2], 0))
-        return Through((_out_edge(view, node, edge),), tuple(params), grouped=node)
-    return Stop(f"grouped Conv (group={group}) is not supported yet")
+    if w.shape[1] * group != channels:
+        return Stop(f"grouped Conv expects {w.shape[1] * group} input channels, group has {channels}")
+    if w.shape[0] != channels:  # the output blocks would differ in size from the input blocks
+        return Stop(f"grouped Conv (group={group}) with {w.shape[0]} outputs for {channels} inputs")
+    params = [ParamSlice(n.input[1], 0)]
+    if len(n.input) > 2 and n.input[2]:
+        params.append(ParamSlice(n.input[2], 0))
+    # depthwise (one channel per conv group) or ResNeXt-style: pruned by whole conv groups
+    return Through((_out_edge(view, node, edge),), tuple(params), grouped=node, per_group=channels // group)
 
 
 @coupling_rule("Gemm")
@@ -541,3 +545,61 @@ def dense_consumer(view: GraphView, node: int, kind: str) -> Consumer:
         bias_add=bias_add,
         **post,  # type: ignore[arg-type]
     )
+
+
+@dataclass(frozen=True)
+class Shuffle:
+    """A channel shuffle (ShuffleNet): ``Reshape (N, C, H, W) → (N, g, C/g, H, W)``, ``Transpose`` of axes
+    1 and 2, ``Reshape`` back to ``(N, C, H, W)``; ``nodes`` are the three nodes."""
+
+    nodes: tuple[int, int, int]
+    groups: int
+    channels: int
+
+    def target(self, c: int) -> int:
+        """The output position of input channel ``c``: ``(g, i) → (i, g)``."""
+        per = self.channels // self.groups
+        return (c % per) * self.groups + c // per
+
+
+def _only_user(view: GraphView, tensor: str, op: str) -> int | None:
+    users = view.users(tensor)
+    if tensor in view.outputs or len(users) != 1 or view.nodes[users[0].node].op_type != op:
+        return None
+    return users[0].node
+
+
+def channel_shuffle(view: GraphView, node: int, edge: Edge) -> Shuffle | None:
+    """The channel shuffle that starts at Reshape ``node`` (reading the channels as ``edge``), or ``None``."""
+    n = view.nodes[node]
+    shape_in = view.shapes.get(n.input[0])
+    first = view.const(n.input[1]) if len(n.input) > 1 else None
+    if edge.rank != 4 or edge.axis % 4 != 1 or edge.cols != 1 or first is None or first.size != 5 or not shape_in:
+        return None
+    channels = shape_in[1]
+    dims = [int(d) for d in first.reshape(-1)]
+    if channels is None or dims[1] <= 0 or dims[2] <= 0 or dims[1] * dims[2] != channels:
+        return None
+    t = _only_user(view, n.output[0], "Transpose")
+    if t is None or [int(p) for p in (view.attr(t, "perm") or ())] != [0, 2, 1, 3, 4]:
+        return None
+    last = _only_user(view, view.nodes[t].output[0], "Reshape")
+    second = view.const(view.nodes[last].input[1]) if last is not None else None
+    if last is None or second is None or second.size != 4 or int(second.reshape(-1)[1]) not in (channels, -1):
+        return None
+    if int(second.reshape(-1)[1]) == -1 and (shape_out := view.shapes.get(view.nodes[last].output[0])):
+        if len(shape_out) != 4 or shape_out[1] != channels:
+            return None
+    return Shuffle((node, t, last), dims[1], int(channels))
+
+
+def shuffle_ending_at(view: GraphView, node: int, edge: Edge) -> Shuffle | None:
+    """The channel shuffle whose last Reshape is ``node`` (its output carrying the channels as ``edge``)."""
+    t = view.producer.get(view.nodes[node].input[0])
+    if edge.rank != 4 or edge.axis % 4 != 1 or t is None or view.nodes[t].op_type != "Transpose":
+        return None
+    first = view.producer.get(view.nodes[t].input[0])
+    if first is None or view.nodes[first].op_type != "Reshape":
+        return None
+    sh = channel_shuffle(view, first, Edge(view.nodes[first].input[0], 1, 4))
+    return sh if sh is not None and sh.nodes[2] == node else None

@@ -35,9 +35,10 @@ from .groups import (
     ParamSlice,
     RangeFix,
     ReshapeFix,
+    ShuffleFix,
     Unprunable,
 )
-from .rules import RULES, Consume, Edge, Stop, Through, input_edge
+from .rules import RULES, Consume, Edge, Shuffle, Stop, Through, channel_shuffle, input_edge, shuffle_ending_at
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
     if n.op_type == "Conv":
         group = int(view.attr(i, "group", 1))
         if group != 1:
-            if group == w.shape[0] and w.shape[1] == 1:
-                return None  # depthwise: carried by the group of its input
-            return Unprunable(label, f"grouped Conv (group={group}) is not supported yet")
+            return None  # depthwise or grouped: carried by the group of its input (rules._conv)
         params = [ParamSlice(n.input[1], 0)]
         if len(n.input) > 2 and n.input[2]:
             params.append(ParamSlice(n.input[2], 0))
@@ -130,12 +129,14 @@ class _Component:
     consumers: dict[int, tuple[Consumer, int]] = field(default_factory=dict)
     producers: dict[int, int] = field(default_factory=dict)
     reshapes: list[tuple[ReshapeFix, int]] = field(default_factory=list)
-    grouped: list[tuple[int, int]] = field(default_factory=list)
+    grouped: list[tuple[int, int, int]] = field(default_factory=list)  # (node, space, per_group)
+    block: int = 1  # channels per atom: a grouped conv's per_group (see ChannelGroup.block)
     pads: list[tuple[int, str, int, int, int, int, int]] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)
     visited: set[tuple[int, str]] = field(default_factory=set)
     adds: int = 0  # Add/Sub joins of two computed tensors (residual connections)
     ranges: list[tuple[int, int, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
+    shuffles: list[tuple[tuple[int, int, int], int, int]] = field(default_factory=list)  # (nodes, in, out space)
 
     def space(self, size: int) -> int:
         self.sizes.append(size)
@@ -223,6 +224,9 @@ class _Component:
         if n.op_type in ("Split", "Slice") and (cut := self._channel_parts(node, edge)) is not None:
             self._split(node, *cut, edge)
             return
+        if n.op_type == "Reshape" and (sh := shuffle_ending_at(view, node, edge)) is not None:
+            self._shuffle(sh, edge)
+            return
         data = [k for k, x in enumerate(n.input) if x and not view.is_const(x)]
         slot = data[0] if len(data) == 1 else 0
         in_edge = replace(input_edge(view, node, edge), tensor=n.input[slot])
@@ -251,6 +255,9 @@ class _Component:
         if n.op_type in ("Split", "Slice") and slot == 0 and (cut := self._channel_parts(node, edge)) is not None:
             self._split(node, *cut, edge)
             return
+        if n.op_type == "Reshape" and slot == 0 and (sh := channel_shuffle(view, node, edge)) is not None:
+            self._shuffle(sh, edge)
+            return
         rule = RULES.get(n.op_type)
         step = rule(view, node, slot, edge, self.sizes[space]) if rule else Stop(f"op {n.op_type} is not supported")
         if isinstance(step, Stop):
@@ -268,7 +275,11 @@ class _Component:
         if step.reshape is not None:
             self.reshapes.append((step.reshape, space))
         if step.grouped is not None:
-            self.grouped.append((step.grouped, space))
+            self.grouped.append((step.grouped, space, step.per_group))
+            if step.per_group > 1:
+                if self.block not in (1, step.per_group):
+                    raise _Stop(f"grouped convs with {self.block} and {step.per_group} channels per group")
+                self.block = step.per_group
 
     def _size_of(self, node: int, tensor: str, edge: Edge) -> int:
         """Channel count of ``tensor`` (its space's size if it has one, else from shape inference)."""
@@ -367,9 +378,31 @@ class _Component:
             self.links.append((self._space_for(node, out, length, edge), in_space, 0, start, length))
         self.ranges.append((node, in_space, tuple(parts), entry))
 
+    def _shuffle(self, sh: Shuffle, edge: Edge) -> None:
+        """Channel shuffle: input channel ``c`` is output channel :meth:`Shuffle.target` ``(c)``."""
+        source, target = self.view.nodes[sh.nodes[0]].input[0], self.view.nodes[sh.nodes[2]].output[0]
+        inner = self._space_for(sh.nodes[0], source, sh.channels, Edge(source, 1, 4))
+        outer = self._space_for(sh.nodes[2], target, sh.channels, Edge(target, 1, 4))
+        if self.sizes[inner] != sh.channels or self.sizes[outer] != sh.channels:
+            raise _Stop(f"stopped at {self._where(sh.nodes[0])}: shuffle of {sh.channels} channels")
+        self.links.extend((inner, outer, c, sh.target(c), 1) for c in range(sh.channels))
+        self.shuffles.append((sh.nodes, inner, outer))
+
+    def _blocks(self) -> tuple[list[int], list[tuple[int, int, int, int, int]]]:
+        """Space sizes and links in units of :attr:`block` channels (every offset must be aligned)."""
+        b = self.block
+        if b == 1:
+            return self.sizes, self.links
+        if self.shuffles:
+            raise _Stop("a channel shuffle inside a group pruned by whole conv groups")
+        if any(s % b for s in self.sizes) or any(x % b for link in self.links for x in link[2:]):
+            raise _Stop(f"channel offsets not aligned with the conv groups of {b} channels")
+        return [s // b for s in self.sizes], [(sa, sb, a // b, c // b, n // b) for sa, sb, a, c, n in self.links]
+
     def atoms(self) -> tuple[int, list[np.ndarray]]:
-        """Union-find over all positions: the atom count and, per space, atom → position (-1 absent)."""
-        base = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        """Union-find over all positions (blocks): the atom count and, per space, atom → position (-1 absent)."""
+        sizes, links = self._blocks()
+        base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         parent = np.arange(int(base[-1]))
 
         def find(i: int) -> int:
@@ -378,7 +411,7 @@ class _Component:
                 i = int(parent[i])
             return i
 
-        for sa, sb, a0, b0, length in self.links:
+        for sa, sb, a0, b0, length in links:
             for j in range(length):
                 ra, rb = find(int(base[sa] + a0 + j)), find(int(base[sb] + b0 + j))
                 if ra != rb:
@@ -389,7 +422,7 @@ class _Component:
         atom_of = order[atom_of]
         count = len(first)
         index = []
-        for s, size in enumerate(self.sizes):
+        for s, size in enumerate(sizes):
             idx = np.full(count, -1, dtype=np.int64)
             atoms = atom_of[base[s] : base[s] + size]
             if len(np.unique(atoms)) != size:
@@ -400,19 +433,18 @@ class _Component:
 
     def group(self) -> ChannelGroup:
         count, index = self.atoms()
+        units = [size // self.block for size in self.sizes]  # sizes in atoms' units (blocks)
 
         def ix(space: int) -> tuple[int, ...] | None:
             idx = index[space]
-            return None if self.sizes[space] == count and (idx == np.arange(count)).all() else tuple(map(int, idx))
+            return None if units[space] == count and (idx == np.arange(count)).all() else tuple(map(int, idx))
 
         first = min(self.producers)
         per_atom = sum((index[s] >= 0).astype(np.int64) for s in self.producers.values())
         where = np.stack([index[s] >= 0 for s in range(len(self.sizes))], axis=1)  # (atoms, spaces)
         _, first_seen, region = np.unique(where, axis=0, return_index=True, return_inverse=True)
         region = np.argsort(np.argsort(first_seen, kind="stable"), kind="stable")[region.reshape(-1)]
-        consumers = tuple(
-            replace(c, index=ix(s), in_channels=self.sizes[s]) for _, (c, s) in sorted(self.consumers.items())
-        )
+        consumers = tuple(replace(c, index=ix(s), in_channels=units[s]) for _, (c, s) in sorted(self.consumers.items()))
         return ChannelGroup(
             id=self.view.node_label(first),
             producer=first,
@@ -420,7 +452,7 @@ class _Component:
             params=tuple(replace(p, index=ix(s)) for p, s in self.params),
             consumers=consumers,
             reshapes=tuple(replace(r, index=ix(s)) for r, s in self.reshapes),
-            grouped=tuple(Grouped(node, ix(s)) for node, s in self.grouped),
+            grouped=tuple(Grouped(node, ix(s), per_group) for node, s, per_group in self.grouped),
             tensors=tuple(self.member),
             producers=tuple(sorted(self.producers)),
             pads=tuple(
@@ -430,6 +462,10 @@ class _Component:
             residual=bool(self.pads) or (bool(np.max(per_atom) > 1) and self.adds > 0),
             regions=tuple(map(int, region)) if region.max() > 0 else None,
             ranges=tuple(RangeFix(nd, tuple(map(int, index[sp])), parts, e) for nd, sp, parts, e in self.ranges),
+            block=self.block,
+            shuffles=tuple(
+                ShuffleFix(nodes, tuple(map(int, index[a])), tuple(map(int, index[b]))) for nodes, a, b in self.shuffles
+            ),
         )
 
 

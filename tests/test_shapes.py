@@ -1,0 +1,64 @@
+"""Exporters' shape arithmetic folded (dynamic batch kept), channel shuffles pruned as permutations."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from models import channel_shuffle, inputs_for, torchscript_shapes
+from onnx_poem import prune
+from onnx_poem.coupling import find_groups
+from onnx_poem.fold import fold_constants
+from onnx_poem.graph import GraphView
+from onnx_poem.shapefold import fold_shapes
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {model.graph.input[0].name: x})[0]
+
+
+def test_shape_arithmetic_folds_and_keeps_the_batch_dynamic() -> None:
+    model = torchscript_shapes()
+    assert not find_groups(GraphView.build(model)).groups  # the Slices' bounds are computed: nothing found
+    folded = fold_shapes(model)
+    onnx.checker.check_model(folded, full_check=True)
+    assert not any(n.op_type in ("Shape", "Gather", "Div") for n in folded.graph.node)
+    reshape = next(n for n in folded.graph.node if n.op_type == "Reshape")
+    shape = next(t for t in folded.graph.initializer if t.name == reshape.input[1])
+    assert onnx.numpy_helper.to_array(shape).tolist() == [0, -1]  # the batch entry: copied from the input
+    for n in (1, 5):  # any batch size, not just the ones evaluated
+        x = inputs_for(model, n)
+        np.testing.assert_allclose(run(model, x), run(folded, x), rtol=1e-5, atol=1e-6)
+    assert len(find_groups(GraphView.build(folded)).groups) == 1
+
+
+def test_dynamic_dims_other_than_batch_are_not_folded() -> None:
+    model = torchscript_shapes()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    assert fold_shapes(model) is model
+
+
+def test_shape_folded_model_prunes_to_a_smaller_valid_model() -> None:
+    model = torchscript_shapes()
+    x = inputs_for(model, 64)
+    pruned, rep = prune(model, ratio=0.5, calib=x, seed=0)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert rep.macs_after < rep.macs_before
+    assert run(pruned, inputs_for(model, 3)).shape == (3, 5)
+
+
+def test_channel_shuffle_is_a_permutation_replaced_by_a_gather() -> None:
+    model = channel_shuffle()
+    (g,) = find_groups(GraphView.build(fold_constants(model))).groups
+    assert g.channels == 12 and len(g.shuffles) == 1  # 8 + the branch conv's 4, joined by the Concat
+    pruned, _rep = prune(model, ratio=0.5, calib=inputs_for(model, 64), seed=0)
+    ops = [n.op_type for n in pruned.graph.node]
+    assert "Gather" in ops and "Transpose" not in ops
+    gather = next(n for n in pruned.graph.node if n.op_type == "Gather")
+    idx = next(t for t in pruned.graph.initializer if t.name == gather.input[1])
+    kept = onnx.numpy_helper.to_array(idx)
+    assert sorted(kept.tolist()) == list(range(len(kept))) and 0 < len(kept) < 8  # of the Concat's 8 channels
+    x = inputs_for(model, 4)
+    assert run(pruned, x).shape == run(model, x).shape

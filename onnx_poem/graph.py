@@ -221,9 +221,14 @@ class GraphView:
         return default
 
     def crossing(self, position: int) -> list[str]:
-        """Tensors produced by nodes before ``position`` and read by a node at or after it, in node order."""
+        """Tensors produced by nodes before ``position`` and read by a node at or after it, in node order.
+
+        ``Constant`` node outputs are not among them: a segment keeps the node (old paddle2onnx exports
+        store every weight so), so nothing is cached per batch for it."""
         out = []
         for n in self.nodes[:position]:
+            if n.op_type == "Constant":
+                continue
             out += [t for t in n.output if t and any(u.node >= position for u in self.uses.get(t, []))]
         return out
 

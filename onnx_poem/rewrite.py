@@ -84,9 +84,7 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
                     arr = get(name).copy()
                     arr.reshape(-1)[rf.entry] = value
                     arrays[name] = arr
-            elif len(node.input) > 1 and node.input[1]:
-                arrays[node.input[1]] = np.asarray(sizes, dtype=get(node.input[1]).dtype)
-            else:
+            else:  # a split-sizes input gets a constant of its own: exporters share equal ones between Splits
                 split_attr[rf.node] = sizes
     gathers: dict[int, np.ndarray] = {}  # first Reshape of a channel shuffle → Gather indices
     for dec in plan.decisions:
@@ -170,7 +168,11 @@ def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
     model.graph.initializer.append(numpy_helper.from_array(np.asarray(sizes, dtype=np.int64), name))
     while len(node.input) < 2:
         node.input.append("")
-    node.input[1] = name
+    old, node.input[1] = node.input[1], name
+    if old and not any(old in n.input for n in model.graph.node):  # the sizes it had were its own
+        kept_inits = [t for t in model.graph.initializer if t.name != old]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept_inits)
 
 
 def _write(

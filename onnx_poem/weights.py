@@ -47,10 +47,15 @@ def weight_matrix(view: GraphView, c: Consumer) -> np.ndarray:
     if c.kind == "conv":
         return w.reshape(w.shape[0], -1)
     if c.kind == "convt":  # (C_in, C_out, kh, kw) → the equivalent conv's (C_out, C_in, kh, kw), flipped
-        return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(w.shape[1], -1)
+        return np.ascontiguousarray(np.swapaxes(_flip(w), 0, 1)).reshape(w.shape[1], -1)
     if c.kind == "gemm" and c.trans_b:
         return w
     return w.T
+
+
+def _flip(w: np.ndarray) -> np.ndarray:
+    """``w`` reversed along its spatial axes (2 onwards): a kernel turned by 180 degrees (1-D or 2-D)."""
+    return w[(slice(None), slice(None)) + (slice(None, None, -1),) * (w.ndim - 2)]
 
 
 def stored_bias(view: GraphView, c: Consumer, m: int) -> np.ndarray:
@@ -96,7 +101,7 @@ def stored_arrays(
     if c.kind == "conv":
         w = wm.reshape(m, len(keep), *orig.shape[2:])
     elif c.kind == "convt":
-        w = wm.reshape(m, len(keep), *orig.shape[2:]).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        w = _flip(np.swapaxes(wm.reshape(m, len(keep), *orig.shape[2:]), 0, 1))
     elif c.kind == "gemm" and c.trans_b:
         w = wm
     else:

@@ -518,3 +518,62 @@ def torchscript_shapes(seed: int = 0) -> onnx.ModelProto:
 
 
 BUILDERS |= {"channel_shuffle": channel_shuffle, "torchscript_shapes": torchscript_shapes}
+
+
+def shared_split_sizes(seed: int = 0) -> onnx.ModelProto:
+    """Two channel Splits reading one split-sizes constant (as TorchScript de-duplicates equal constants), with a
+    nearest 2x Resize between: conv(3→8) → relu → Split [4, 4] → conv(4→4) each, added → relu → Resize ×2 →
+    conv(4→8) → relu → Split [4, 4] (the same constant) → conv(4→3) each, added."""
+    b = _B(seed)
+    sizes = b.const(np.array([4, 4], dtype=np.int64), "split")
+    t = b.node("Relu", [b.conv("x", 3, 8)])
+    for k, cout in enumerate((4, 3)):
+        a_, b_ = f"part{k}a", f"part{k}b"
+        b.nodes.append(helper.make_node("Split", [t, sizes], [a_, b_], name=b.name("Split"), axis=1))
+        t = b.node("Add", [b.conv(a_, 4, cout), b.conv(b_, 4, cout)])
+        if k == 0:
+            scales = b.const(np.array([1, 1, 2, 2], np.float32), "scales")
+            t = b.node("Resize", [b.node("Relu", [t]), "", scales], mode="nearest")
+            t = b.node("Relu", [b.conv(t, 4, 8)])
+    return b.model([("x", ["N", 3, 4, 4])], [t])
+
+
+BUILDERS |= {"shared_split_sizes": shared_split_sizes}
+
+
+def conv1d(seed: int = 0) -> onnx.ModelProto:
+    """An audio-style 1-D stack on (N, 3, 16): conv1d(3→8, k5, pad 2) → BN → relu → conv1d(8→8, k3, stride 2,
+    dilation 2, pads [2, 1]) → relu → ConvTranspose1d(8→6, k2, stride 2) → relu → conv1d(6→4, k1)."""
+    b = _B(seed)
+    r = b.rng
+
+    def conv(x: str, cin: int, cout: int, k: int, **attrs: object) -> str:
+        w = b.const((r.standard_normal((cout, cin, k)) / np.sqrt(cin * k)).astype(np.float32))
+        return b.node("Conv", [x, w, b.const((0.1 * r.standard_normal(cout)).astype(np.float32), "b")], **attrs)
+
+    t = b.node("Relu", [b.bn(conv("x", 3, 8, 5, kernel_shape=[5], pads=[2, 2]), 8)])
+    t = b.node("Relu", [conv(t, 8, 8, 3, kernel_shape=[3], strides=[2], dilations=[2], pads=[2, 1])])
+    wt = b.const((r.standard_normal((8, 6, 2)) / 4).astype(np.float32))
+    t = b.node("Relu", [b.node("ConvTranspose", [t, wt], kernel_shape=[2], strides=[2])])
+    return b.model([("x", ["N", 3, 16])], [conv(t, 6, 4, 1, kernel_shape=[1])])
+
+
+BUILDERS |= {"conv1d": conv1d}
+
+
+def crnn_squeeze(seed: int = 0) -> onnx.ModelProto:
+    """A CRNN-style head on (N, 3, 4, 6): conv(3→8) → relu → mean over the height (keepdims) → Squeeze → Unsqueeze
+    → conv(8→6, 1x1) → relu → Squeeze(height) → Transpose to (N, W, 6) → MatMul(6→5) per step."""
+    b = _B(seed)
+    i64 = np.int64
+    t = b.node("Relu", [b.conv("x", 3, 8)])
+    t = b.node("ReduceMean", [t], axes=[2], keepdims=1)
+    t = b.node("Squeeze", [t, b.const(np.array([2], i64), "ax")])
+    t = b.node("Unsqueeze", [t, b.const(np.array([2], i64), "ax")])
+    t = b.node("Relu", [b.conv(t, 8, 6, k=1, pad=0)])
+    t = b.node("Transpose", [b.node("Squeeze", [t, b.const(np.array([-2], i64), "ax")])], perm=[0, 2, 1])
+    w = b.const((b.rng.standard_normal((6, 5)) / np.sqrt(6)).astype(np.float32))
+    return b.model([("x", ["N", 3, 4, 6])], [b.node("MatMul", [t, w])])
+
+
+BUILDERS |= {"crnn_squeeze": crnn_squeeze}

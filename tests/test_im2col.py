@@ -152,3 +152,54 @@ def test_patches_times_weights_equal_runtime_conv_transpose(cin, k, stride, pad,
     pos, _ = sample_positions(total, 9, 2, np.random.default_rng(seed))
     cols = input_samples(c, a.astype(np.float64), pos)
     np.testing.assert_allclose(cols @ weight_matrix(view, c).T, output_samples(c, y, pos), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    cin=st.integers(1, 4),
+    k=st.sampled_from([1, 2, 3, 5]),
+    stride=st.integers(1, 3),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dil=st.integers(1, 2),
+    auto_pad=st.sampled_from(["NOTSET", "NOTSET", "SAME_UPPER", "VALID"]),
+    length=st.integers(6, 14),
+    seed=st.integers(0, 5),
+)
+def test_patches_times_weights_equal_runtime_conv_1d(cin, k, stride, pad, dil, auto_pad, length, seed) -> None:
+    """A 1-D conv (audio) is handled as a 2-D conv over height 1."""
+    assume(dil == 1 or not auto_pad.startswith("SAME"))
+    assume(dil * (k - 1) + 1 <= length + (sum(pad) if auto_pad == "NOTSET" else 0))
+    rng = np.random.default_rng(seed)
+    attrs: dict[str, object] = {"kernel_shape": [k], "strides": [stride], "dilations": [dil]}
+    if auto_pad == "NOTSET":
+        attrs["pads"] = list(pad)
+    else:
+        attrs["auto_pad"] = auto_pad
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[1]),
+            helper.make_node("Conv", ["a", "w2"], ["y"], **attrs),
+        ],
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2, length])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(rng.standard_normal((cin, 2, 1)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((5, cin, k)).astype(np.float32), "w2"),
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    view = GraphView.build(m)
+    c = find_groups(view).groups[0].consumers[0]
+    assert c.kernel == (1, k)
+    x = rng.standard_normal((2, 2, length)).astype(np.float32)
+    sess = ort.InferenceSession(_with_output(m, "a").SerializeToString(), providers=["CPUExecutionProvider"])
+    a, y = sess.run(["a", "y"], {"x": x})
+    total = positions_of(c, a.shape)
+    assert total == y.shape[2]
+    pos, _ = sample_positions(total, 5, 2, rng)
+    cols = input_samples(c, a.astype(np.float64), pos)
+    np.testing.assert_allclose(
+        cols @ view.const("w2").reshape(5, -1).T, output_samples(c, y, pos), rtol=1e-4, atol=1e-4
+    )

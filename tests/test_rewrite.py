@@ -102,3 +102,24 @@ def test_ratio_zero_reproduces_the_original(name: str) -> None:
     assert report.macs_after == report.macs_before
     for a, b in zip(run(model, x), run(pruned, x), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_splits_sharing_their_sizes_constant_get_their_own() -> None:
+    """TorchScript shares one split-sizes constant between equal Splits (YOLO's C2f blocks); each Split
+    keeps its own count of channels (the YOLO export failed with 'Mismatch between the sum of split')."""
+    from models import shared_split_sizes
+
+    base = fold_constants(shared_split_sizes())
+    split_groups = [g for g in find_groups(GraphView.build(base), residual=True).groups if g.ranges]
+    assert len(split_groups) == 2
+    dead = {split_groups[0].id: [0], split_groups[1].id: [0, 1, 5]}  # [3, 4] and [2, 3] channels kept
+    model = _kill_channels(base, dead)
+    view = GraphView.build(model)
+    groups, plan = _identity_plan(view, dead)
+    pruned = apply_plan(view, groups, plan)
+    onnx.checker.check_model(pruned, full_check=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    sizes = sorted(inits[n.input[1]].tolist() for n in pruned.graph.node if n.op_type == "Split")
+    assert sizes == [[2, 3], [3, 4]]
+    x = inputs_for(model, 4)
+    np.testing.assert_allclose(run(pruned, x)[0], run(model, x)[0], atol=1e-5, rtol=1e-5)

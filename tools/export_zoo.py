@@ -163,7 +163,7 @@ def export_yolo(out: Path, tiny: bool) -> None:
                 desc.write_text(yaml.safe_dump(spec))
             model = YOLO(str(desc))  # built from the model description: no weights are downloaded
             _randomise_torch(model.model)
-            file = model.export(format="onnx", imgsz=64 if tiny else 128, simplify=False, dynamic=True,
+            file = model.export(format="onnx", imgsz=64 if tiny else 128, simplify=False, dynamic=False,
                                 opset=17, project=tmp)  # fmt: skip
             path = out / f"{Path(cfg).stem}{'_tiny' if tiny else ''}.ultralytics.onnx"
             shutil.move(str(file), path)

@@ -47,6 +47,8 @@ def _transposed_geometry(c: Consumer, h: int, w: int) -> tuple[tuple[int, int], 
 
 def positions_of(c: Consumer, in_shape: tuple[int, ...]) -> int:
     """Number of output positions per sample of consumer ``c`` for an input of ``in_shape``."""
+    if c.kind in ("conv", "convt") and len(in_shape) == 3:  # 1-D: a 2-D conv over height 1
+        in_shape = (in_shape[0], in_shape[1], 1, in_shape[2])
     if c.kind == "convt":
         (h, w), (pt, pl, pb, pr) = _transposed_geometry(c, in_shape[2], in_shape[3])
         ho = h + pt + pb - c.dilations[0] * (c.kernel[0] - 1)
@@ -88,6 +90,8 @@ def input_samples(c: Consumer, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
             return x
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         return np.take_along_axis(flat, pos[:, :, None], axis=1).reshape(-1, x.shape[-1])
+    if x.ndim == 3:  # 1-D: a 2-D conv over height 1
+        x = x[:, :, None, :]
     b, ch, h, w = x.shape
     kh, kw = c.kernel
     if c.kind == "convt":

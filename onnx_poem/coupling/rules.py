@@ -242,6 +242,36 @@ def _reduce(view: GraphView, node: int, slot: int, edge: Edge, channels: int) ->
     return Through((_out_edge(view, node, edge),))
 
 
+def _axes(view: GraphView, node: int) -> list[int] | None:
+    """Constant ``axes`` of a Squeeze/Unsqueeze (attribute before opset 13, input after); ``None`` if computed."""
+    axes = view.attr(node, "axes")
+    n = view.nodes[node]
+    if axes is None and len(n.input) > 1 and n.input[1]:
+        value = view.const(n.input[1])
+        if value is None:
+            return None
+        axes = np.reshape(value, -1).tolist()
+    return [int(a) for a in axes] if axes is not None else []
+
+
+@coupling_rule("Squeeze", "Unsqueeze")
+def _squeeze(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """Removing or inserting unit axes other than the channel axis (a CRNN squeezes the height away)."""
+    axes = _axes(view, node)
+    if slot != 0 or edge.rank is None or edge.cols != 1 or not axes:
+        return Stop(f"{view.nodes[node].op_type} with computed or implicit axes")
+    ax = edge.axis % edge.rank
+    if view.nodes[node].op_type == "Squeeze":
+        gone = {a % edge.rank for a in axes}
+        if ax in gone:
+            return Stop("Squeeze of the channel axis")
+        return Through((Edge(view.nodes[node].output[0], ax - sum(a < ax for a in gone), edge.rank - len(gone)),))
+    rank = edge.rank + len(axes)
+    new = sorted(a % rank for a in axes)
+    kept = [a for a in range(rank) if a not in new]  # output axes holding the input's axes, in order
+    return Through((Edge(view.nodes[node].output[0], kept[ax], rank),))
+
+
 @coupling_rule("Pow")
 def _pow(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     """``x ** c`` with a constant scalar exponent is elementwise (tanh-approximated GELU uses ``x³``)."""
@@ -268,6 +298,30 @@ def _spatial(view: GraphView, edge: Edge) -> int | None:
             return None
         size *= d
     return size
+
+
+@coupling_rule("Resize", "Upsample")
+def _resize(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """Spatial resizing (FPN/YOLO necks' nearest upsampling) with constant scales of 1 on the channel axis."""
+    n = view.nodes[node]
+    if slot != 0 or edge.rank is None or edge.cols != 1:
+        return Stop("channels reach a Resize parameter")
+    scales = None
+    if n.op_type == "Upsample":
+        scales = view.const(n.input[1]) if len(n.input) > 1 else view.attr(node, "scales")
+    elif len(n.input) > 3 and n.input[3]:
+        return Stop("Resize to explicit sizes")
+    elif len(n.input) > 2 and n.input[2]:
+        scales = view.const(n.input[2])
+    if scales is None:
+        return Stop("Resize with computed scales")
+    scales = np.reshape(np.asarray(scales, dtype=np.float64), -1)
+    axes = view.attr(node, "axes")
+    axis = edge.axis % edge.rank
+    listed = [int(a) % edge.rank for a in axes] if axes is not None else list(range(edge.rank))
+    if len(listed) != scales.size or (axis in listed and scales[listed.index(axis)] != 1):
+        return Stop("Resize that scales the channel axis")
+    return Through((_out_edge(view, node, edge),))
 
 
 @coupling_rule("Flatten")
@@ -325,6 +379,15 @@ def input_edge(view: GraphView, node: int, out: Edge) -> Edge:
         if sorted(perm) == list(range(out.rank)):
             return Edge(n.input[0], perm[out.axis % out.rank], out.rank, out.cols)
     shape = view.shapes.get(n.input[0]) if n.input else None
+    if n.op_type in ("Squeeze", "Unsqueeze") and shape and out.rank is not None and (axes := _axes(view, node)):
+        rank_in = len(shape)
+        if n.op_type == "Squeeze":
+            gone = {a % rank_in for a in axes}
+            kept = [a for a in range(rank_in) if a not in gone]
+            return Edge(n.input[0], kept[out.axis % out.rank], rank_in, out.cols)
+        new = {a % out.rank for a in axes}
+        ax = out.axis % out.rank
+        return Edge(n.input[0], ax - sum(a < ax for a in new), rank_in, out.cols)
     if n.op_type.startswith("Reduce") and not int(view.attr(node, "keepdims", 1)) and shape and out.rank is not None:
         axes = view.attr(node, "axes")
         if axes is None and len(n.input) > 1 and (v := view.const(n.input[1])) is not None:
@@ -343,8 +406,8 @@ def _conv_transpose(view: GraphView, node: int, slot: int, edge: Edge, channels:
     w = view.const(n.input[1])
     if w is None or view.const_users(n.input[1]) != 1:
         return Stop("ConvTranspose with computed or shared weights")
-    if w.ndim != 4 or edge.cols != 1 or (edge.rank is not None and edge.axis % edge.rank != 1):
-        return Stop("ConvTranspose other than 2-D over the channel axis")
+    if w.ndim not in (3, 4) or edge.cols != 1 or (edge.rank is not None and edge.axis % edge.rank != 1):
+        return Stop("ConvTranspose other than 1-D or 2-D over the channel axis")
     if int(view.attr(node, "group", 1)) != 1:
         return Stop("grouped ConvTranspose as a consumer is not supported yet")
     if view.attr(node, "output_shape") is not None or _auto_pad(view, node) not in ("NOTSET", ""):
@@ -362,8 +425,8 @@ def _conv(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> S
     w = view.const(n.input[1])
     if w is None or view.const_users(n.input[1]) != 1:
         return Stop("Conv with computed or shared weights")
-    if w.ndim != 4 or edge.cols != 1:
-        return Stop(f"{w.ndim - 2}-D Conv (only 2-D is supported)")
+    if w.ndim not in (3, 4) or edge.cols != 1:
+        return Stop(f"{w.ndim - 2}-D Conv (1-D and 2-D are supported)")
     if edge.rank is not None and edge.axis % edge.rank != 1:
         return Stop("Conv over a tensor whose channel axis is not 1")
     group = int(view.attr(node, "group", 1))
@@ -491,12 +554,27 @@ def _auto_pad(view: GraphView, node: int) -> str:
 
 
 def conv_consumer(view: GraphView, node: int, kind: str = "conv") -> Consumer:
-    """Describe Conv (or, with ``kind="convt"``, ConvTranspose) ``node`` (group 1, 2-D) as a :class:`Consumer`."""
+    """Describe Conv (or, with ``kind="convt"``, ConvTranspose) ``node`` (group 1) as a :class:`Consumer`.
+
+    A 1-D conv (audio, TCNs) is described as the 2-D conv it equals over an input of height 1:
+    kernel ``(1, k)``, stride ``(1, s)``, pads ``(0, p_begin, 0, p_end)``, dilation ``(1, d)``.
+    """
     n = view.nodes[node]
     w = view.const(n.input[1])
     assert w is not None  # checked by the rule
+    one_d = w.ndim == 3
+
+    def geometry(name: str, default: int) -> tuple[int, ...]:
+        values = [int(v) for v in view.attr(node, name, [default] * 2)]
+        if not one_d:
+            return tuple(values)
+        if name == "pads":  # 1-D: [begin, end]
+            return (0, values[0], 0, values[1]) if values else (0, 0, 0, 0)
+        return (1 if name != "output_padding" else 0, values[0]) if values else (default, default)
+
     k = tuple(int(d) for d in w.shape[2:])
-    pads = tuple(int(p) for p in view.attr(node, "pads", [0] * 4))
+    k = (1, *k) if one_d else k
+    pads = geometry("pads", 0) if view.attr(node, "pads") is not None else (0, 0, 0, 0)
     post = _post(view, n.output[0])
     return Consumer(
         node=node,
@@ -506,11 +584,11 @@ def conv_consumer(view: GraphView, node: int, kind: str = "conv") -> Consumer:
         bias=n.input[2] if len(n.input) > 2 and n.input[2] else None,
         input=n.input[0],
         kernel=k,
-        strides=tuple(int(s) for s in view.attr(node, "strides", [1, 1])),
+        strides=geometry("strides", 1),
         pads=pads,
-        dilations=tuple(int(d) for d in view.attr(node, "dilations", [1, 1])),
+        dilations=geometry("dilations", 1),
         auto_pad=_auto_pad(view, node),
-        output_padding=tuple(int(p) for p in view.attr(node, "output_padding", [0, 0])) if kind == "convt" else (),
+        output_padding=geometry("output_padding", 0) if kind == "convt" else (),
         **post,  # type: ignore[arg-type]
     )
 

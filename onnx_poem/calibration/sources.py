@@ -47,23 +47,31 @@ class CalibrationData:
 
     Attributes:
         arrays: input name → array with the samples on axis 0.
-        scalars: 0-d model inputs (e.g. an audio model's sample rate) → the one value fed with every batch.
+        scalars: inputs fed as they are with every batch: 0-d model inputs (an audio model's sample
+            rate) and inputs given with exactly their fully static declared shape (a recurrent state
+            ``(1, 1, 128)`` beside per-sample inputs).
         synthetic: the samples are synthetic, not real data.
         labels: ``(N,)`` integer class labels, when the source has them (verification data).
+        axes: input name → the model's batch axis of that input where it is not 0 (a recurrent state
+            declared ``[2, batch, 128]``); its array holds the samples on axis 0 all the same.
     """
 
     arrays: Mapping[str, np.ndarray]
     synthetic: bool = False
     scalars: Mapping[str, np.ndarray] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    axes: Mapping[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
 
     def feed(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """One onnxruntime feed of the samples ``indices`` (scalar inputs as they are)."""
+        """One onnxruntime feed of the samples ``indices`` (scalar and fixed inputs as they are)."""
         sel = np.asarray(indices, dtype=np.int64)
-        return {**{k: np.ascontiguousarray(v[sel]) for k, v in self.arrays.items()}, **self.scalars}
+        return {
+            **{k: np.ascontiguousarray(np.moveaxis(v[sel], 0, self.axes.get(k, 0))) for k, v in self.arrays.items()},
+            **self.scalars,
+        }
 
     def batches(self, indices: Sequence[int] | np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds for onnxruntime, ``batch_size`` samples at a time, in the order of ``indices``."""
@@ -72,8 +80,13 @@ class CalibrationData:
             yield self.feed(idx[start : start + batch_size])
 
     def sample_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shape of one sample per input, with a batch of 1 (scalar inputs: ``()``)."""
-        return {**{k: (1, *v.shape[1:]) for k, v in self.arrays.items()}, **{k: () for k in self.scalars}}
+        """Shape of one sample per input, with a batch of 1 (scalar and fixed inputs: their shape)."""
+        shapes = {}
+        for k, v in self.arrays.items():
+            dims = list(v.shape[1:])
+            dims.insert(self.axes.get(k, 0), 1)
+            shapes[k] = tuple(dims)
+        return {**shapes, **{k: tuple(v.shape) for k, v in self.scalars.items()}}
 
 
 def model_inputs(model: onnx.ModelProto) -> list[str]:
@@ -120,12 +133,50 @@ def load_calibration(
         raw = _read_path(Path(source), model, names, samples, image_options or ImageOptions())
     labels = raw.pop(LABELS) if LABELS in raw and LABELS not in names else None
     arrays = _match_names(raw, names)
-    scalars = {k: v for k, v in arrays.items() if _rank(model, k) == 0}
-    arrays = {k: v[:samples] if v.ndim else v for k, v in arrays.items() if k not in scalars}
-    _validate(model, arrays, scalars)
+    axes = {k: a for k in arrays if (a := _batch_axis(model, k, names)) and arrays[k].ndim > a}
+    candidates = {k for k, v in arrays.items() if _rank(model, k) != 0 and _static_as_declared(model, k, v)}
+    counts = {c for k, v in arrays.items() if k not in candidates and v.ndim for c in [v.shape[axes.get(k, 0)]]}
+    scalars = {
+        k: v
+        for k, v in arrays.items()
+        if _rank(model, k) == 0 or (k in candidates and counts and v.shape[0] not in counts)
+    }
+    axes = {k: a for k, a in axes.items() if k not in scalars}
+    arrays = {
+        k: np.moveaxis(v, axes.get(k, 0), 0)[:samples] if v.ndim else v for k, v in arrays.items() if k not in scalars
+    }
+    _validate(model, arrays, scalars, axes)
     if labels is not None:
         labels = _labels(labels, len(next(iter(arrays.values()))), samples)
-    return CalibrationData(arrays, scalars=scalars, labels=labels)
+    return CalibrationData(arrays, scalars=scalars, labels=labels, axes=axes)
+
+
+def _batch_symbols(model: onnx.ModelProto, names: list[str]) -> set[str]:
+    """The symbolic first dims of the inputs (``batch``, ``N``): the names a batch axis goes by."""
+    out = set()
+    for name in names:
+        for vi in model.graph.input:
+            if vi.name == name and vi.type.tensor_type.HasField("shape") and vi.type.tensor_type.shape.dim:
+                d = vi.type.tensor_type.shape.dim[0]
+                if d.HasField("dim_param") and d.dim_param:
+                    out.add(d.dim_param)
+    return out
+
+
+def _batch_axis(model: onnx.ModelProto, name: str, names: list[str]) -> int:
+    """The batch axis of input ``name``: where it declares a batch symbol of the other inputs after a fixed
+    first dim (a recurrent state ``[2, batch, 128]``); 0 otherwise."""
+    symbols = _batch_symbols(model, names)
+    for vi in model.graph.input:
+        if vi.name != name or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or not dims[0].HasField("dim_value"):
+            return 0
+        for i, d in enumerate(dims):
+            if i and d.HasField("dim_param") and d.dim_param in symbols:
+                return i
+    return 0
 
 
 #: the array (npz key) that holds class labels
@@ -197,9 +248,19 @@ def _match_names(raw: dict[str, np.ndarray], names: list[str]) -> dict[str, np.n
     )
 
 
-def _validate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], scalars: dict[str, np.ndarray]) -> None:
+def _static_as_declared(model: onnx.ModelProto, name: str, value: np.ndarray) -> bool:
+    """Input ``name`` declares a fully static shape and ``value`` has exactly it: given once, it is fed as it
+    is with every batch when the per-sample inputs hold another number of samples (a recurrent state
+    ``(1, 1, 128)``)."""
+    want = declared_shape(model, name)
+    return bool(want) and all(isinstance(d, int) and d > 0 for d in want) and tuple(value.shape) == tuple(want)
+
+
+def _validate(
+    model: onnx.ModelProto, arrays: dict[str, np.ndarray], scalars: dict[str, np.ndarray], axes: Mapping[str, int]
+) -> None:
     for name, v in scalars.items():
-        if v.ndim != 0:
+        if v.ndim != 0 and _rank(model, name) == 0:
             raise CalibrationError(
                 f"model input {name!r} is a scalar: give one 0-d value (fed with every batch), got shape {v.shape}"
             )
@@ -216,6 +277,8 @@ def _validate(model: onnx.ModelProto, arrays: dict[str, np.ndarray], scalars: di
         raise CalibrationError("calibration arrays must all hold the same number (>= 1) of samples")
     for name, arr in {**arrays, **scalars}.items():
         want = declared_shape(model, name)
+        if name in axes:  # compared with the samples on axis 0, as they are held
+            want = (want[axes[name]], *want[: axes[name]], *want[axes[name] + 1 :])
         if _rank(model, name) is not None and arr.ndim != len(want):
             raise CalibrationError(
                 f"calibration input {name!r} has shape {arr.shape}, model expects rank {len(want)} {_fmt(want)}"

@@ -150,21 +150,27 @@ def subgraph_reads(g: onnx.GraphProto) -> set[str]:
 
 
 def _shared(model: onnx.ModelProto) -> dict[str, int]:
-    """Per-channel float constants (one axis longer than 1) read by more than one node input → reader count.
+    """Constants read by more than one node input → reader count: per-channel float constants (one axis
+    longer than 1), and shape constants of Reshapes (tf2onnx shares equal ones; each is rewritten on its own).
 
     Matrices (tied weights) are not copied: a weight read by several layers stays unpruned.
     """
     g = model.graph
     uses: dict[str, int] = {}
+    shapes: set[str] = set()
     for n in g.node:
         for t in n.input:
             uses[t] = uses.get(t, 0) + 1
+        if n.op_type == "Reshape" and len(n.input) > 1:
+            shapes.add(n.input[1])
     inputs = {i.name for i in g.input}
     out = {}
     for t in g.initializer:
         dt = helper.tensor_dtype_to_np_dtype(t.data_type)
         vector = sum(d > 1 for d in t.dims) == 1
-        if uses.get(t.name, 0) > 1 and np.dtype(dt).kind == "f" and vector and t.name not in inputs:
+        per_channel = np.dtype(dt).kind == "f" and vector
+        shape = t.name in shapes and np.dtype(dt).kind == "i" and len(t.dims) == 1
+        if uses.get(t.name, 0) > 1 and (per_channel or shape) and t.name not in inputs:
             out[t.name] = uses[t.name]
     return out
 

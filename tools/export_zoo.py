@@ -153,12 +153,12 @@ def export_yolo(out: Path, tiny: bool) -> None:
         torch.manual_seed(SEED)
         with tempfile.TemporaryDirectory() as tmp:
             desc: Any = cfg
-            if tiny:  # the same description at 1/8 of the width (8 channels at least), a third of the depth, 4 classes
+            if tiny:  # the same description at 1/16 of the width (8 channels at least), a third of the depth, 4 classes
                 import yaml
                 from ultralytics.utils import ROOT
 
                 spec = yaml.safe_load((ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
-                spec["scales"], spec["nc"] = {"t": [0.33, 0.125, 1024]}, 4
+                spec["scales"], spec["nc"] = {"t": [0.33, 0.0625, 512]}, 4
                 desc = Path(tmp) / "yolov8t.yaml"
                 desc.write_text(yaml.safe_dump(spec))
             model = YOLO(str(desc))  # built from the model description: no weights are downloaded

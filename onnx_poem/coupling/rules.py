@@ -340,6 +340,14 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     shape = view.const(n.input[1]) if slot == 0 else None
     last = edge.rank is not None and edge.axis % edge.rank == edge.rank - 1
     out_rank = shape.size if shape is not None else len(view.shapes.get(n.output[0]) or ())
+    if last and shape is not None and edge.cols == 1 and shape.size >= 2:
+        dims = [int(d) for d in shape.reshape(-1)]
+        out_shape = view.shapes.get(n.output[0])
+        stays = dims[-1] == channels or (dims[-1] == -1 and out_shape is not None and out_shape[-1] == channels)
+        if stays and (dims[-1] == -1 or view.const_users(n.input[1]) == 1):
+            # tokens merged or split, features stay last: (N, T, C) <-> (N·T, C) (tf2onnx's Dense on 3-D inputs)
+            fix = ReshapeFix(node, n.input[1], len(dims) - 1, 1) if dims[-1] == channels else None
+            return Through((Edge(n.output[0], len(dims) - 1, len(dims)),), reshape=fix)
     if last and out_rank > (edge.rank or 0):
         return Stop("Reshape splits the feature axis into attention heads (heads are not pruned yet)")
     s = _spatial(view, edge)

@@ -426,7 +426,10 @@ class _Component:
             idx = np.full(count, -1, dtype=np.int64)
             atoms = atom_of[base[s] : base[s] + size]
             if len(np.unique(atoms)) != size:
-                raise _Stop("one atom would sit at two channel positions of a tensor")
+                raise _Stop(
+                    "the same channels reach one tensor at two positions (a block's input and output both "
+                    "concatenated, as in YOLO's C2f with shortcut): not pruned yet"
+                )
             idx[atoms] = np.arange(size)
             index.append(idx)
         return count, index

@@ -2,6 +2,8 @@
 
     python tools/check_zoo.py ZOO_DIR benchmarks/zoo.md [--samples 256] [--timeout 900]
 
+A model with a ``<model>.calib.npz`` beside it (``tools/fetch_published.py``) is calibrated on that file.
+
 One process per model (a crash or a hang costs one row, not the table): default
 settings (POEM, cascade, PRO), seeded standard-normal calibration inputs (the zoo has
 random weights, so there is no real data to prefer).  A row gives the groups found and
@@ -47,9 +49,11 @@ def one(path: Path, samples: int) -> dict[str, object]:
     from onnx_poem.errors import PoemError
 
     model = onnx.load(str(path))
+    sidecar = path.with_name(path.name.removesuffix(".onnx") + ".calib.npz")  # tools/fetch_published.py
+    calib = str(sidecar) if sidecar.exists() else _calibration(model, samples)
     t0 = time.perf_counter()
     try:
-        pruned, rep = prune(model, ratio=RATIO, calib=_calibration(model, samples), samples=samples)
+        pruned, rep = prune(model, ratio=RATIO, calib=calib, samples=samples)
         onnx.checker.check_model(pruned, full_check=True)
     except PoemError as e:
         return {"status": "refused", "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
@@ -89,7 +93,9 @@ def main() -> None:
         return
     rows = []
     for path in sorted(args.zoo.glob("*.onnx")):
-        name, exporter = path.name.removesuffix(".onnx").rsplit(".", 1)
+        name, _, exporter = path.name.removesuffix(".onnx").rpartition(".")
+        if not name:  # a published model: its producer's name
+            name, exporter = exporter, onnx.load(str(path), load_external_data=False).producer_name or "?"
         cmd = [sys.executable, __file__, str(args.zoo), "--one", str(path), "--samples", str(args.samples)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)

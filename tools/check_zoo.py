@@ -92,7 +92,7 @@ def main() -> None:
         print(json.dumps(one(args.one, args.samples)))
         return
     rows = []
-    for path in sorted(args.zoo.glob("*.onnx")):
+    for path in sorted(args.zoo.glob("*.onnx"), key=lambda p: (p.stat().st_size, p.name)):  # small models first
         name, _, exporter = path.name.removesuffix(".onnx").rpartition(".")
         if not name:  # a published model: its producer's name
             name, exporter = exporter, onnx.load(str(path), load_external_data=False).producer_name or "?"
@@ -107,8 +107,8 @@ def main() -> None:
         row |= {"model": name, "exporter": exporter}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.out:
-        _table(rows, args)
+        if args.out:  # after every row: an interrupted run leaves the rows it finished
+            _table(rows, args)
 
 
 def _table(rows: list[dict], args: argparse.Namespace) -> None:

@@ -39,7 +39,7 @@ from .solve import solve_group
 from .timing import Clock, bind, stage
 from .verify import Agreement, session, verify
 
-__all__ = ["ALLOCATIONS", "PruneConfig", "PruneResult", "apply_saved_plan", "prune", "run"]
+__all__ = ["ALLOCATIONS", "PruneConfig", "PruneResult", "apply_saved_plan", "prune", "run", "run_family"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,63 @@ def run(
         result = _prune(model, cfg, calib, image_options, verify_data, progress)
     result.report.timings.update(clock.timings(t0))
     return result
+
+
+def run_family(
+    model: onnx.ModelProto | str | Path,
+    ratios: Sequence[float],
+    *,
+    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    method: str = "poem",
+    image_options: ImageOptions | None = None,
+    verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> list[PruneResult]:
+    """One pruned model per ratio of ``ratios``, from one load, one analysis and one PRO curve pass.
+
+    The calibration data, its split and PRO's per-group error curves do not depend on the budget:
+    they are computed once (the curves probed around the largest ratio, which covers the others'
+    range) and each budget is then allocated from them, solved, rewritten and verified.  The
+    largest ratio's model is byte-identical to a separate :func:`run` at that ratio; the others
+    may differ from separate runs by where PRO probed its curves.  Reports carry their own solve
+    and verification times; the shared stages are timed in the first report (``family_shared``).
+    """
+    if not ratios or len(set(ratios)) != len(ratios):
+        raise UsageError(f"give distinct ratios for a family, got {list(ratios)}")
+    if options.get("dry_run") or options.get("target_macs") is not None:
+        raise UsageError("a family takes --ratio values only (no --target-macs, no --dry-run)")
+    cfgs = [PruneConfig(ratio=r, method=method, **options) for r in ratios]
+    for cfg in cfgs:
+        cfg.validate()
+    t0 = time.perf_counter()
+    results: list[PruneResult] = []
+    with bind(Clock()) as shared_clock, stage("other"):
+        inputs = _inputs(model, cfgs[0], calib, image_options, verify_data)
+        with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
+            base = _context(inputs, Path(tmp))
+            top = max(range(len(cfgs)), key=lambda i: cfgs[i].ratio or 0.0)
+            ctx_top = replace(base, cfg=replace(base.cfg, ratio=cfgs[top].ratio))
+            analysis_top = _analyse(ctx_top)
+            curves = None
+            if ctx_top.cfg.allocation == "pro" and analysis_top.free and analysis_top.ratio > 0:
+                curves = _curves(ctx_top, analysis_top, progress)
+            shared_seconds = shared_clock.timings(t0)
+            for i, cfg in enumerate(cfgs):
+                t1 = time.perf_counter()
+                with bind(Clock()) as clock, stage("other"):
+                    workdir = base.workdir / f"family_{i}"  # each solve's cached frontiers in a folder of its own
+                    workdir.mkdir()
+                    ctx = replace(base, cfg=replace(base.cfg, ratio=cfg.ratio), workdir=workdir)
+                    analysis = analysis_top if cfg is cfgs[top] else _analyse(ctx)
+                    allocation = _allocate(ctx, analysis, progress, curves)
+                    solved = _solve(ctx, analysis, allocation, progress)
+                    verified = _verify(ctx, analysis, solved)
+                    report = _report(ctx, analysis, allocation, verified)
+                report.timings.update(clock.timings(t1))
+                results.append(PruneResult(verified.model, report, verified.plan, _plan_context(ctx)))
+    results[0].report.timings["family_shared"] = shared_seconds["total"]
+    return results
 
 
 def _prune(
@@ -243,9 +300,33 @@ def _analyse(ctx: RunContext) -> Analysis:
     return Analysis(coupling, groups, free, skipped, per_node, table, ratio, sample)
 
 
-def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None) -> Allocation:
-    """Atoms to keep per group: one ratio everywhere (uniform), or PRO's by error per MAC at the output."""
-    cfg, split = ctx.cfg, ctx.split
+@dataclass(frozen=True)
+class Curves:
+    """PRO's error curves per group (measured once; a family of budgets shares them) and the groups whose
+    curve failed, with why."""
+
+    curves: dict[str, np.ndarray]
+    failed: dict[str, str]
+    seconds: float
+
+
+def _curves(ctx: RunContext, a: Analysis, progress: Progress | None) -> Curves:
+    """PRO's sensitivity pass: every free group's error curve at the output, probed around ``a.ratio``."""
+    split, failed = ctx.split, dict[str, str]()
+    t1 = time.perf_counter()
+    probe = split.select[:PROBE_SAMPLES] if len(split.select) else split.fit[:PROBE_SAMPLES]
+    with stage("allocation"):
+        curves = error_curves(
+            ctx.view, a.free, a.groups, ctx.data, ctx.chunks, len(split.fit), a.ratio, ctx.cfg, ctx.workdir, probe,
+            progress, failed,
+        )  # fmt: skip
+    return Curves(curves, failed, time.perf_counter() - t1)
+
+
+def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: Curves | None = None) -> Allocation:
+    """Atoms to keep per group: one ratio everywhere (uniform), or PRO's by error per MAC at the output
+    (from ``shared`` curves when a family of budgets measured them once)."""
+    cfg = ctx.cfg
     ratios = {g.id: a.ratio for g in a.free}
     failed: dict[str, str] = {}
     pro_seconds = None
@@ -253,16 +334,12 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None) -> Alloca
         target = (
             cfg.target_macs if cfg.target_macs is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
         )
+        measured = shared if shared is not None else _curves(ctx, a, progress)
+        failed = dict(measured.failed)
         t1 = time.perf_counter()
-        probe = split.select[:PROBE_SAMPLES] if len(split.select) else split.fit[:PROBE_SAMPLES]
-        with stage("allocation"):
-            curves = error_curves(
-                ctx.view, a.free, a.groups, ctx.data, ctx.chunks, len(split.fit), a.ratio, cfg, ctx.workdir, probe,
-                progress, failed,
-            )  # fmt: skip
-        kept_by_pro = pro_keeps(a.free, curves, a.table, target, step=cfg.round_to)
+        kept_by_pro = pro_keeps(a.free, measured.curves, a.table, target, step=cfg.round_to)
         ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in a.free}
-        pro_seconds = time.perf_counter() - t1
+        pro_seconds = time.perf_counter() - t1 + (measured.seconds if shared is None else 0.0)
     quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in a.free}
     keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
     keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}

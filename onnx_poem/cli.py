@@ -19,8 +19,10 @@ import click
 if TYPE_CHECKING:
     import onnx
 
+    from .report import PruneReport
+
 from . import __version__, planfile
-from .api import ALLOCATIONS, apply_saved_plan, run
+from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
 from .graph import GraphView, input_files, load_model
@@ -119,9 +121,10 @@ def main() -> None:
 @click.option(
     "--ratio",
     "-r",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    callback=lambda ctx, param, value: _ratios(value),
     help="Pruning budget, 0 <= R < 1: the MACs that removing R of the units of every prunable layer "
-    "would save (with --allocation uniform: exactly that).",
+    "would save (with --allocation uniform: exactly that).  Several, comma-separated (0.2,0.3,0.5): "
+    "a family, one model per value (OUT.r0.2.onnx, ...) from one calibration pass and one allocation curve.",
 )
 @click.option(
     "--target-macs",
@@ -227,7 +230,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune_cmd(
     model: Path,
-    ratio: float | None,
+    ratio: list[float] | None,
     target_macs: float | None,
     calib: Path | None,
     method: str,
@@ -268,12 +271,23 @@ def prune_cmd(
         raise click.UsageError("give exactly one of --ratio and --target-macs")
     if dry_run and save_plan is not None:
         raise click.UsageError("--dry-run solves nothing, so it has no plan to save")
+    if ratio is not None and len(ratio) > 1 and (dry_run or save_plan is not None):
+        raise click.UsageError("a family of ratios writes models: no --dry-run or --save-plan with it")
     if synthetic and calib is not None:
         raise click.UsageError("--synthetic replaces --calib: give one of them")
     try:
         out = output or model.with_name(model.name.removesuffix(".onnx") + ".poem.onnx")
         if not model.is_file():
             raise ModelError(f"model file not found: {model}" if not model.exists() else f"not a file: {model}")
+        family = ratio if ratio is not None and len(ratio) > 1 else None
+        if family is not None:
+            _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
+                    samples=samples, positions=positions, seed=seed, verify_data=verify_data,
+                    prune_residual=prune_residual, allocation=allocation, round_to=round_to, synthetic=synthetic,
+                    allow_unpruned=allow_unpruned, image_options=ImageOptions(size=_size(input_size),
+                    mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout))  # fmt: skip
+            return
+        ratio_value = ratio[0] if ratio is not None else None
         outputs = {} if dry_run else {"output": out}
         outputs |= {"report": report} if report is not None else {}
         if save_plan is not None:
@@ -292,7 +306,7 @@ def prune_cmd(
             else:
                 result = run(
                     model,
-                    ratio=ratio,
+                    ratio=ratio_value,
                     target_macs=target_macs,
                     calib=calib,
                     method=method,
@@ -342,6 +356,93 @@ def prune_cmd(
         if debug:
             raise
         _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
+
+
+def _ratios(value: str | None) -> list[float] | None:
+    """``--ratio``: one value or a comma-separated family, each in ``[0, 1)``."""
+    if value is None:
+        return None
+    try:
+        ratios = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number or a comma-separated list of numbers") from None
+    bad = [r for r in ratios if not 0.0 <= r < 1.0]
+    if not ratios or bad:
+        raise click.BadParameter(f"every ratio must be in [0, 1), got {value!r}")
+    if len(set(ratios)) != len(ratios):
+        raise click.BadParameter(f"the ratios of a family must differ, got {value!r}")
+    return ratios
+
+
+def family_path(path: Path, ratio: float) -> Path:
+    """Where a family's model (or report) for ``ratio`` goes: ``OUT.r0.3.onnx`` beside ``OUT.onnx``."""
+    return path.with_name(f"{path.stem}.r{ratio:g}{path.suffix}")
+
+
+def _family(
+    model: Path,
+    ratios: list[float],
+    out: Path,
+    report: Path | None,
+    calib: Path | None,
+    force: bool,
+    quiet: bool,
+    debug: bool,
+    *,
+    allow_unpruned: bool,
+    image_options: ImageOptions,
+    **options: Any,
+) -> None:
+    """``--ratio 0.2,0.3,0.5``: one model (and report) per ratio, written together, and a trade-off table."""
+    outputs = {f"output (ratio {r:g})": family_path(out, r) for r in ratios}
+    if report is not None:
+        outputs |= {f"report (ratio {r:g})": family_path(report, r) for r in ratios}
+    check_outputs(input_files(model), outputs, force=force)
+    progress = _Progress(sys.stderr.isatty() and not quiet)
+    with _terminate_as_interrupt():
+        results = run_family(model, ratios, calib=calib, image_options=image_options, progress=progress, **options)
+        files: dict[Path, bytes] = {}
+        for r, res in zip(ratios, results, strict=True):
+            rep = res.report
+            for w in rep.warnings:
+                logger.warning("ratio %g: %s", r, w)
+            if not any(g["kept"] < g["channels"] for g in rep.groups) and r > 0 and not allow_unpruned:
+                raise PoemError(
+                    "nothing in this model could be pruned (see `onnx-poem inspect`); "
+                    "nothing written (use --allow-unpruned to write it anyway)"
+                )
+            assert res.model is not None
+            files[family_path(out, r)] = res.model.SerializeToString(deterministic=True)
+            if report is not None:
+                files[family_path(report, r)] = (rep.to_json() + "\n").encode()
+        write_together(files, force=force)
+    if not quiet:
+        for r, res in zip(ratios, results, strict=True):
+            click.echo(f"--- ratio {r:g}: {family_path(out, r)}")
+            click.echo(res.report.summary())
+        click.echo(family_table(ratios, [res.report for res in results], [family_path(out, r) for r in ratios]))
+
+
+def family_table(ratios: list[float], reports: list[PruneReport], paths: list[Path]) -> str:
+    """The family's trade-off: MACs, parameters and agreement with the original per ratio."""
+    lines = ["family       ratio    MACs  params  agreement (verification samples)        time (s)  file"]
+    for r, rep, path in zip(ratios, reports, paths, strict=True):
+        first = next(iter(rep.agreement.values()), {})
+        if "top1_agreement" in first:
+            agree = f"top-1 {100 * first['top1_agreement']:.1f} %"
+        elif "cosine" in first:
+            agree = f"cosine {first['cosine']:.4f}"
+        else:
+            agree = f"rel. error {first.get('rel_error', float('nan')):.4f}"
+        agree += f" ({rep.verification.get('samples', 0)})"
+        seconds = rep.timings.get("total", 0.0)
+        lines.append(
+            f"             {r:<6g} {rep.macs_ratio:6.3f} {rep.params_ratio:7.3f}  {agree:<40s} {seconds:8.1f}  {path}"
+        )
+    shared = reports[0].timings.get("family_shared") if reports else None
+    if shared is not None:
+        lines.append(f"             shared by all: load, analysis, PRO's curves {shared:.1f} s")
+    return "\n".join(lines)
 
 
 @contextmanager

@@ -94,8 +94,9 @@ def main() -> None:
     rows = []
     for path in sorted(args.zoo.glob("*.onnx"), key=lambda p: (p.stat().st_size, p.name)):  # small models first
         name, _, exporter = path.name.removesuffix(".onnx").rpartition(".")
-        if not name:  # a published model: its producer's name
-            name, exporter = exporter, onnx.load(str(path), load_external_data=False).producer_name or "?"
+        if path.with_name(path.name.removesuffix(".onnx") + ".calib.npz").exists():  # a published model
+            name = path.name.removesuffix(".onnx")
+            exporter = onnx.load(str(path), load_external_data=False).producer_name or "paddle2onnx (unnamed)"
         cmd = [sys.executable, __file__, str(args.zoo), "--one", str(path), "--samples", str(args.samples)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=False)

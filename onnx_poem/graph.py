@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx import numpy_helper
 
 from .errors import ModelError
@@ -189,7 +190,46 @@ class GraphView:
                 for sub in [a.g] if a.HasField("g") else list(a.graphs):
                     view.captured |= _referenced(sub)
         view.shapes, view.dtypes = infer_shapes(model, input_shapes or {})
+        if input_shapes:
+            view._observe(input_shapes)
         return view
+
+    def _observe(self, input_shapes: Mapping[str, Sequence[int]]) -> None:
+        """Fill the shapes shape inference left open (shape arithmetic over dynamic dimensions, e.g. an
+        OCR model's computed reshapes; onnxruntime's contrib ops) from one onnxruntime run of zero inputs
+        of ``input_shapes``.
+
+        A tensor of unknown element type is assumed to have its producer's first input's type; if that
+        guess makes the run fail, only the tensors of known type are observed; a run that still fails
+        leaves the inferred shapes as they are.
+        """
+        if any(n not in input_shapes for n in self.inputs):
+            return
+        open_ = [
+            (o, n) for n in self.nodes for o in n.output if o and (self.shapes.get(o) is None or None in self.shapes[o])
+        ]
+        guessed: dict[str, np.dtype[Any]] = {}
+        for o, n in open_:  # in node order: a guess propagates down a chain of unknown ops
+            source = n.input[0] if n.input else ""
+            if o not in self.dtypes and (source in self.dtypes or source in guessed):
+                guessed[o] = self.dtypes.get(source, guessed.get(source, np.dtype(np.float32)))
+        feed = {
+            n: np.zeros(tuple(input_shapes[n]), dtype=self.dtypes.get(n, np.dtype(np.float32))) for n in self.inputs
+        }
+        known = [o for o, _ in open_ if o in self.dtypes]
+        for todo in (known + list(guessed), known):
+            if not todo:
+                return
+            try:
+                values = session(with_outputs(self.model, todo, dtypes={**guessed, **self.dtypes})).run(todo, feed)
+            except Exception as e:  # only limits what can be pruned
+                logger.debug("shapes not observed: %s", e)
+                continue
+            for name, value in zip(todo, values, strict=True):
+                self.shapes[name] = tuple(int(d) for d in np.shape(value))
+                self.dtypes.setdefault(name, np.asarray(value).dtype)
+            logger.debug("observed the shapes of %d tensors shape inference left open", len(todo))
+            return
 
     @property
     def nodes(self) -> Sequence[onnx.NodeProto]:
@@ -284,6 +324,18 @@ def infer_shapes(
         out[t.name] = tuple(t.dims)
         types[t.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
     return out, types
+
+
+def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``model`` (warnings silenced)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # no arena: its peak would stay allocated by every session while the solvers need the memory
+    so.enable_cpu_mem_arena = False
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def with_outputs(

@@ -25,28 +25,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from .calibration.sources import CalibrationData
 from .errors import VerificationError
-from .graph import check_model
+from .graph import check_model, session
 
 Z95 = 1.959963984540054
 #: below this many verification samples, or with an interval wider than this, the estimate is flagged
 MIN_SAMPLES = 100
 MAX_WIDTH = 0.10
-
-
-def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``model`` (warnings silenced)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no arena: its peak would stay allocated by every session while the solvers need the memory
-    so.enable_cpu_mem_arena = False
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)

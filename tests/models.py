@@ -577,3 +577,40 @@ def crnn_squeeze(seed: int = 0) -> onnx.ModelProto:
 
 
 BUILDERS |= {"crnn_squeeze": crnn_squeeze}
+
+
+def contrib_op(seed: int = 0) -> onnx.ModelProto:
+    """conv(3→8) → com.microsoft Gelu (an onnxruntime contrib op: ONNX shape inference knows nothing of its output)
+    → 3x3 max-pool → Flatten → Gemm(8·4→5).  The flatten's size is only known from a run."""
+    b = _B(seed)
+    t = b.conv("x", 3, 8)
+    out = b.name("gelu_")
+    b.nodes.append(helper.make_node("Gelu", [t], [out], name=b.name("Gelu"), domain="com.microsoft"))
+    t = b.node("Flatten", [b.node("MaxPool", [out], kernel_shape=[3, 3], strides=[3, 3])], axis=1)
+    g = helper.make_graph(
+        b.nodes,
+        "test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info(b.gemm(t, 8 * 4, 5), TensorProto.FLOAT, ["N", 5])],
+        b.inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def keras_se(seed: int = 0) -> onnx.ModelProto:
+    """tf2onnx's squeeze-excite: conv(3→8) → relu → GAP → Reshape to (N, 8) → Reshape to (N, 8, 1, 1) →
+    conv(8→4, 1x1) → relu → conv(4→8, 1x1) → sigmoid → Mul with the block → conv(8→5)."""
+    b = _B(seed)
+    i64 = np.int64
+    x = b.node("Relu", [b.conv("x", 3, 8)])
+    s = b.node("Reshape", [b.node("GlobalAveragePool", [x]), b.const(np.array([-1, 8], i64), "shape")])
+    s = b.node("Reshape", [s, b.const(np.array([-1, 8, 1, 1], i64), "shape")])
+    s = b.node("Relu", [b.conv(s, 8, 4, k=1, pad=0)])
+    gate = b.node("Sigmoid", [b.conv(s, 4, 8, k=1, pad=0)])
+    return b.model([("x", ["N", 3, 6, 6])], [b.conv(b.node("Mul", [x, gate]), 8, 5)])
+
+
+BUILDERS |= {"keras_se": keras_se}

@@ -348,6 +348,9 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
             # tokens merged or split, features stay last: (N, T, C) <-> (N·T, C) (tf2onnx's Dense on 3-D inputs)
             fix = ReshapeFix(node, n.input[1], len(dims) - 1, 1) if dims[-1] == channels else None
             return Through((Edge(n.output[0], len(dims) - 1, len(dims)),), reshape=fix)
+    moved = _unit_reshape(view, node, edge, channels, shape)
+    if moved is not None:
+        return moved
     if last and out_rank > (edge.rank or 0):
         return Stop("Reshape splits the feature axis into attention heads (heads are not pruned yet)")
     s = _spatial(view, edge)
@@ -361,6 +364,32 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     if dims[1] != channels * s or view.const_users(n.input[1]) != 1:
         return Stop(f"Reshape to {dims} is not a flatten to (N, C·H·W)")
     return Through((Edge(n.output[0], 1, 2, s),), reshape=ReshapeFix(node, n.input[1], 1, s))
+
+
+def _unit_reshape(view: GraphView, node: int, edge: Edge, channels: int, shape: np.ndarray | None) -> Step | None:
+    """A Reshape that only inserts or removes unit axes after the batch: ``(N, C) → (N, C, 1, 1)`` (tf2onnx's
+    squeeze-excite), ``(N, C, 1, 1) → (N, C)``; the channels keep their order.  ``None`` if it is not one."""
+    n = view.nodes[node]
+    in_shape, out_shape = view.shapes.get(n.input[0]), view.shapes.get(n.output[0])
+    if shape is None or edge.rank is None or edge.cols != 1 or not in_shape or not out_shape or channels < 2:
+        return None
+    if None in in_shape[1:] or None in out_shape[1:] or len(in_shape) != edge.rank:
+        return None
+    ax = edge.axis % edge.rank
+    if ax == 0 or in_shape[ax] != channels:
+        return None
+    rest_in = [(i, d) for i, d in enumerate(in_shape) if i > 0 and d != 1]
+    rest_out = [(i, d) for i, d in enumerate(out_shape) if i > 0 and d != 1]
+    if [d for _, d in rest_in] != [d for _, d in rest_out]:
+        return None
+    out_ax = rest_out[[i for i, _ in rest_in].index(ax)][0]
+    dims = [int(d) for d in shape.reshape(-1)]
+    if len(dims) != len(out_shape) or dims[out_ax] not in (channels, -1):
+        return None
+    if dims[out_ax] == channels and view.const_users(n.input[1]) != 1:
+        return Stop("Reshape shape shared by several nodes")
+    fix = ReshapeFix(node, n.input[1], out_ax, 1) if dims[out_ax] == channels else None
+    return Through((Edge(n.output[0], out_ax, len(out_shape)),), reshape=fix)
 
 
 @coupling_rule("Transpose")

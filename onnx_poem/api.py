@@ -33,7 +33,7 @@ from .plan import PrunePlan
 from .planfile import PlanContext
 from .pro import PROBE_SAMPLES, error_curves
 from .replay import apply_saved_plan
-from .report import LayerReport, PruneReport, count_macs, count_params, group_rows, node_macs
+from .report import LayerReport, PruneReport, count_macs, count_params, curve_points, group_rows, node_macs
 from .rewrite import apply_plan
 from .solve import solve_group
 from .timing import Clock, bind, stage
@@ -259,6 +259,7 @@ class Allocation:
     keeps: dict[str, int]
     failed: dict[str, str]
     pro_seconds: float | None
+    curves: dict[str, np.ndarray] | None = None  # PRO's error curves (for the report)
 
 
 @dataclass(frozen=True)
@@ -330,12 +331,13 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: C
     ratios = {g.id: a.ratio for g in a.free}
     failed: dict[str, str] = {}
     pro_seconds = None
+    curves = None
     if cfg.allocation == "pro" and a.free and a.ratio > 0:
         target = (
             cfg.target_macs if cfg.target_macs is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
         )
         measured = shared if shared is not None else _curves(ctx, a, progress)
-        failed = dict(measured.failed)
+        failed, curves = dict(measured.failed), measured.curves
         t1 = time.perf_counter()
         kept_by_pro = pro_keeps(a.free, measured.curves, a.table, target, step=cfg.round_to)
         ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in a.free}
@@ -343,7 +345,7 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: C
     quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in a.free}
     keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
     keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}
-    return Allocation(quotas, keeps, failed, pro_seconds)
+    return Allocation(quotas, keeps, failed, pro_seconds, curves)
 
 
 def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress | None) -> Solved:
@@ -447,6 +449,12 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
         report.warnings.append("no prunable layer found")
     if alloc.pro_seconds is not None:
         report.timings["pro_total"] = alloc.pro_seconds
+    if alloc.curves:
+        report.curves = {
+            gid: curve_points(curve, a.groups[gid].channels - alloc.keeps[gid])
+            for gid, curve in alloc.curves.items()
+            if len(curve)
+        }
     keeps = dict(alloc.keeps)
     if solved is None:
         report.groups = group_rows(ctx.view, a.coupling.groups, keeps)

@@ -19,14 +19,14 @@ import click
 if TYPE_CHECKING:
     import onnx
 
-    from .report import PruneReport
-
 from . import __version__, planfile
 from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
 from .graph import GraphView, input_files, load_model
+from .htmlreport import render_html
 from .outputs import check_outputs, write_together
+from .report import PruneReport
 from .solvers import METHODS
 
 logger = logging.getLogger("onnx_poem")
@@ -200,7 +200,12 @@ def main() -> None:
     is_flag=True,
     help="Without --calib, prune on synthetic standard-normal inputs anyway (this wrecks accuracy on real data).",
 )
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here: a self-contained HTML page for .html (charts of the kept channels, PRO's error "
+    "curves, agreement), JSON otherwise.",
+)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -339,7 +344,7 @@ def prune_cmd(
             if pruned is not None:
                 files[out] = pruned.SerializeToString(deterministic=True)
             if report is not None:
-                files[report] = (rep.to_json() + "\n").encode()
+                files[report] = report_bytes(report, rep)
             write_together(files, force=force)
         if not quiet:
             click.echo(rep.summary())
@@ -372,6 +377,13 @@ def _ratios(value: str | None) -> list[float] | None:
     if len(set(ratios)) != len(ratios):
         raise click.BadParameter(f"the ratios of a family must differ, got {value!r}")
     return ratios
+
+
+def report_bytes(path: Path, rep: PruneReport, family: list[PruneReport] | None = None) -> bytes:
+    """The report to write at ``path``: a self-contained HTML page for ``.html``/``.htm``, else JSON."""
+    if path.suffix.lower() in (".html", ".htm"):
+        return render_html(rep, family or ()).encode()
+    return (rep.to_json() + "\n").encode()
 
 
 def family_path(path: Path, ratio: float) -> Path:
@@ -414,7 +426,7 @@ def _family(
             assert res.model is not None
             files[family_path(out, r)] = res.model.SerializeToString(deterministic=True)
             if report is not None:
-                files[family_path(report, r)] = (rep.to_json() + "\n").encode()
+                files[family_path(report, r)] = report_bytes(report, rep, [res.report for res in results])
         write_together(files, force=force)
     if not quiet:
         for r, res in zip(ratios, results, strict=True):

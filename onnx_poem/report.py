@@ -120,6 +120,9 @@ class PruneReport:
     verification: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: PRO's error curve per group: ``removed`` atom counts, the output ``error`` each is predicted to cause
+    #: (relative, at most 64 points) and the ``cut`` the allocation chose
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied_plan: str | None = None  # --apply-plan: the plan file (nothing was calibrated or solved)
     dry_run: bool = False  # --dry-run: only analysed and allocated; ``macs_after`` is predicted
 
@@ -239,6 +242,17 @@ class PruneReport:
 
 #: what the summary says whenever calibration data was synthetic
 SYNTHETIC_CAVEAT = "calibrated on synthetic inputs: agreement measured on synthetic inputs says little about real data"
+
+
+def curve_points(curve: np.ndarray, cut: int, points: int = 64) -> dict[str, Any]:
+    """A PRO curve (``curve[j-1]``: the output error of removing ``j`` atoms) as at most ``points`` points,
+    with the number of atoms the allocation removed."""
+    removed = np.unique(np.linspace(1, len(curve), min(points, len(curve))).round().astype(int))
+    return {
+        "removed": [0, *(int(j) for j in removed)],
+        "error": [0.0, *(float(curve[j - 1]) for j in removed)],
+        "cut": int(cut),
+    }
 
 
 def _finite(x: Any) -> Any:

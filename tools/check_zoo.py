@@ -144,19 +144,19 @@ def _table(rows: list[dict], args: argparse.Namespace) -> None:
         f"**{len(ok)} of {len(rows)} pruned without error; {len(smaller)} of {len(rows)} lose MACs; "
         f"{sum(r['status'] == 'INTERNAL ERROR' for r in rows)} internal errors.**",
         "",
-        "| model | exporter | groups pruned / found | MACs ratio | params ratio | rel. error | cosine | time (s) "
-        "| left unpruned |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | exporter | groups pruned / found | MACs ratio | params ratio | rel. error | cosine | top-1 agr. "
+        "| time (s) | left unpruned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r['exporter']} | **{r['status']}** | | | | | "
+            lines.append(f"| {r['model']} | {r['exporter']} | **{r['status']}** | | | | | | "
                          f"{_fmt(r.get('seconds'), '.0f')} | {r['error'][:200]} |")  # fmt: skip
             continue
         lines.append(
             f"| {r['model']} | {r['exporter']} | {r['pruned']} / {r['groups']} | {r['macs_ratio']:.3f} | "
             f"{r['params_ratio']:.3f} | {_fmt(r['rel_error'], '.3f')} | {_fmt(r['cosine'], '.4f')} | "
-            f"{r['seconds']:.0f} | {'; '.join(r['unpruned']) or '-'} |"
+            f"{_fmt(r.get('top1'), '.3f')} | {r['seconds']:.0f} | {'; '.join(r['unpruned']) or '-'} |"
         )
     args.out.write_text("\n".join(lines) + "\n")
 

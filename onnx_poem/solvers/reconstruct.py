@@ -283,7 +283,8 @@ def channel_scales(d: LayerData, keep: np.ndarray, lam: float) -> np.ndarray:
 def reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.01) -> Reconstruction:
     """Reconstruct consumer weights on kept channels ``keep`` with ``method``.
 
-    ``method``: ``none`` (original weights), ``scale`` (ThiNet), ``ls`` (REAP) or ``poem``.
+    ``method``: ``none`` (original weights), ``scale`` (ThiNet), ``nu`` (removed channels merged into kept
+    ones, Neuro-Unification), ``ls`` (REAP) or ``poem``.
 
     Raises:
         SolverError: the weights came out non-finite (no fallback can absorb it; the
@@ -303,6 +304,10 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> 
         return Reconstruction(W_none)
     if method == "scale":
         return Reconstruction(channel_scales(d, keep, lam))
+    if method == "nu":
+        from .merge import nu_merge  # merge builds on this module's LayerData
+
+        return Reconstruction(nu_merge(d, keep))
     W_ls = least_squares(d, cols, lam)
     if method == "ls" or d.activation == "identity":
         return Reconstruction(W_ls, W_ls)

@@ -7,6 +7,8 @@
   activation would hide cost nothing (ALGORITHMS.md §4, shared approximation;
   measured against REAP's unweighted selection under POEM's reconstruction:
   differences within ±0.3 point either way, see benchmarks/RESULTS.md).
+* ``nu``: Neuro-Unification, greedy merges of a unit into the one it behaves most like
+  (:mod:`onnx_poem.solvers.merge`).
 * ``thinet``: greedy *growth* of the removed set T by the error of dropping
   channels without refit, ``E(T) = Σ_i ‖Σ_{c∈T} W_ic x_c‖² = 1ᵀ K_TT 1`` with the
   channel contribution Gram ``K_cd = tr(W_c G_cd W_dᵀ)`` [ThiNet].
@@ -21,15 +23,17 @@ from __future__ import annotations
 import numpy as np
 
 from .greedy import QuadProblem, greedy_eliminate
+from .merge import nu_select
 from .reconstruct import LayerData
 
-METHODS = ("poem", "reap", "thinet", "apoz", "l1", "l2", "random")
+METHODS = ("poem", "reap", "thinet", "nu", "apoz", "l1", "l2", "random")
 
 #: reconstruction used by each method (see :func:`onnx_poem.solvers.reconstruct.reconstruct`)
 RECONSTRUCTION = {
     "poem": "poem",
     "reap": "ls",
     "thinet": "scale",
+    "nu": "nu",
     "apoz": "none",
     "l1": "none",
     "l2": "none",
@@ -118,6 +122,8 @@ def select_channels(
         return greedy_eliminate(problems, channels, keep, lam=lam, regions=regions, region_keep=region_keep)
     if method == "thinet":
         return _thinet(layers, channels, regions, region_keep)
+    if method == "nu":
+        return nu_select(layers, channels, regions, region_keep)
     if method == "apoz":
         score = -_apoz(layers, channels)
     elif method in ("l1", "l2"):

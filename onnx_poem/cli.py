@@ -335,12 +335,8 @@ def prune_cmd(
                 logger.info("not pruned: %s: %s", u["where"], u["reason"])
             for w in rep.warnings:
                 logger.warning("%s", w)
-            nothing = not any(g["kept"] < g["channels"] for g in rep.groups)
-            if pruned is not None and nothing and rep.ratio > 0 and not allow_unpruned and apply_plan is None:
-                raise PoemError(
-                    "nothing in this model could be pruned (see `onnx-poem inspect`); "
-                    "nothing written (use --allow-unpruned to write it anyway)"
-                )
+            if pruned is not None and rep.ratio > 0 and not allow_unpruned and apply_plan is None:
+                _refuse_unpruned(rep)
             if pruned is not None:
                 files[out] = pruned.SerializeToString(deterministic=True)
             if report is not None:
@@ -361,6 +357,15 @@ def prune_cmd(
         if debug:
             raise
         _fail(PoemError(f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback"), debug)
+
+
+def _refuse_unpruned(rep: PruneReport) -> None:
+    """Refuse to write a model in which no group lost a channel (``--allow-unpruned`` writes it anyway)."""
+    if not any(g["kept"] < g["channels"] for g in rep.groups):
+        raise PoemError(
+            "nothing in this model could be pruned (see `onnx-poem inspect`); "
+            "nothing written (use --allow-unpruned to write it anyway)"
+        )
 
 
 def _ratios(value: str | None) -> list[float] | None:
@@ -418,11 +423,8 @@ def _family(
             rep = res.report
             for w in rep.warnings:
                 logger.warning("ratio %g: %s", r, w)
-            if not any(g["kept"] < g["channels"] for g in rep.groups) and r > 0 and not allow_unpruned:
-                raise PoemError(
-                    "nothing in this model could be pruned (see `onnx-poem inspect`); "
-                    "nothing written (use --allow-unpruned to write it anyway)"
-                )
+            if r > 0 and not allow_unpruned:
+                _refuse_unpruned(rep)
             assert res.model is not None
             files[family_path(out, r)] = res.model.SerializeToString(deterministic=True)
             if report is not None:

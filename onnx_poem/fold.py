@@ -121,7 +121,7 @@ def _fold(m: onnx.ModelProto) -> int:
                 g.initializer.append(numpy_helper.from_array(np.asarray(v), name))
             del g.node[i]
             count += 1
-    _drop_unused(g)
+    drop_unused(g)
     folded = {t.name for t in g.initializer}
     keep = [vi for vi in g.value_info if vi.name not in folded]
     del g.value_info[:]
@@ -129,7 +129,7 @@ def _fold(m: onnx.ModelProto) -> int:
     return count
 
 
-def _drop_unused(g: onnx.GraphProto) -> None:
+def drop_unused(g: onnx.GraphProto) -> None:
     """Remove initializers and ``Constant`` nodes that no node (nor subgraph, nor output) reads any more."""
     read = {t for n in g.node for t in n.input} | {o.name for o in g.output} | subgraph_reads(g)
     keep = [t for t in g.initializer if t.name in read or any(i.name == t.name for i in g.input)]

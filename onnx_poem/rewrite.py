@@ -86,14 +86,14 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
                     arrays[name] = arr
             else:  # a split-sizes input gets a constant of its own: exporters share equal ones between Splits
                 split_attr[rf.node] = sizes
-    gathers: dict[int, np.ndarray] = {}  # first Reshape of a channel shuffle → Gather indices
-    for dec in plan.decisions:
-        keep = np.asarray(dec.keep, dtype=np.int64)
-        for sh in groups[dec.group_id].shuffles:
-            gathers[sh.nodes[0]] = shuffle_indices(sh, keep)
+    gathers = [  # each pruned channel shuffle with the Gather indices of its kept channels
+        (sh, shuffle_indices(sh, np.asarray(dec.keep, dtype=np.int64)))
+        for dec in plan.decisions
+        for sh in groups[dec.group_id].shuffles
+    ]
     model = onnx.ModelProto()
     model.CopyFrom(view.model)
-    dropped = _replace_shuffles(model, view, groups, plan, gathers)
+    dropped = _replace_shuffles(model, view, gathers)
     _write(model, arrays, new_bias, group_attr, split_attr)
     if dropped:  # after _write: its node indices refer to the original graph
         kept_nodes = [n for n in model.graph.node if not (n.output and n.output[0] in dropped)]
@@ -118,11 +118,7 @@ def shuffle_indices(sh: ShuffleFix, keep: np.ndarray) -> np.ndarray:
 
 
 def _replace_shuffles(
-    model: onnx.ModelProto,
-    view: GraphView,
-    groups: dict[str, ChannelGroup],
-    plan: PrunePlan,
-    gathers: dict[int, np.ndarray],
+    model: onnx.ModelProto, view: GraphView, gathers: list[tuple[ShuffleFix, np.ndarray]]
 ) -> set[str]:
     """Each pruned shuffle's first Reshape becomes ``Gather(axis=1)`` writing the last Reshape's output.
 
@@ -130,9 +126,8 @@ def _replace_shuffles(
     (to be removed once node indices no longer matter)."""
     g = model.graph
     dropped: set[str] = set()
-    for first, indices in gathers.items():
-        sh = next(s for d in plan.decisions for s in groups[d.group_id].shuffles if s.nodes[0] == first)
-        node = g.node[first]
+    for sh, indices in gathers:
+        node = g.node[sh.nodes[0]]
         name = f"{node.output[0]}__poem_gather"
         g.initializer.append(numpy_helper.from_array(indices, name))
         target = view.nodes[sh.nodes[2]].output[0]

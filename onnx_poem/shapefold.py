@@ -207,10 +207,10 @@ def _batch_free(
 
 
 def _drop_dead(g: onnx.GraphProto, members: set[int]) -> None:
-    """Remove shape-subgraph nodes (and ``Constant`` nodes) whose outputs nothing reads any more (repeatedly)."""
-    from .fold import subgraph_reads  # fold.fold_constants calls this module first
+    """Remove shape-subgraph nodes whose outputs nothing reads any more (repeatedly), then the constants
+    only they read (:func:`onnx_poem.fold.drop_unused`)."""
+    from .fold import drop_unused, subgraph_reads  # fold.fold_constants calls this module first
 
-    members = members | {i for i, n in enumerate(g.node) if n.op_type == "Constant"}
     outputs = {o.name for o in g.output} | subgraph_reads(g)
     dead: set[int] = set()
     while True:
@@ -222,7 +222,4 @@ def _drop_dead(g: onnx.GraphProto, members: set[int]) -> None:
     keep = [n for i, n in enumerate(g.node) if i not in dead]
     del g.node[:]
     g.node.extend(keep)
-    read = {t for n in g.node for t in n.input} | outputs | {i.name for i in g.input}
-    inits = [t for t in g.initializer if t.name in read]
-    del g.initializer[:]
-    g.initializer.extend(inits)
+    drop_unused(g)

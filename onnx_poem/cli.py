@@ -25,6 +25,7 @@ from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
 from .graph import GraphView, input_files, load_model
 from .htmlreport import render_html
+from .modelio import model_files, output_files, stores_external
 from .outputs import check_outputs, write_together
 from .report import PruneReport
 from .solvers import METHODS
@@ -293,7 +294,12 @@ def prune_cmd(
                     mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout))  # fmt: skip
             return
         ratio_value = ratio[0] if ratio is not None else None
-        outputs = {} if dry_run else {"output": out}
+        external = stores_external(model)
+        outputs = (
+            {}
+            if dry_run
+            else {("output data" if i else "output"): p for i, p in enumerate(output_files(out, external=external))}
+        )
         outputs |= {"report": report} if report is not None else {}
         if save_plan is not None:
             outputs |= {"plan": save_plan, "plan weights": planfile.arrays_path(save_plan)}
@@ -304,7 +310,7 @@ def prune_cmd(
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
         with _terminate_as_interrupt():
-            files: dict[Path, bytes] = {}
+            files: dict[Path, bytes | list[bytes]] = {}
             pruned: onnx.ModelProto | None
             if apply_plan is not None:
                 pruned, rep = apply_saved_plan(model, apply_plan, calib=calib, image_options=opts, samples=samples)
@@ -338,7 +344,7 @@ def prune_cmd(
             if pruned is not None and rep.ratio > 0 and not allow_unpruned and apply_plan is None:
                 _refuse_unpruned(rep)
             if pruned is not None:
-                files[out] = pruned.SerializeToString(deterministic=True)
+                files |= model_files(pruned, out, external=external)
             if report is not None:
                 files[report] = report_bytes(report, rep)
             write_together(files, force=force)
@@ -411,14 +417,19 @@ def _family(
     **options: Any,
 ) -> None:
     """``--ratio 0.2,0.3,0.5``: one model (and report) per ratio, written together, and a trade-off table."""
-    outputs = {f"output (ratio {r:g})": family_path(out, r) for r in ratios}
+    external = stores_external(model)
+    outputs = {
+        f"output{' data' if i else ''} (ratio {r:g})": p
+        for r in ratios
+        for i, p in enumerate(output_files(family_path(out, r), external=external))
+    }
     if report is not None:
         outputs |= {f"report (ratio {r:g})": family_path(report, r) for r in ratios}
     check_outputs(input_files(model), outputs, force=force)
     progress = _Progress(sys.stderr.isatty() and not quiet)
     with _terminate_as_interrupt():
         results = run_family(model, ratios, calib=calib, image_options=image_options, progress=progress, **options)
-        files: dict[Path, bytes] = {}
+        files: dict[Path, bytes | list[bytes]] = {}
         for r, res in zip(ratios, results, strict=True):
             rep = res.report
             for w in rep.warnings:
@@ -426,7 +437,7 @@ def _family(
             if r > 0 and not allow_unpruned:
                 _refuse_unpruned(rep)
             assert res.model is not None
-            files[family_path(out, r)] = res.model.SerializeToString(deterministic=True)
+            files |= model_files(res.model, family_path(out, r), external=external)
             if report is not None:
                 files[family_path(report, r)] = report_bytes(report, rep, [res.report for res in results])
         write_together(files, force=force)

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .errors import ModelError
+from .external import stub_weights, too_big
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +82,31 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
 
 
 def check_model(model: onnx.ModelProto, *, what: str, error: type[Exception]) -> None:
-    """Run ``onnx.checker.check_model(full_check=True)``; raise ``error`` with one line on failure."""
+    """Run ``onnx.checker.check_model(full_check=True)``; raise ``error`` with one line on failure.
+
+    A model past protobuf's 2 GB limit (:func:`onnx_poem.external.too_big`) cannot be handed to the
+    checker whole: its :func:`skeleton` gets the full check and every large initializer's data size is
+    checked against its type and shape (what the checker would add).
+    """
     try:
-        onnx.checker.check_model(model, full_check=True)
+        if too_big(model):
+            onnx.checker.check_model(skeleton(model), full_check=True)
+            _check_sizes(model)
+        else:
+            onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise error(f"{what} fails the ONNX checker: {first}") from e
+
+
+def _check_sizes(model: onnx.ModelProto) -> None:
+    """Every raw-data initializer holds exactly the bytes its type and shape need."""
+    for t in model.graph.initializer:
+        if t.HasField("raw_data"):
+            size = int(np.prod(t.dims)) if len(t.dims) else 1
+            need = size * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            if len(t.raw_data) != need:
+                raise ModelError(f"initializer {t.name!r} holds {len(t.raw_data)} bytes, its shape needs {need}")
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -326,16 +346,26 @@ def infer_shapes(
     return out, types
 
 
-def session(model: onnx.ModelProto, *, threads: int = 0) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``model`` (warnings silenced)."""
+def session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``model`` (warnings silenced; ``optimize=False``: no graph optimisation).
+
+    The large weights are handed to onnxruntime as arrays (:func:`onnx_poem.external.stub_weights`), not
+    serialised with the graph: models past protobuf's 2 GB limit run, and no serialised copy of the
+    weights is made (outputs identical to a session built from the full serialisation).
+    """
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # no arena: its peak would stay allocated by every session while the solvers need the memory
     so.enable_cpu_mem_arena = False
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    stub, names, arrays = stub_weights(model)
+    if names:
+        so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
+    return ort.InferenceSession(stub.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def with_outputs(

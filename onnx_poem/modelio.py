@@ -8,8 +8,8 @@ from pathlib import Path
 import onnx
 
 from .errors import ModelError
-from .graph import check_model, load_model, skeleton
-from .planfile import model_digest
+from .external import data_path, encode, weights_digest
+from .graph import check_model, input_files, load_model, skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -52,4 +52,21 @@ def infer_or_keep(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def digest(model: onnx.ModelProto) -> str:
     """SHA-256 of ``model``'s deterministic serialisation (what a saved plan was computed for)."""
-    return model_digest(model.SerializeToString(deterministic=True))
+    return weights_digest(model)
+
+
+def stores_external(path: Path) -> bool:
+    """The model file at ``path`` keeps (some of) its tensors in external data files (every model past
+    protobuf's 2 GB limit does); its pruned models are then written the same way."""
+    return len(input_files(path)) > 1
+
+
+def output_files(path: Path, *, external: bool) -> list[Path]:
+    """The files :func:`model_files` writes for a model at ``path``."""
+    return [path, data_path(path)] if external else [path]
+
+
+def model_files(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, list[bytes]]:
+    """The bytes of ``model`` saved at ``path`` (one file, or with ``external`` the model and its
+    ``<name>.data``), for :func:`onnx_poem.outputs.write_together`."""
+    return encode(model, path, external=external)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import OutputError, UsageError
@@ -54,8 +54,9 @@ def _creation_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_together(files: Mapping[Path, bytes], *, force: bool) -> None:
-    """Write every ``files[path]`` as one outcome: all of them, or none (targets left as they were).
+def write_together(files: Mapping[Path, bytes | Sequence[bytes]], *, force: bool) -> None:
+    """Write every ``files[path]`` (bytes, or chunks written one after another) as one outcome: all of
+    them, or none (targets left as they were).
 
     Raises:
         OutputError: a target exists without ``force`` or cannot be written.
@@ -73,7 +74,8 @@ def write_together(files: Mapping[Path, bytes], *, force: bool) -> None:
                 raise OutputError(f"cannot write to {path.parent}: {e}") from e
             temps[path] = Path(name)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    f.write(chunk)
             os.chmod(name, _creation_mode())
         for path, t in temps.items():
             if path.exists():

@@ -17,7 +17,6 @@ same model (the hash is checked) and no calibration data.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -43,11 +42,6 @@ class PlanContext:
     input_shapes: dict[str, list[int]]
     prune_residual: bool
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def model_digest(serialised: bytes) -> str:
-    """SHA-256 of a model's deterministic serialisation."""
-    return hashlib.sha256(serialised).hexdigest()
 
 
 def arrays_path(json_path: Path) -> Path:

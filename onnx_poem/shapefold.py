@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .graph import session
+
 logger = logging.getLogger(__name__)
 
 #: integer ops that shape arithmetic is made of (their outputs join the shape subgraph when all inputs do)
@@ -159,17 +161,12 @@ def _evaluate(
     model: onnx.ModelProto, names: list[str], shapes: dict[str, tuple[list[int], int]], batches: tuple[int, ...]
 ) -> list[dict[str, np.ndarray]]:
     """Values of tensors ``names`` on zero inputs, one dict per batch size in ``batches``."""
-    import onnxruntime as ort
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
     m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in names)
     del m.graph.value_info[:]
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = session(m, optimize=False)
     runs = []
     for batch in batches:
         feed = {

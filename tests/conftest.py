@@ -41,3 +41,17 @@ def work(tmp_path: Path) -> Path:
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=inputs_for(model, 32))
     return tmp_path
+
+
+@pytest.fixture()
+def external(tmp_path: Path) -> Path:
+    """A folder with conv_chain stored with its weights in an external-data file ``m.data`` beside
+    ``m.onnx``, and 32 calibration samples ``c.npz``."""
+    import onnx
+
+    from models import BUILDERS, inputs_for
+
+    model = BUILDERS["conv_chain"]()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    np.savez(tmp_path / "c.npz", x=inputs_for(model, 32))
+    return tmp_path

@@ -43,15 +43,6 @@ def one_error(res, code: int, needle: str) -> None:
     assert needle in lines[-1], lines[-1]
 
 
-@pytest.fixture()
-def external(tmp_path: Path) -> Path:
-    """A model whose weights live in an external-data file ``m.data`` beside it."""
-    model = BUILDERS["conv_chain"]()
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
-    np.savez(tmp_path / "c.npz", x=inputs_for(model, 32))
-    return tmp_path
-
-
 @pytest.mark.parametrize("flag", ["-o", "--report"])
 def test_no_output_may_be_a_file_the_input_reads(external: Path, flag: str) -> None:
     before = snapshot(external)

@@ -1,0 +1,167 @@
+"""Weights outside the protobuf: models past the 2 GB limit, sessions, files with external data.
+
+A serialised ``ModelProto`` cannot exceed 2 GB (protobuf's limit), yet an
+in-memory one can hold every weight of a larger model (``onnx.load`` reads its
+external data into the tensors).  Nothing here serialises the weights:
+
+* :func:`stub_weights` replaces every large initializer by an external-data stub
+  and returns the arrays, so :func:`onnx_poem.graph.session` hands them to
+  onnxruntime directly (``add_external_initializers``; onnxruntime copies them in
+  before any graph optimisation, so outputs are bit-identical to a session built
+  from the full serialisation, which is never made);
+* :func:`encode` gives the bytes of a model file and, with ``external``, of its
+  ``<name>.data`` file (tensors of at least :data:`EXTERNAL_MIN_BYTES` there, in
+  initializer order, offsets 4 KiB-aligned: ``onnx.load`` and onnxruntime read it);
+* :func:`weights_digest` hashes a model of any size deterministically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+#: a serialised model must stay below this (protobuf's hard limit is 2 GiB - 1; some headroom)
+PROTO_LIMIT = 2_000_000_000
+#: initializers with at least this many bytes go to the ``.data`` file / are fed to sessions directly
+EXTERNAL_MIN_BYTES = 1024
+#: initializers with at least this many bytes are handed to onnxruntime sessions as arrays
+SESSION_MIN_BYTES = 64 * 1024
+#: offsets in the ``.data`` file are multiples of this
+ALIGN = 4096
+#: the memory location name stubs carry (never a file: onnxruntime replaces them before reading)
+_MEMORY = "onnx-poem-memory"
+
+
+def data_path(model_path: Path) -> Path:
+    """Where :func:`encode` puts the external data of ``model_path``."""
+    return model_path.with_name(model_path.name + ".data")
+
+
+def too_big(model: onnx.ModelProto) -> bool:
+    """``model`` cannot be serialised as one protobuf: its tensors' data alone (initializers and
+    ``Constant`` values of the main graph) come within the graph's headroom of the limit.
+
+    (``ModelProto.ByteSize`` would serialise the model to measure it, and fails past the limit.)"""
+    total = sum(_data_bytes(t) for t in model.graph.initializer)
+    for n in model.graph.node:
+        total += sum(_data_bytes(a.t) for a in n.attribute if a.HasField("t"))
+    return total >= PROTO_LIMIT
+
+
+def _data_bytes(t: onnx.TensorProto) -> int:
+    """Bytes of ``t``'s data held in the protobuf (none when external)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    size = int(np.prod(t.dims)) if len(t.dims) else 1
+    return size * 8  # typed fields: at most 8 bytes per element
+
+
+def _large(t: onnx.TensorProto, min_bytes: int) -> bool:
+    return t.HasField("raw_data") and len(t.raw_data) >= min_bytes
+
+
+def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    del t.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _copy_fields(dst: object, src: object, skip: str) -> None:
+    """Copy every set field of message ``src`` except ``skip`` into ``dst`` (same message type)."""
+    for f, value in src.ListFields():  # type: ignore[attr-defined]
+        if f.name == skip:
+            continue
+        if f.is_repeated:
+            getattr(dst, f.name).extend(value)
+        elif f.message_type is not None:
+            getattr(dst, f.name).CopyFrom(value)
+        else:
+            setattr(dst, f.name, value)
+
+
+def stub_weights(
+    model: onnx.ModelProto, min_bytes: int | None = None
+) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+    """A copy of ``model`` whose main-graph initializers of at least ``min_bytes`` (default
+    :data:`SESSION_MIN_BYTES`) are external-data stubs, with their names and values (``(names, arrays)``
+    in initializer order).
+
+    The copy is made without copying those weights into another protobuf."""
+    stub = onnx.ModelProto()
+    _copy_fields(stub, model, skip="graph")
+    _copy_fields(stub.graph, model.graph, skip="initializer")
+    min_bytes = SESSION_MIN_BYTES if min_bytes is None else min_bytes
+    names: list[str] = []
+    arrays: list[np.ndarray] = []
+    for t in model.graph.initializer:
+        if not _large(t, min_bytes):
+            stub.graph.initializer.append(t)
+            continue
+        arrays.append(numpy_helper.to_array(t))
+        names.append(t.name)
+        s = stub.graph.initializer.add()
+        s.name, s.data_type = t.name, t.data_type
+        s.dims.extend(t.dims)
+        _set_external(s, _MEMORY, 0, arrays[-1].nbytes)
+    return stub, names, arrays
+
+
+def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, list[bytes]]:
+    """The file(s) of ``model`` saved at ``path`` (path → chunks, for an atomic write of both).
+
+    Without ``external`` one protobuf (deterministic serialisation).  With it the
+    main graph's initializers of at least :data:`EXTERNAL_MIN_BYTES` go to
+    :func:`data_path` ``(path)`` (same order, 4 KiB-aligned) and the model file refers to it
+    by its name (relative, as ``onnx.save_model`` does); no data file when no tensor is that large.
+    """
+    if not external:
+        return {path: [model.SerializeToString(deterministic=True)]}
+    stub, names, arrays = stub_weights(model, EXTERNAL_MIN_BYTES)
+    chunks: list[bytes] = []
+    offset = 0
+    location = data_path(path).name
+    by_name = dict(zip(names, arrays, strict=True))
+    for t in stub.graph.initializer:
+        if t.name not in by_name or t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        pad = -offset % ALIGN
+        if pad:
+            chunks.append(b"\0" * pad)
+            offset += pad
+        raw = by_name[t.name].tobytes()
+        _set_external(t, location, offset, len(raw))
+        chunks.append(raw)
+        offset += len(raw)
+    files = {path: [stub.SerializeToString(deterministic=True)]}
+    if chunks:  # no tensor large enough: no empty data file
+        files[data_path(path)] = chunks
+    return files
+
+
+def weights_digest(model: onnx.ModelProto) -> str:
+    """SHA-256 of ``model``'s deterministic serialisation, or for a model past :data:`PROTO_LIMIT`, of its
+    stubbed serialisation followed by the large initializers' bytes (both deterministic)."""
+    h = hashlib.sha256()
+    for chunk in _digest_chunks(model):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
+    if not too_big(model):
+        yield model.SerializeToString(deterministic=True)
+        return
+    stub, _, arrays = stub_weights(model, EXTERNAL_MIN_BYTES)
+    yield stub.SerializeToString(deterministic=True)
+    for a in arrays:
+        yield a.tobytes()

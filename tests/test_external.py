@@ -1,0 +1,149 @@
+"""Weights outside the protobuf: models with external data, and models past protobuf's 2 GB limit.
+
+The 2 GB case runs on a small model with :data:`onnx_poem.external.PROTO_LIMIT` lowered, so every
+path a 2.5 GB model takes (checker, sessions, digest, writing) is exercised here; the real size
+is run by ``tools/make_big_mlp.py`` (``benchmarks/scale.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from models import BUILDERS, inputs_for
+from onnx_poem import external as ext
+from onnx_poem import prune
+from onnx_poem.cli import main
+from onnx_poem.errors import ModelError
+from onnx_poem.graph import check_model, session
+from onnx_poem.modelio import digest
+
+
+def _plain(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "residual", "ffn", "depthwise"])
+def test_session_fed_weights_matches_serialised_session(name: str) -> None:
+    model = BUILDERS[name]()
+    stub, names, _ = ext.stub_weights(model, min_bytes=64)
+    assert names and len(stub.SerializeToString()) < len(model.SerializeToString())
+    x = inputs_for(model, 4)
+    feed = {model.graph.input[0].name: x}
+    for a, b in zip(session(model).run(None, feed), _plain(model).run(None, feed), strict=True):
+        assert np.array_equal(a, b)
+
+
+def _run_cli(folder: Path, *extra: str):
+    args = [str(folder / "m.onnx"), "--ratio", "0.5", "--calib", str(folder / "c.npz"), "-o", str(folder / "o.onnx")]
+    return CliRunner().invoke(main, [*args, *extra])
+
+
+def test_external_input_gives_external_output(external: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ext, "EXTERNAL_MIN_BYTES", 64)  # the test model's tensors are small
+    before = {p.name: p.read_bytes() for p in external.iterdir()}
+    res = _run_cli(external)
+    assert res.exit_code == 0, res.output
+    out, data = external / "o.onnx", external / "o.onnx.data"
+    assert data.stat().st_size > out.stat().st_size
+    onnx.checker.check_model(str(out), full_check=True)
+    loaded = onnx.load(str(out))
+    assert all(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.load(str(out), load_external_data=False).graph.initializer
+        if len(t.dims) > 1
+    )
+    x = inputs_for(loaded, 4)
+    from_file = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(from_file, _plain(loaded).run(None, {"x": x})[0])
+    assert {p.name: p.read_bytes() for p in external.iterdir() if p.name in before} == before
+    # byte-identical on a second run with the same seed
+    res2 = CliRunner().invoke(
+        main,
+        [
+            str(external / "m.onnx"),
+            "--ratio",
+            "0.5",
+            "--calib",
+            str(external / "c.npz"),
+            "-o",
+            str(external / "p.onnx"),
+        ],
+    )
+    assert res2.exit_code == 0, res2.output
+    assert (external / "p.onnx.data").read_bytes() == data.read_bytes()
+    assert (external / "p.onnx").read_bytes().replace(b"p.onnx.data", b"o.onnx.data") == out.read_bytes()
+
+
+def test_existing_data_file_is_refused_before_work(external: Path) -> None:
+    (external / "o.onnx.data").write_bytes(b"keep")
+    res = _run_cli(external)
+    assert res.exit_code == 2 and "output data exists" in res.output.strip().splitlines()[-1]
+    assert (external / "o.onnx.data").read_bytes() == b"keep" and not (external / "o.onnx").exists()
+
+
+def test_encode_roundtrip_keeps_every_tensor(tmp_path: Path) -> None:
+    model = BUILDERS["residual"]()
+    files = ext.encode(model, tmp_path / "r.onnx", external=True)
+    for path, chunks in files.items():
+        path.write_bytes(b"".join(chunks))
+    back = onnx.load(str(tmp_path / "r.onnx"))
+    assert [onnx.numpy_helper.to_array(t).tobytes() for t in back.graph.initializer] == [
+        onnx.numpy_helper.to_array(t).tobytes() for t in model.graph.initializer
+    ]
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset"))
+               for t in onnx.load(str(tmp_path / "r.onnx"), load_external_data=False).graph.initializer
+               if t.data_location == onnx.TensorProto.EXTERNAL]  # fmt: skip
+    assert offsets and all(o % ext.ALIGN == 0 for o in offsets)
+
+
+@pytest.fixture()
+def tiny_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model counts as past protobuf's limit (its weights can no longer be serialised whole)."""
+    from onnx_poem import graph
+
+    monkeypatch.setattr(ext, "PROTO_LIMIT", 1000)
+    # the small model's tensors count as large ones
+    monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 16)
+    monkeypatch.setattr(ext, "EXTERNAL_MIN_BYTES", 16)
+    monkeypatch.setattr(graph, "STRUCTURE_LIMIT", 4)
+
+    def refuse(self: onnx.ModelProto, **kwargs: object) -> bytes:
+        if ext.too_big(self):
+            raise AssertionError("a model past the limit was serialised whole")
+        return original(self, **kwargs)
+
+    original = onnx.ModelProto.SerializeToString
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", refuse)
+
+
+@pytest.fixture()
+def model() -> onnx.ModelProto:
+    return BUILDERS["residual"]()  # built (and shape-inferred) before the limit is lowered
+
+
+def test_past_the_limit_prunes_without_serialising_weights(
+    model: onnx.ModelProto, tiny_limit: None, tmp_path: Path
+) -> None:
+    assert ext.too_big(model)
+    check_model(model, what="m", error=ModelError)
+    assert len(digest(model)) == 64 and digest(model) == digest(model)
+    x = inputs_for(model, 48)
+    pruned, report = prune(model, calib={model.graph.input[0].name: x}, ratio=0.5, samples=48)
+    assert report.macs_ratio < 1
+    files = ext.encode(pruned, tmp_path / "o.onnx", external=True)
+    for path, chunks in files.items():
+        path.write_bytes(b"".join(chunks))
+    onnx.checker.check_model(str(tmp_path / "o.onnx"), full_check=True)
+
+
+def test_checker_past_the_limit_catches_a_short_tensor(model: onnx.ModelProto, tiny_limit: None) -> None:
+    t = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    t.raw_data = t.raw_data[:-4]
+    with pytest.raises(ModelError, match="bytes, its shape needs"):
+        check_model(model, what="m", error=ModelError)

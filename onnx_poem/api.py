@@ -366,23 +366,29 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
     probe_feed = ctx.data.feed(ctx.split.fit[:1])
     failed = dict(alloc.failed)  # group id → why it was left unpruned after it failed
     plan, layers = PrunePlan(), []
-    applied = ctx.model  # the model with ``plan`` applied (checked), reused as the cascade's current model
+    # the model with ``plan`` applied (checked), reused as the cascade's current model
+    applied: onnx.ModelProto | None = ctx.model
     for done, g in enumerate(todo):
         if progress:
             progress(done, len(todo), g.id)
         nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
         for attempt in (0, 1):
+            if applied is None:  # dropped before a rewrite that failed
+                applied = apply_plan(view, groups, plan) if plan.decisions else ctx.model
             current = applied if cfg.mode == "cascade" else ctx.model
             try:
                 decision, group_layers = solve_group(
                     view, current, g, alloc.quotas[g.id], streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
                 )
                 trial = plan.extended(decision)
+                # the rewrite builds from the original: one pruned copy of the model in memory, not two
+                del current
+                applied = None
                 with stage("rewrite"):
                     candidate = apply_plan(view, groups, trial)
                     check_structure(candidate, what="the rewrite", error=VerificationError)
             except Exception as e:
-                if attempt == 0 and current is not ctx.model and _fails(view, groups, plan, probe_feed):
+                if attempt == 0 and plan.decisions and cfg.mode == "cascade" and _fails(view, groups, plan, probe_feed):
                     plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite
                     applied = apply_plan(view, groups, plan) if plan.decisions else ctx.model
                     streams[1].reset()
@@ -395,7 +401,10 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
             break
     if progress:
         progress(len(todo), len(todo), "")
-    pruned = infer_or_keep(applied if plan.decisions else copy_model(ctx.loaded))
+    if not plan.decisions:
+        pruned = infer_or_keep(copy_model(ctx.loaded))
+    else:
+        pruned = infer_or_keep(applied if applied is not None else apply_plan(view, groups, plan))
     return Solved(plan, pruned, layers, failed)
 
 

@@ -29,25 +29,25 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_or_keep(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the inferred ``value_info`` of its tensors (strict, type-checked), or unchanged with a
-    warning if inference fails (the final checker reports real problems).
+    """``model`` (a copy the caller owns) given, in place, the inferred ``value_info`` of its tensors
+    (strict, type-checked), or unchanged with a warning if inference fails (the final checker reports
+    real problems).
 
     Inference runs on :func:`onnx_poem.graph.skeleton` ``(model)`` (weights' values never matter to it)
-    and its ``value_info`` and outputs are copied back: what full inference would give, without copying
-    the weights.
+    and its ``value_info`` and outputs are copied back: what full inference would give, without a copy
+    of the weights.
     """
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
     except Exception as e:
         logger.warning("shape inference of the pruned model failed: %s", e)
         return model
-    out = copy_model(model)
-    del out.graph.value_info[:]
+    del model.graph.value_info[:]
     weights = {t.name for t in model.graph.initializer}
-    out.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in weights)
-    del out.graph.output[:]
-    out.graph.output.extend(inferred.graph.output)
-    return out
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in weights)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    return model
 
 
 def digest(model: onnx.ModelProto) -> str:

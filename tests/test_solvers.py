@@ -10,7 +10,7 @@ import pytest
 from onnx_poem.solvers import LayerData, Samples, kept_columns, reconstruct, select_channels
 from onnx_poem.solvers.activations import KINDS, apply, derivative, piecewise
 from onnx_poem.solvers.greedy import QuadProblem, greedy_eliminate
-from onnx_poem.solvers.reconstruct import _u_step, post_errors
+from onnx_poem.solvers.reconstruct import _u_step, _u_step_pieces, post_errors
 
 
 def _layer(
@@ -134,6 +134,18 @@ def test_u_step_is_the_exact_minimiser() -> None:
         best = cost.min(axis=0)
         got = (apply(kind, params, u) - z) ** 2 + 2.0 * (u - r) ** 2
         assert np.all(got <= best + 1e-3)
+
+
+@pytest.mark.parametrize("shape", [(700, 300), (3, 5000), (257,)])
+def test_relu_u_step_equals_the_generic_one_bit_for_bit(shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(1)
+    r = rng.standard_normal(shape).astype(np.float32)
+    z = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+    r.reshape(-1)[::7], z.reshape(-1)[::5], r.reshape(-1)[::11] = 0.0, 0.0, -0.0
+    for lam in (0.3, 1.0, 10.0, 100.0):
+        fast = _u_step(r, z, lam, piecewise("relu", ()))
+        generic = _u_step_pieces(r, z, lam, piecewise("relu", ()))
+        assert np.array_equal(fast.view(np.int32), generic.view(np.int32))
 
 
 @pytest.mark.parametrize("kind", KINDS)

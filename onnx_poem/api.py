@@ -27,7 +27,7 @@ from .config import ALLOCATIONS, PruneConfig
 from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
-from .graph import GraphView, check_model, check_structure, declared_shape
+from .graph import GraphView, check_model, check_structure, declared_shape, release_segments
 from .modelio import copy_model, digest, infer_or_keep, load_checked
 from .plan import PrunePlan
 from .planfile import PlanContext
@@ -369,6 +369,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
     # the model with ``plan`` applied (checked), reused as the cascade's current model
     applied: onnx.ModelProto | None = ctx.model
     for done, g in enumerate(todo):
+        release_segments()
         if progress:
             progress(done, len(todo), g.id)
         nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None

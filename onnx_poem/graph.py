@@ -9,6 +9,7 @@ attributes and inferred shapes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -418,6 +419,18 @@ def with_outputs(
     del sub.opset_import[:]
     sub.opset_import.extend(model.opset_import)
     return sub
+
+
+def release_segments() -> None:
+    """Free the graphs :func:`with_outputs` imported (call once per group).
+
+    [R, memory] An imported graph is a web of reference cycles (nodes, tensors and their
+    synchronised lists) whose constants refer to the source model's tensors, and any one of those
+    keeps that whole model alive.  Left to the cycle collector's own schedule, a copy of the
+    current model per group piled up: a 0.2 GB MLP peaked at 2.0 GB instead of 1.2 GB, a 2.5 GB
+    one passed 11 GB.  One full collection per group costs milliseconds.
+    """
+    gc.collect()
 
 
 def dtype_of(model: onnx.ModelProto, name: str) -> np.dtype[Any] | None:

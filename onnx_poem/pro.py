@@ -21,7 +21,7 @@ from .config import PruneConfig
 from .coupling import ChannelGroup
 from .coupling.groups import positions
 from .errors import one_line
-from .graph import GraphView
+from .graph import GraphView, release_segments
 from .plan import ConsumerUpdate
 from .probe import Probe
 from .solve import consumer_update
@@ -74,6 +74,7 @@ def error_curves(
     probe = Probe(view, every, data, probe_idx, cfg.batch_size, work)
     curves: dict[str, np.ndarray] = {}
     for i, g in enumerate(order):
+        release_segments()
         if progress:
             progress(i, len(order), f"sensitivity {g.id}")
         nxt = cut_position(view, order[i + 1]) if i + 1 < len(order) else None

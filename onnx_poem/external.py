@@ -76,7 +76,7 @@ def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) 
         entry.key, entry.value = key, value
 
 
-def _copy_fields(dst: object, src: object, skip: str) -> None:
+def copy_except(dst: object, src: object, skip: str) -> None:
     """Copy every set field of message ``src`` except ``skip`` into ``dst`` (same message type)."""
     for f, value in src.ListFields():  # type: ignore[attr-defined]
         if f.name == skip:
@@ -98,8 +98,8 @@ def stub_weights(
 
     The copy is made without copying those weights into another protobuf."""
     stub = onnx.ModelProto()
-    _copy_fields(stub, model, skip="graph")
-    _copy_fields(stub.graph, model.graph, skip="initializer")
+    copy_except(stub, model, skip="graph")
+    copy_except(stub.graph, model.graph, skip="initializer")
     min_bytes = SESSION_MIN_BYTES if min_bytes is None else min_bytes
     names: list[str] = []
     arrays: list[np.ndarray] = []

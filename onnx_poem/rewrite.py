@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from .coupling import ChannelGroup
 from .coupling.groups import ShuffleFix
+from .external import copy_except
 from .graph import GraphView
 from .plan import ConsumerUpdate, PrunePlan
 
@@ -91,8 +92,7 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
         for dec in plan.decisions
         for sh in groups[dec.group_id].shuffles
     ]
-    model = onnx.ModelProto()
-    model.CopyFrom(view.model)
+    model = _copy_with(view.model, arrays)
     dropped = _replace_shuffles(model, view, gathers)
     _write(model, arrays, new_bias, group_attr, split_attr)
     if dropped:  # after _write: its node indices refer to the original graph
@@ -170,6 +170,26 @@ def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
         model.graph.initializer.extend(kept_inits)
 
 
+def _copy_with(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``arrays`` hold those values (their own element type).
+
+    [R, memory] Built initializer by initializer: the replaced tensors' original data is never copied
+    (``CopyFrom`` of the whole model, then replacing them, kept both in the copy's memory: protobuf
+    does not free a replaced field's bytes until the message goes; a 2.5 GB model's pruned copy grew
+    with every group).
+    """
+    out = onnx.ModelProto()
+    copy_except(out, model, "graph")
+    copy_except(out.graph, model.graph, "initializer")
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+            out.graph.initializer.append(numpy_helper.from_array(np.asarray(arrays[t.name], dtype=dtype), t.name))
+        else:
+            out.graph.initializer.append(t)
+    return out
+
+
 def _write(
     model: onnx.ModelProto,
     arrays: dict[str, np.ndarray],
@@ -180,12 +200,7 @@ def _write(
     """Store ``arrays``, wire new biases, set ``group``/split sizes; new ``Add`` nodes are inserted last,
     so every node index refers to the original graph."""
     g = model.graph
-    done: set[str] = set()
-    for i, t in enumerate(g.initializer):
-        if t.name in arrays:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-            g.initializer[i].CopyFrom(numpy_helper.from_array(np.asarray(arrays[t.name], dtype=dtype), t.name))
-            done.add(t.name)
+    done = {t.name for t in g.initializer if t.name in arrays}  # stored by _copy_with
     for node in g.node:
         if node.op_type == "Constant" and node.output[0] in arrays:
             for a in node.attribute:

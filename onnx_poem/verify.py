@@ -20,7 +20,7 @@ Per output ``o`` (original ``y``, pruned ``ŷ``, ``N`` samples):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,21 +121,15 @@ def verify(
         VerificationError: the checker rejects ``pruned``, onnxruntime cannot run it, or an output changed shape.
     """
     check_model(pruned, what="pruned model", error=VerificationError)
-    try:
-        s_pruned = session(pruned)
-    except Exception as e:
-        raise VerificationError(f"onnxruntime cannot load the pruned model: {e}") from e
-    s_orig = session(original)
     names = [o.name for o in original.graph.output]
     scores = {n: _is_scores(original, n) for n in names}
     idx = np.asarray(indices, dtype=np.int64)
     acc = {n: _Accumulator(keep=scores[n]) for n in names}
-    for feed in data.batches(idx if len(idx) else np.zeros(1, np.int64), batch_size):
-        ref = s_orig.run(names, feed)
-        try:
-            got = s_pruned.run(names, feed)
-        except Exception as e:
-            raise VerificationError(f"onnxruntime failed to run the pruned model: {e}") from e
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        return data.batches(idx if len(idx) else np.zeros(1, np.int64), batch_size)
+
+    for ref, got in _both_outputs(original, pruned, names, batches):
         for n, r, o in zip(names, ref, got, strict=True):
             if np.shape(r) != np.shape(o):
                 raise VerificationError(f"output {n} changed shape from {np.shape(r)} to {np.shape(o)}")
@@ -144,6 +138,49 @@ def verify(
         return Agreement(source, 0)
     labels = None if data.labels is None else np.asarray(data.labels)[idx]
     return Agreement(source, len(idx), {n: acc[n].result(labels) for n in names})
+
+
+def _both_outputs(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    names: list[str],
+    batches: Callable[[], Iterator[dict[str, np.ndarray]]],
+) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Per batch of ``batches()``: both models' outputs ``names``.
+
+    [R, memory] When the original's outputs of every batch fit in :data:`REFERENCE_BYTES` they are
+    computed first and its session is released before the pruned model's is built: one
+    onnxruntime copy of the weights at a time (a whole model's worth less at the peak of a
+    large model's run).  Otherwise both sessions run batch by batch.
+    """
+    s_orig = session(original)
+    refs: list[list[np.ndarray]] = []
+    size = 0
+    for feed in batches():
+        refs.append(s_orig.run(names, feed))
+        size += sum(np.asarray(r).nbytes for r in refs[-1])
+        if size > REFERENCE_BYTES:
+            break
+    keep = size <= REFERENCE_BYTES
+    if keep:
+        del s_orig
+    else:
+        refs.clear()  # too large to keep: run both models batch by batch
+    try:
+        s_pruned = session(pruned)
+    except Exception as e:
+        raise VerificationError(f"onnxruntime cannot load the pruned model: {e}") from e
+    for i, feed in enumerate(batches()):
+        ref = refs[i] if keep else s_orig.run(names, feed)
+        try:
+            got = s_pruned.run(names, feed)
+        except Exception as e:
+            raise VerificationError(f"onnxruntime failed to run the pruned model: {e}") from e
+        yield ref, got
+
+
+#: the original's outputs are kept for all verification batches up to this size (see :func:`_both_outputs`)
+REFERENCE_BYTES = 256 * 2**20
 
 
 class _Accumulator:

@@ -146,3 +146,16 @@ def test_hostile_calibration_arrays_give_our_errors_or_a_valid_model(calib, rati
     except PoemError:
         return
     onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_agreement_is_the_same_with_outputs_kept_or_run_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verification keeps the original's outputs and releases its session when they are small, else runs
+    both models batch by batch: the same numbers either way."""
+    import onnx_poem.verify as verify
+
+    model = BUILDERS["flatten_gemm"]()
+    calib = {"x": inputs_for(model, 96)}
+    kept = prune(model, calib=calib, ratio=0.5, batch_size=8)[1]
+    monkeypatch.setattr(verify, "REFERENCE_BYTES", 0)
+    side_by_side = prune(model, calib=calib, ratio=0.5, batch_size=8)[1]
+    assert kept.verification_samples > 8 and kept.agreement and kept.agreement == side_by_side.agreement

@@ -92,9 +92,9 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
         for dec in plan.decisions
         for sh in groups[dec.group_id].shuffles
     ]
-    model = _copy_with(view.model, arrays)
+    model, stored = _copy_with(view.model, arrays)
     dropped = _replace_shuffles(model, view, gathers)
-    _write(model, arrays, new_bias, group_attr, split_attr)
+    _write(model, arrays, new_bias, group_attr, split_attr, stored)
     if dropped:  # after _write: its node indices refer to the original graph
         kept_nodes = [n for n in model.graph.node if not (n.output and n.output[0] in dropped)]
         del model.graph.node[:]
@@ -170,8 +170,10 @@ def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
         model.graph.initializer.extend(kept_inits)
 
 
-def _copy_with(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named in ``arrays`` hold those values (their own element type).
+def _copy_with(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, set[str]]:
+    """A copy of ``model`` whose initializers named in ``arrays`` hold those values (their own element
+    type), and those names; each stored array leaves ``arrays`` as soon as its tensor is made (the
+    pruned weights are not held twice while the copy is built).
 
     [R, memory] Built initializer by initializer: the replaced tensors' original data is never copied
     (``CopyFrom`` of the whole model, then replacing them, kept both in the copy's memory: protobuf
@@ -181,13 +183,16 @@ def _copy_with(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.Mo
     out = onnx.ModelProto()
     copy_except(out, model, "graph")
     copy_except(out.graph, model.graph, "initializer")
+    stored: set[str] = set()
     for t in model.graph.initializer:
         if t.name in arrays:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-            out.graph.initializer.append(numpy_helper.from_array(np.asarray(arrays[t.name], dtype=dtype), t.name))
+            value = np.asarray(arrays.pop(t.name), dtype=dtype)
+            out.graph.initializer.append(numpy_helper.from_array(value, t.name))
+            stored.add(t.name)
         else:
             out.graph.initializer.append(t)
-    return out
+    return out, stored
 
 
 def _write(
@@ -196,11 +201,13 @@ def _write(
     new_bias: dict[int, str],
     group_attr: dict[int, int],
     split_attr: dict[int, list[int]],
+    stored: set[str],
 ) -> None:
-    """Store ``arrays``, wire new biases, set ``group``/split sizes; new ``Add`` nodes are inserted last,
-    so every node index refers to the original graph."""
+    """Store the rest of ``arrays`` (``stored``: initializers :func:`_copy_with` wrote), wire new biases,
+    set ``group``/split sizes; new ``Add`` nodes are inserted last, so every node index refers to the
+    original graph."""
     g = model.graph
-    done = {t.name for t in g.initializer if t.name in arrays}  # stored by _copy_with
+    done = set(stored)
     for node in g.node:
         if node.op_type == "Constant" and node.output[0] in arrays:
             for a in node.attribute:

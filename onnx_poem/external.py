@@ -64,7 +64,25 @@ def _data_bytes(t: onnx.TensorProto) -> int:
 
 
 def _large(t: onnx.TensorProto, min_bytes: int) -> bool:
-    return t.HasField("raw_data") and len(t.raw_data) >= min_bytes
+    return t.data_type in _PLAIN and t.HasField("raw_data") and len(t.raw_data) >= min_bytes
+
+
+#: element types whose NumPy array (``numpy_helper.to_array``) has exactly the tensor's type and bytes
+#: (bfloat16 and the float8 types are left in the protobuf)
+_PLAIN = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+    onnx.TensorProto.BOOL,
+}
 
 
 def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) -> None:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from models import BUILDERS, inputs_for
+from models import BUILDERS, inputs_for, to_float16
 from onnx_poem import external as ext
 from onnx_poem import prune
 from onnx_poem.cli import main
@@ -28,12 +28,12 @@ def _plain(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("name", ["conv_chain", "residual", "ffn", "depthwise"])
+@pytest.mark.parametrize("name", ["conv_chain", "residual", "ffn", "depthwise", "float16"])
 def test_session_fed_weights_matches_serialised_session(name: str) -> None:
-    model = BUILDERS[name]()
+    model = to_float16(BUILDERS["conv_chain"]()) if name == "float16" else BUILDERS[name]()
     stub, names, _ = ext.stub_weights(model, min_bytes=64)
     assert names and len(stub.SerializeToString()) < len(model.SerializeToString())
-    x = inputs_for(model, 4)
+    x = inputs_for(model, 4).astype(np.float16 if name == "float16" else np.float32)
     feed = {model.graph.input[0].name: x}
     for a, b in zip(session(model).run(None, feed), _plain(model).run(None, feed), strict=True):
         assert np.array_equal(a, b)

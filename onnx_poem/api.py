@@ -368,6 +368,8 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
     plan, layers = PrunePlan(), []
     # the model with ``plan`` applied (checked), reused as the cascade's current model
     applied: onnx.ModelProto | None = ctx.model
+    current: onnx.ModelProto | None = None
+    candidate: onnx.ModelProto | None = None
     for done, g in enumerate(todo):
         release_segments()
         if progress:
@@ -383,8 +385,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
                 )
                 trial = plan.extended(decision)
                 # the rewrite builds from the original: one pruned copy of the model in memory, not two
-                del current
-                applied = None
+                current = applied = candidate = None
                 with stage("rewrite"):
                     candidate = apply_plan(view, groups, trial)
                     check_structure(candidate, what="the rewrite", error=VerificationError)
@@ -397,7 +398,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
                 failed[g.id] = one_line(e)
                 logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
                 break
-            plan, applied = trial, candidate
+            plan, applied, candidate = trial, candidate, None
             layers.extend(group_layers)
             break
     if progress:

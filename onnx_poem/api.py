@@ -386,6 +386,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
                 trial = plan.extended(decision)
                 # the rewrite builds from the original: one pruned copy of the model in memory, not two
                 current = applied = candidate = None
+                release_segments()  # this group's segment graphs still refer to that copy
                 with stage("rewrite"):
                     candidate = apply_plan(view, groups, trial)
                     check_structure(candidate, what="the rewrite", error=VerificationError)

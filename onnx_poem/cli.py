@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -310,7 +310,7 @@ def prune_cmd(
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
         with _terminate_as_interrupt():
-            files: dict[Path, bytes | list[bytes]] = {}
+            files: dict[Path, bytes | Iterable[bytes]] = {}
             pruned: onnx.ModelProto | None
             if apply_plan is not None:
                 pruned, rep = apply_saved_plan(model, apply_plan, calib=calib, image_options=opts, samples=samples)
@@ -429,7 +429,7 @@ def _family(
     progress = _Progress(sys.stderr.isatty() and not quiet)
     with _terminate_as_interrupt():
         results = run_family(model, ratios, calib=calib, image_options=image_options, progress=progress, **options)
-        files: dict[Path, bytes | list[bytes]] = {}
+        files: dict[Path, bytes | Iterable[bytes]] = {}
         for r, res in zip(ratios, results, strict=True):
             rep = res.report
             for w in rep.warnings:

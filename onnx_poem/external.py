@@ -18,7 +18,7 @@ external data into the tensors).  Nothing here serialises the weights:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,35 +134,46 @@ def stub_weights(
     return stub, names, arrays
 
 
-def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, list[bytes]]:
+def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, Iterable[bytes]]:
     """The file(s) of ``model`` saved at ``path`` (path → chunks, for an atomic write of both).
 
     Without ``external`` one protobuf (deterministic serialisation).  With it the
     main graph's initializers of at least :data:`EXTERNAL_MIN_BYTES` go to
     :func:`data_path` ``(path)`` (same order, 4 KiB-aligned) and the model file refers to it
     by its name (relative, as ``onnx.save_model`` does); no data file when no tensor is that large.
+    The data file's chunks are produced one tensor at a time as they are written (no second
+    copy of the weights in memory).
     """
     if not external:
         return {path: [model.SerializeToString(deterministic=True)]}
-    stub, names, arrays = stub_weights(model, EXTERNAL_MIN_BYTES)
-    chunks: list[bytes] = []
-    offset = 0
+    out = onnx.ModelProto()
+    copy_except(out, model, "graph")
+    copy_except(out.graph, model.graph, "initializer")
     location = data_path(path).name
-    by_name = dict(zip(names, arrays, strict=True))
-    for t in stub.graph.initializer:
-        if t.name not in by_name or t.data_location != onnx.TensorProto.EXTERNAL:
+    placed: list[tuple[onnx.TensorProto, int]] = []  # (source tensor, padding before it)
+    offset = 0
+    for t in model.graph.initializer:
+        if not _large(t, EXTERNAL_MIN_BYTES):
+            out.graph.initializer.append(t)
             continue
         pad = -offset % ALIGN
-        if pad:
-            chunks.append(b"\0" * pad)
-            offset += pad
-        raw = by_name[t.name].tobytes()
-        _set_external(t, location, offset, len(raw))
-        chunks.append(raw)
-        offset += len(raw)
-    files = {path: [stub.SerializeToString(deterministic=True)]}
-    if chunks:  # no tensor large enough: no empty data file
-        files[data_path(path)] = chunks
+        length = int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        s = out.graph.initializer.add()
+        s.name, s.data_type = t.name, t.data_type
+        s.dims.extend(t.dims)
+        _set_external(s, location, offset + pad, length)
+        placed.append((t, pad))
+        offset += pad + length
+
+    def chunks() -> Iterator[bytes]:
+        for t, pad in placed:
+            if pad:
+                yield b"\0" * pad
+            yield t.raw_data
+
+    files: dict[Path, Iterable[bytes]] = {path: [out.SerializeToString(deterministic=True)]}
+    if placed:  # no tensor large enough: no empty data file
+        files[data_path(path)] = chunks()
     return files
 
 

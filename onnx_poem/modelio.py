@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -66,7 +67,7 @@ def output_files(path: Path, *, external: bool) -> list[Path]:
     return [path, data_path(path)] if external else [path]
 
 
-def model_files(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, list[bytes]]:
+def model_files(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, Iterable[bytes]]:
     """The bytes of ``model`` saved at ``path`` (one file, or with ``external`` the model and its
     ``<name>.data``), for :func:`onnx_poem.outputs.write_together`."""
     return encode(model, path, external=external)

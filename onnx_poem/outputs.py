@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import OutputError, UsageError
@@ -54,7 +54,7 @@ def _creation_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_together(files: Mapping[Path, bytes | Sequence[bytes]], *, force: bool) -> None:
+def write_together(files: Mapping[Path, bytes | Iterable[bytes]], *, force: bool) -> None:
     """Write every ``files[path]`` (bytes, or chunks written one after another) as one outcome: all of
     them, or none (targets left as they were).
 

@@ -369,9 +369,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
     # the model with ``plan`` applied (checked), reused as the cascade's current model
     applied: onnx.ModelProto | None = ctx.model
     current: onnx.ModelProto | None = None
-    candidate: onnx.ModelProto | None = None
     for done, g in enumerate(todo):
-        release_segments()
         if progress:
             progress(done, len(todo), g.id)
         nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
@@ -385,8 +383,8 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
                 )
                 trial = plan.extended(decision)
                 # the rewrite builds from the original: one pruned copy of the model in memory, not two
-                current = applied = candidate = None
-                release_segments()  # this group's segment graphs still refer to that copy
+                current = applied = None
+                release_segments()  # the segment graphs imported so far still refer to that copy
                 with stage("rewrite"):
                     candidate = apply_plan(view, groups, trial)
                     check_structure(candidate, what="the rewrite", error=VerificationError)
@@ -399,7 +397,8 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
                 failed[g.id] = one_line(e)
                 logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
                 break
-            plan, applied, candidate = trial, candidate, None
+            plan, applied = trial, candidate
+            del candidate  # the only reference to the pruned copy is ``applied``
             layers.extend(group_layers)
             break
     if progress:

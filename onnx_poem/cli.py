@@ -23,9 +23,10 @@ from . import __version__, planfile
 from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
+from .external import encode
 from .graph import GraphView, input_files, load_model
 from .htmlreport import render_html
-from .modelio import model_files, output_files, stores_external
+from .modelio import output_files, stores_external
 from .outputs import check_outputs, write_together
 from .report import PruneReport
 from .solvers import METHODS
@@ -344,7 +345,7 @@ def prune_cmd(
             if pruned is not None and rep.ratio > 0 and not allow_unpruned and apply_plan is None:
                 _refuse_unpruned(rep)
             if pruned is not None:
-                files |= model_files(pruned, out, external=external)
+                files |= encode(pruned, out, external=external)
             if report is not None:
                 files[report] = report_bytes(report, rep)
             write_together(files, force=force)
@@ -437,7 +438,7 @@ def _family(
             if r > 0 and not allow_unpruned:
                 _refuse_unpruned(rep)
             assert res.model is not None
-            files |= model_files(res.model, family_path(out, r), external=external)
+            files |= encode(res.model, family_path(out, r), external=external)
             if report is not None:
                 files[family_path(report, r)] = report_bytes(report, rep, [res.report for res in results])
         write_together(files, force=force)

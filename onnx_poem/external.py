@@ -58,13 +58,23 @@ def _data_bytes(t: onnx.TensorProto) -> int:
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return 0
     if t.HasField("raw_data"):
-        return len(t.raw_data)
-    size = int(np.prod(t.dims)) if len(t.dims) else 1
-    return size * 8  # typed fields: at most 8 bytes per element
+        return len(t.raw_data) if t.data_type not in _PLAIN else shape_nbytes(t)
+    return _elements(t) * 8  # typed fields: at most 8 bytes per element
+
+
+def _elements(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims)) if len(t.dims) else 1
+
+
+def shape_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes the data of ``t`` (a numeric or bool tensor) takes by its type and shape.
+
+    Read from the shape, not ``len(t.raw_data)``: each read of ``raw_data`` copies the bytes."""
+    return _elements(t) * int(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
 
 
 def _large(t: onnx.TensorProto, min_bytes: int) -> bool:
-    return t.data_type in _PLAIN and t.HasField("raw_data") and len(t.raw_data) >= min_bytes
+    return t.data_type in _PLAIN and t.HasField("raw_data") and shape_nbytes(t) >= min_bytes
 
 
 #: element types whose NumPy array (``numpy_helper.to_array``) has exactly the tensor's type and bytes
@@ -157,7 +167,7 @@ def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, 
             out.graph.initializer.append(t)
             continue
         pad = -offset % ALIGN
-        length = int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        length = shape_nbytes(t)
         s = out.graph.initializer.add()
         s.name, s.data_type = t.name, t.data_type
         s.dims.extend(t.dims)

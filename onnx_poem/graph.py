@@ -24,7 +24,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .errors import ModelError
-from .external import stub_weights, too_big
+from .external import shape_nbytes, stub_weights, too_big
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +104,9 @@ def _check_sizes(model: onnx.ModelProto) -> None:
     """Every raw-data initializer holds exactly the bytes its type and shape need."""
     for t in model.graph.initializer:
         if t.HasField("raw_data"):
-            size = int(np.prod(t.dims)) if len(t.dims) else 1
-            need = size * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-            if len(t.raw_data) != need:
-                raise ModelError(f"initializer {t.name!r} holds {len(t.raw_data)} bytes, its shape needs {need}")
+            need, have = shape_nbytes(t), len(t.raw_data)
+            if have != need:
+                raise ModelError(f"initializer {t.name!r} holds {have} bytes, its shape needs {need}")
 
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:

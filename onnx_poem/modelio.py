@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 
 from .errors import ModelError
-from .external import data_path, encode, weights_digest
+from .external import data_path, weights_digest
 from .graph import check_model, input_files, load_model, skeleton
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def infer_or_keep(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def digest(model: onnx.ModelProto) -> str:
-    """SHA-256 of ``model``'s deterministic serialisation (what a saved plan was computed for)."""
+    """SHA-256 of ``model`` (:func:`onnx_poem.external.weights_digest`: what a saved plan was computed for)."""
     return weights_digest(model)
 
 
@@ -63,11 +62,5 @@ def stores_external(path: Path) -> bool:
 
 
 def output_files(path: Path, *, external: bool) -> list[Path]:
-    """The files :func:`model_files` writes for a model at ``path``."""
+    """The files :func:`onnx_poem.external.encode` writes for a model at ``path``."""
     return [path, data_path(path)] if external else [path]
-
-
-def model_files(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, Iterable[bytes]]:
-    """The bytes of ``model`` saved at ``path`` (one file, or with ``external`` the model and its
-    ``<name>.data``), for :func:`onnx_poem.outputs.write_together`."""
-    return encode(model, path, external=external)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -129,10 +130,52 @@ def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: flo
 PRO_MAX_RATIO = 0.9
 
 
+class Cost(Protocol):
+    """What PRO spends its budget on: a fraction of the original (MACs or latency) that falls as atoms go."""
+
+    def fraction(self) -> float:
+        """The current allocation's cost over the original's."""
+
+    def saving(self, i: int, n: int) -> float:
+        """The cost saved by removing ``n`` more atoms of group ``i`` (positions in the group list)."""
+
+    def apply(self, i: int, n: int, saving: float) -> None:
+        """Take that move (``saving``: what :meth:`saving` returned for it)."""
+
+
+class MacsCost:
+    """:class:`Cost` in MACs from a :class:`MacsTable` (a layer scales with its input × output fractions)."""
+
+    def __init__(self, groups: Sequence[ChannelGroup], table: MacsTable) -> None:
+        pos = {g.id: i for i, g in enumerate(groups)}
+        self.size = np.array([g.channels for g in groups], dtype=np.float64)
+        none = len(groups)  # index of "no group": fraction 1
+        self.m = np.array([r[0] for r in table.rows], dtype=np.float64)
+        self.ri = np.array([none if r[1] is None or r[1] not in pos else pos[r[1]] for r in table.rows], dtype=np.int64)
+        self.ro = np.array([none if r[2] is None or r[2] not in pos else pos[r[2]] for r in table.rows], dtype=np.int64)
+        self.total = float(self.m.sum()) or 1.0
+        self.frac = np.ones(none + 1)
+        self.rows_of = [np.flatnonzero((self.ri == i) | (self.ro == i)) for i in range(none)]
+        self.macs = float((self.m * self.frac[self.ri] * self.frac[self.ro]).sum())
+
+    def fraction(self) -> float:
+        return self.macs / self.total
+
+    def saving(self, i: int, n: int) -> float:
+        r, frac, ri, ro = self.rows_of[i], self.frac, self.ri, self.ro
+        f = frac.copy()
+        f[i] -= n / self.size[i]
+        return float((self.m[r] * (frac[ri[r]] * frac[ro[r]] - f[ri[r]] * f[ro[r]])).sum())
+
+    def apply(self, i: int, n: int, saving: float) -> None:
+        self.frac[i] -= n / self.size[i]
+        self.macs -= saving
+
+
 def pro_keeps(
     groups: Sequence[ChannelGroup],
     curves: Mapping[str, np.ndarray],
-    table: MacsTable,
+    table: MacsTable | Cost,
     target: float,
     step: int = 1,
 ) -> dict[str, int]:
@@ -140,28 +183,22 @@ def pro_keeps(
 
     ``e_g(j)`` is the cumulative normalised error after ``j`` removals (made
     non-decreasing here); a group removes at most ``R_g`` atoms.  The predicted
-    MACs (``table``) fall monotonically; the loop stops at the first allocation
-    whose prediction is at most ``target`` (or when no group can give more).
+    cost (``table``: MACs, or any :class:`Cost` such as measured latency) falls
+    monotonically; the loop stops at the first allocation whose prediction is
+    at most ``target`` (or when no group can give more).
     Ties go to the group listed first, so the result is deterministic.
     With ``step = k`` (``--round-to``) a move takes a group's count down to the
     next lower multiple of ``k``, so every pruned count is a multiple of ``k``.
     """
     ids = [g.id for g in groups]
-    pos = {gid: i for i, gid in enumerate(ids)}
+    cost = MacsCost(groups, table) if isinstance(table, MacsTable) else table
     size = np.array([g.channels for g in groups], dtype=np.float64)
-    none = len(ids)  # index of "no group": fraction 1
-    m = np.array([r[0] for r in table.rows], dtype=np.float64)
-    ri = np.array([none if r[1] is None or r[1] not in pos else pos[r[1]] for r in table.rows], dtype=np.int64)
-    ro = np.array([none if r[2] is None or r[2] not in pos else pos[r[2]] for r in table.rows], dtype=np.int64)
-    total = float(m.sum()) or 1.0
-    frac = np.ones(none + 1)
+    none = len(ids)
     removed = np.zeros(none, dtype=np.int64)
     err = [
         np.maximum.accumulate(np.concatenate([[0.0], np.asarray(curves.get(gid, []), dtype=np.float64)])) for gid in ids
     ]
-    rows_of = [np.flatnonzero((ri == i) | (ro == i)) for i in range(none)]
-    macs = float((m * frac[ri] * frac[ro]).sum())
-    while macs / total > target:
+    while cost.fraction() > target:
         best, best_score, best_saving = -1, np.inf, 0.0
         moves = np.zeros(none, dtype=np.int64)
         for i in range(none):
@@ -170,10 +207,7 @@ def pro_keeps(
             if removed[i] + n >= len(err[i]) or kept - n < 1:
                 continue
             moves[i] = n
-            r = rows_of[i]
-            f = frac.copy()
-            f[i] -= n / size[i]
-            saving = float((m[r] * (frac[ri[r]] * frac[ro[r]] - f[ri[r]] * f[ro[r]])).sum())
+            saving = cost.saving(i, n)
             if saving <= 0:
                 continue
             score = (err[i][removed[i] + n] - err[i][removed[i]]) / saving
@@ -182,6 +216,5 @@ def pro_keeps(
         if best < 0:
             break
         removed[best] += moves[best]
-        frac[best] -= moves[best] / size[best]
-        macs -= best_saving
+        cost.apply(best, int(moves[best]), best_saving)
     return {gid: int(size[i]) - int(removed[i]) for i, gid in enumerate(ids)}

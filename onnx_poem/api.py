@@ -28,6 +28,22 @@ from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
 from .graph import GraphView, check_model, check_structure, declared_shape, release_segments
+from .latency import (
+    Fit,
+    LatencyCost,
+    LatencyTable,
+    Runtime,
+    Timing,
+    cache_dir,
+    cache_key,
+    fit_target,
+    load_cached,
+    measure_table,
+    probe_step,
+    ratio_for_latency,
+    save_cached,
+)  # fmt: skip
+from .latency.widths import width_model
 from .modelio import copy_model, digest, infer_or_keep, load_checked
 from .plan import PrunePlan
 from .planfile import PlanContext
@@ -152,8 +168,10 @@ def run_family(
     """
     if not ratios or len(set(ratios)) != len(ratios):
         raise UsageError(f"give distinct ratios for a family, got {list(ratios)}")
-    if options.get("dry_run") or options.get("target_macs") is not None:
-        raise UsageError("a family takes --ratio values only (no --target-macs, no --dry-run)")
+    if options.get("dry_run") or any(
+        options.get(k) is not None for k in ("target_macs", "target_latency", "target_latency_ms")
+    ):
+        raise UsageError("a family takes --ratio values only (no --target-macs, --target-latency or --dry-run)")
     cfgs = [PruneConfig(ratio=r, method=method, **options) for r in ratios]
     for cfg in cfgs:
         cfg.validate()
@@ -249,6 +267,10 @@ class Analysis:
     table: MacsTable
     ratio: float
     sample: dict[str, np.ndarray]  # one calibration sample (MACs are counted on it)
+    step: int = 1  # channel step: --round-to, or the latency table's measured one
+    timing: Timing | None = None  # --latency-on / --target-latency: the runtime and the original's latency
+    latency_table: LatencyTable | None = None  # --target-latency: the per-layer table
+    latency_target: float | None = None  # --target-latency as a fraction of the original's latency
 
 
 @dataclass(frozen=True)
@@ -260,6 +282,7 @@ class Allocation:
     failed: dict[str, str]
     pro_seconds: float | None
     curves: dict[str, np.ndarray] | None = None  # PRO's error curves (for the report)
+    latency: Fit | None = None  # --target-latency: the closed loop's allocation and measurement
 
 
 @dataclass(frozen=True)
@@ -272,6 +295,7 @@ class Solved:
     layers: list[LayerReport]
     failed: dict[str, str]
     agreement: Agreement | None = None
+    latency: float | None = None  # the pruned model's latency over the original's (--latency-on)
 
 
 def _context(inputs: _Inputs, workdir: Path) -> RunContext:
@@ -293,12 +317,53 @@ def _analyse(ctx: RunContext) -> Analysis:
     skipped = underdetermined_outputs(ctx.view, coupling.groups, len(ctx.split.fit), cfg.positions)
     free = [g for g in coupling.groups if g.id not in skipped]
     table = MacsTable.build(free, per_node)
-    ratio = cfg.ratio
-    if ratio is None:
-        target = float(cfg.target_macs or 1.0)
-        ratio = ratio_for_macs(free, table, target, cfg.round_to) if free and target < 1.0 else 0.0
     groups = {g.id: g for g in coupling.groups}
-    return Analysis(coupling, groups, free, skipped, per_node, table, ratio, sample)
+    step = cfg.round_to or 1
+    timing = lat_table = lat_target = None
+    if cfg.latency_on is not None or cfg.latency_target:
+        with stage("latency"):
+            timing, lat_table = _latency(ctx, groups, free)
+        step = cfg.round_to or (lat_table.step if lat_table is not None else 1)
+    ratio = cfg.ratio
+    if lat_table is not None and timing is not None:
+        lat_target = cfg.target_latency or 1e-3 * float(cfg.target_latency_ms or 0.0) / timing.original_seconds
+        # where PRO probes its curves and the uniform starting point: the MACs fraction equal to the latency
+        # target (the table's prediction of whole-model latency is only a guide: the allocation is timed)
+        ratio = ratio_for_macs(free, table, lat_target, step) if free and lat_target < 1.0 else 0.0
+    elif ratio is None:
+        target = float(cfg.target_macs or 1.0)
+        ratio = ratio_for_macs(free, table, target, step) if free and target < 1.0 else 0.0
+    return Analysis(
+        coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target
+    )
+
+
+def _latency(
+    ctx: RunContext, groups: dict[str, ChannelGroup], free: list[ChannelGroup]
+) -> tuple[Timing, LatencyTable | None]:
+    """The runtime with the original compiled and timed at ``--batch``; with a latency target, the per-layer
+    table too (read from the cache when this model, input shape, runtime and machine were measured before)."""
+    cfg = ctx.cfg
+    runtime = Runtime.parse(cfg.latency_on or "ort-cpu")
+    runtime.check()
+    first = ctx.data.feed(np.arange(min(len(ctx.data), cfg.latency_batch)))
+    feed = {k: np.resize(v, (cfg.latency_batch, *v.shape[1:])) for k, v in first.items()}
+    timing = Timing.start(runtime, ctx.model, feed)
+    if not cfg.latency_target:
+        return timing, None
+    path = cache_dir(cfg.latency_cache) / f"{cache_key(digest(ctx.model), feed, runtime, free, cfg.round_to)}.json"
+    lat = load_cached(path)
+    if lat is not None:
+        lat = replace(lat, seconds=0.0)
+        logger.info("latency table read from %s", path)
+    else:
+        t0 = time.perf_counter()
+        step, probe = (cfg.round_to, {}) if cfg.round_to else probe_step(ctx.view, groups, free, timing)
+        lat = measure_table(ctx.view, groups, free, feed, runtime, step, probe)
+        lat = replace(lat, seconds=time.perf_counter() - t0)
+        save_cached(path, lat)
+        logger.info("latency table measured in %.1f s (cached at %s)", lat.seconds, path)
+    return timing, lat
 
 
 @dataclass(frozen=True)
@@ -332,6 +397,8 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: C
     failed: dict[str, str] = {}
     pro_seconds = None
     curves = None
+    if a.latency_target is not None and a.free and a.ratio > 0:
+        return _allocate_latency(ctx, a, progress, shared)
     if cfg.allocation == "pro" and a.free and a.ratio > 0:
         target = (
             cfg.target_macs if cfg.target_macs is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
@@ -339,13 +406,39 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: C
         measured = shared if shared is not None else _curves(ctx, a, progress)
         failed, curves = dict(measured.failed), measured.curves
         t1 = time.perf_counter()
-        kept_by_pro = pro_keeps(a.free, measured.curves, a.table, target, step=cfg.round_to)
+        kept_by_pro = pro_keeps(a.free, measured.curves, a.table, target, step=a.step)
         ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in a.free}
         pro_seconds = time.perf_counter() - t1 + (measured.seconds if shared is None else 0.0)
-    quotas = {g.id: region_keeps(g, ratios[g.id], cfg.round_to) for g in a.free}
+    quotas = {g.id: region_keeps(g, ratios[g.id], a.step) for g in a.free}
     keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
     keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}
     return Allocation(quotas, keeps, failed, pro_seconds, curves)
+
+
+def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, shared: Curves | None) -> Allocation:
+    """A latency budget: PRO's error curves spent per measured second saved (or one uniform ratio), the
+    allocation's whole model timed at its widths and the predicted target corrected until it measures at most
+    the target (:func:`onnx_poem.latency.fit_target`)."""
+    assert a.latency_table is not None and a.timing is not None and a.latency_target is not None
+    table, timing, failed, curves = a.latency_table, a.timing, dict[str, str](), None
+    t1 = time.perf_counter()
+    if ctx.cfg.allocation == "pro":
+        measured = shared if shared is not None else _curves(ctx, a, progress)
+        failed, curves = dict(measured.failed), measured.curves
+
+    def allocate(target: float) -> dict[str, np.ndarray]:
+        if curves is None:
+            ratios = dict.fromkeys((g.id for g in a.free), ratio_for_latency(a.free, table, target, a.step))
+        else:
+            kept = pro_keeps(a.free, curves, LatencyCost(a.free, table), target, step=a.step)
+            ratios = {g.id: 1.0 - kept[g.id] / g.channels for g in a.free}
+        return {g.id: region_keeps(g, ratios[g.id], a.step) for g in a.free}
+
+    with stage("latency"):
+        fit = fit_target(allocate, lambda q: timing.ratio(width_model(ctx.view, a.groups, q)), a.latency_target)
+    keeps = {gid: int(q.sum()) for gid, q in fit.quotas.items()}
+    keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}
+    return Allocation(fit.quotas, keeps, failed, time.perf_counter() - t1, curves, fit)
 
 
 def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress | None) -> Solved:
@@ -424,7 +517,11 @@ def _verify(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:
         solved = Solved(plan, model, solved.layers, failed)
         agreement = _agreement(ctx, model)
     layers = [la for la in solved.layers if la.group not in solved.failed]
-    return Solved(solved.plan, solved.model, layers, solved.failed, agreement)
+    latency = None
+    if a.timing is not None:
+        with stage("latency"):
+            latency = a.timing.ratio(solved.model) if solved.plan.decisions else 1.0
+    return Solved(solved.plan, solved.model, layers, solved.failed, agreement, latency)
 
 
 def _agreement(ctx: RunContext, pruned: onnx.ModelProto) -> Agreement:
@@ -467,6 +564,7 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
             if len(curve)
         }
     keeps = dict(alloc.keeps)
+    report.latency = _latency_report(a, alloc, solved, keeps)
     if solved is None:
         report.groups = group_rows(ctx.view, a.coupling.groups, keeps)
         report.macs_after = round(report.macs_before * a.table.predict(a.free, {g.id: keeps[g.id] for g in a.free}))
@@ -482,7 +580,34 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
         report.set_agreement(solved.agreement)
     report.macs_after, report.params_after = count_macs(solved.model, a.sample), count_params(solved.model)
     report.warnings += _budget_warnings(a.coupling.groups, a.per_node, a.ratio, cfg, report.macs_ratio, a.skipped)
+    if a.latency_target is not None and solved.latency is not None and solved.latency > a.latency_target + 0.01:
+        report.warnings.append(
+            f"latency budget not met: asked for {a.latency_target:.3f} of the original's latency on "
+            f"{report.latency['runtime']}, measured {solved.latency:.3f}"
+        )
     return report
+
+
+def _latency_report(a: Analysis, alloc: Allocation, solved: Solved | None, keeps: dict[str, int]) -> dict[str, Any]:
+    """What the report says about latency (see :attr:`PruneReport.latency`)."""
+    if a.timing is None:
+        return {}
+    out: dict[str, Any] = {
+        "runtime": a.timing.runtime.name,
+        "batch": next(iter(a.timing.feed.values())).shape[0] if a.timing.feed else 1,
+        "original_ms": 1e3 * a.timing.original_seconds,
+    }
+    if solved is not None and solved.latency is not None:
+        out |= {"measured": solved.latency, "pruned_ms": 1e3 * a.timing.original_seconds * solved.latency}
+    if a.latency_table is not None and a.latency_target is not None:
+        out |= {
+            "target": a.latency_target,
+            "predicted": a.latency_table.predict({g.id: keeps[g.id] for g in a.free}),
+            "step": a.step,
+            "table_seconds": a.latency_table.seconds,
+            "loop": [list(p) for p in alloc.latency.history] if alloc.latency is not None else [],
+        }
+    return out
 
 
 def _plan_context(ctx: RunContext) -> PlanContext:
@@ -578,6 +703,8 @@ def _budget_warnings(
     Asked for: ``--target-macs``, or with ``--ratio`` the MACs that removing that fraction of every
     prunable group (the under-determined ones included, unrounded) would leave.
     """
+    if cfg.latency_target:
+        return []  # a latency budget is checked by measurement (its own warning)
     if cfg.target_macs is not None:
         asked, what = cfg.target_macs, f"--target-macs {cfg.target_macs:g}"
     elif groups and ratio > 0:
@@ -590,7 +717,7 @@ def _budget_warnings(
     why = []
     if skipped:
         why.append(f"{len(skipped)} group(s) kept whole (see the unpruned parts)")
-    if cfg.round_to > 1:
+    if (cfg.round_to or 1) > 1:
         why.append(f"--round-to {cfg.round_to} rounds channel counts up")
     if cfg.target_macs is not None:
         why.append("the prunable groups cannot give more (units that feed graph outputs, unprunable parts are kept)")

@@ -92,6 +92,25 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise UsageError(f"expected comma-separated numbers, got {text!r}") from e
 
 
+def _latency_target(text: str | None) -> tuple[float | None, float | None]:
+    """``--target-latency``: ``(fraction, None)`` for ``0.6``, ``(None, milliseconds)`` for ``12ms``."""
+    if text is None:
+        return None, None
+    value = text.strip().lower()
+    ms = value.endswith("ms")
+    try:
+        number = float(value.removesuffix("ms"))
+    except ValueError:
+        raise click.BadParameter(f"expected a fraction such as 0.6 or milliseconds (12ms), got {text!r}") from None
+    if ms:
+        if not number > 0:
+            raise click.BadParameter(f"milliseconds must be > 0, got {text!r}")
+        return None, number
+    if not 0.0 < number <= 1.0:
+        raise click.BadParameter(f"a fraction of the original's latency must be in (0, 1] (or give ms), got {text!r}")
+    return number, None
+
+
 def _size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -134,6 +153,31 @@ def main() -> None:
     help="Instead of --ratio: reach this fraction of the original MACs (e.g. 0.7).",
 )
 @click.option(
+    "--target-latency",
+    callback=lambda ctx, param, value: _latency_target(value),
+    help="Instead of --ratio: reach this latency on --latency-on at --batch, as a fraction of the original's "
+    "measured latency (0.6) or in milliseconds (12ms). Per-layer latencies are measured on that runtime "
+    "(cached) and PRO spends the budget per measured second; the result is timed whole until it meets the target.",
+)
+@click.option(
+    "--latency-on",
+    help="Runtime to measure latency on: ort-cpu[:threads] (default with --target-latency), openvino[:threads], "
+    "ort-cuda, tensorrt. Given alone, the report gives the pruned model's measured latency.",
+)
+@click.option(
+    "--batch",
+    "latency_batch",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Batch size the latency is measured at.",
+)
+@click.option(
+    "--latency-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of cached latency tables [default: $ONNX_POEM_CACHE or ~/.cache/onnx-poem].",
+)
+@click.option(
     "--calib",
     "-c",
     type=click.Path(path_type=Path),
@@ -158,9 +202,8 @@ def main() -> None:
 @click.option(
     "--round-to",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Keep channel counts that are multiples of K (rounded up), e.g. 8 or 16 for SIMD kernels.",
+    help="Keep channel counts that are multiples of K (rounded up), e.g. 8 or 16 for SIMD kernels "
+    "[default: 1; with --target-latency the step measured on the runtime].",
 )
 @click.option(
     "--prune-residual/--no-prune-residual",
@@ -239,11 +282,15 @@ def prune_cmd(
     model: Path,
     ratio: list[float] | None,
     target_macs: float | None,
+    target_latency: tuple[float | None, float | None],
+    latency_on: str | None,
+    latency_batch: int,
+    latency_cache: Path | None,
     calib: Path | None,
     method: str,
     mode: str,
     allocation: str,
-    round_to: int,
+    round_to: int | None,
     prune_residual: bool,
     output: Path | None,
     samples: int,
@@ -268,14 +315,16 @@ def prune_cmd(
 ) -> None:
     """Prune MODEL and write a smaller ONNX model."""
     _setup_logging(verbose, quiet)
+    latency_fraction, latency_ms = target_latency
+    budgets = sum(b is not None for b in (ratio, target_macs, latency_fraction or latency_ms))
     if apply_plan is not None:
-        if ratio is not None or target_macs is not None or dry_run or save_plan is not None:
+        if budgets or dry_run or save_plan is not None:
             raise click.UsageError(
-                "--apply-plan takes its budget from the plan: no --ratio, --target-macs, "
+                "--apply-plan takes its budget from the plan: no --ratio, --target-macs, --target-latency, "
                 "--dry-run or --save-plan with it"
             )
-    elif (ratio is None) == (target_macs is None):
-        raise click.UsageError("give exactly one of --ratio and --target-macs")
+    elif budgets != 1:
+        raise click.UsageError("give exactly one of --ratio, --target-macs and --target-latency")
     if dry_run and save_plan is not None:
         raise click.UsageError("--dry-run solves nothing, so it has no plan to save")
     if ratio is not None and len(ratio) > 1 and (dry_run or save_plan is not None):
@@ -291,6 +340,8 @@ def prune_cmd(
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
                     samples=samples, positions=positions, seed=seed, verify_data=verify_data,
                     prune_residual=prune_residual, allocation=allocation, round_to=round_to, synthetic=synthetic,
+                    latency_on=latency_on, latency_batch=latency_batch,
+                    latency_cache=None if latency_cache is None else str(latency_cache),
                     allow_unpruned=allow_unpruned, image_options=ImageOptions(size=_size(input_size),
                     mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout))  # fmt: skip
             return
@@ -334,6 +385,11 @@ def prune_cmd(
                     round_to=round_to,
                     synthetic=synthetic,
                     dry_run=dry_run,
+                    target_latency=latency_fraction,
+                    target_latency_ms=latency_ms,
+                    latency_on=latency_on,
+                    latency_batch=latency_batch,
+                    latency_cache=None if latency_cache is None else str(latency_cache),
                 )
                 pruned, rep = result.model, result.report
                 if save_plan is not None:

@@ -27,13 +27,28 @@ class PruneConfig:
     damping: float = 0.01
     prune_residual: bool = False
     allocation: str = "pro"
-    round_to: int = 1
+    round_to: int | None = None  # None: 1, or the latency table's measured step with a latency target
     synthetic: bool = False
     dry_run: bool = False
+    target_latency: float | None = None  # fraction of the original's measured latency
+    target_latency_ms: float | None = None  # or milliseconds
+    latency_on: str | None = None  # runtime to time on (:class:`onnx_poem.latency.Runtime`); ort-cpu by default
+    latency_batch: int = 1
+    latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
+
+    @property
+    def latency_target(self) -> bool:
+        """A latency budget was asked for (``target_latency`` or ``target_latency_ms``)."""
+        return self.target_latency is not None or self.target_latency_ms is not None
 
     def validate(self) -> None:
-        if (self.ratio is None) == (self.target_macs is None):
-            raise UsageError("give exactly one of ratio and target_macs")
+        budgets = (self.ratio, self.target_macs, self.target_latency, self.target_latency_ms)
+        if sum(b is not None for b in budgets) != 1:
+            raise UsageError("give exactly one of ratio, target_macs and target_latency")
+        if self.target_latency is not None and not 0.0 < self.target_latency <= 1.0:
+            raise UsageError(f"target_latency must be in (0, 1] (of the original's latency), got {self.target_latency}")
+        if self.target_latency_ms is not None and not self.target_latency_ms > 0:
+            raise UsageError(f"target_latency_ms must be > 0, got {self.target_latency_ms}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
         if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:
@@ -44,8 +59,8 @@ class PruneConfig:
             raise UsageError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if self.mode not in ("cascade", "parallel"):
             raise UsageError(f"mode must be cascade or parallel, got {self.mode!r}")
-        for name in ("samples", "positions", "reservoir", "batch_size", "round_to"):
-            if getattr(self, name) < 1:
+        for name in ("samples", "positions", "reservoir", "batch_size", "round_to", "latency_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
             raise UsageError(f"seed must be >= 0, got {self.seed}")

@@ -133,6 +133,11 @@ class PruneReport:
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied_plan: str | None = None  # --apply-plan: the plan file (nothing was calibrated or solved)
     dry_run: bool = False  # --dry-run: only analysed and allocated; ``macs_after`` is predicted
+    #: --latency-on / --target-latency: ``runtime``, ``batch``, ``original_ms``, ``pruned_ms``, ``measured``
+    #: (pruned / original, interleaved medians), and with a target: ``target``, ``predicted`` (the table's
+    #: prediction for the allocation), ``step``, ``table_seconds`` (0: cached), ``loop`` ([predicted target,
+    #: measured] per timed allocation)
+    latency: dict[str, Any] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -204,10 +209,23 @@ class PruneReport:
             f"{'params':13}{self.params_before:>14,}{self.params_after:>14,}{self.params_ratio:>9.3f}",
             f"groups       {pruned} of {len(self.groups)} pruned; {len(self.unprunable)} parts left unpruned",
         ]
+        lines += self._latency_lines()
         lines += self._agreement_lines()
         lines += [f"warning      {w}" for w in self.warnings]
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s{self._breakdown()}")
         return "\n".join(lines)
+
+    def _latency_lines(self) -> list[str]:
+        lat = self.latency
+        if not lat:
+            return []
+        line = f"latency      {lat['runtime']}, batch {lat['batch']}: {lat['original_ms']:.2f} ms"
+        if "pruned_ms" in lat:
+            line += f" -> {lat['pruned_ms']:.2f} ms ({lat['measured']:.3f}"
+            if "target" in lat:
+                line += f"; target {lat['target']:.3f}, per-layer table predicted {lat['predicted']:.3f}"
+            line += ")"
+        return [line]
 
     def _dry_summary(self) -> str:
         lines = [f"model        {self.model}", f"method       {self.method} ({self.allocation}), ratio {self.ratio:g}"]

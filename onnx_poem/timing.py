@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 #: the stages a run reports, in pipeline order
-STAGES = ("load", "statistics", "selection", "reconstruction", "allocation", "rewrite", "verification")
+STAGES = ("load", "statistics", "selection", "reconstruction", "latency", "allocation", "rewrite", "verification")
 
 
 @dataclass

@@ -1,0 +1,225 @@
+"""A latency budget: the table (measured or cached), the original's latency, PRO's cost in seconds, and the
+closed loop that makes the budget hold on the runtime.
+
+The table's prediction is a sum of nodes timed alone, which is not the model's
+latency (fusion, memory traffic between nodes), so the allocation is checked by
+timing the whole model at the allocated widths (:func:`onnx_poem.latency.widths.width_model`,
+interleaved with the original) and the predicted target is corrected by the
+measured/predicted ratio until the measurement is at most the target
+(:func:`fit_target`, at most :data:`ROUNDS` models timed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..allocation import keep_counts
+from ..coupling import ChannelGroup
+from ..graph import GraphView
+from .runtimes import Runner, Runtime, time_one, time_pairs
+from .table import LatencyTable
+from .widths import width_model
+
+logger = logging.getLogger(__name__)
+
+#: whole-model timings the closed loop may spend
+ROUNDS = 5
+#: pairs of runs (original, candidate) per whole-model timing at least
+RUNS = 20
+#: a measurement within this fraction below the target ends the loop early
+CLOSE = 0.03
+#: version of the cached tables' contents (part of the cache key)
+FORMAT = 2
+#: channel steps the probe tries below 8 (8 when none of them is as fast as aligned counts)
+STEPS = (1, 2, 4)
+#: ``d`` fewer channels must measure at most this fraction of the aligned model's latency (fewer channels
+#: should be faster; a runtime that wants aligned counts makes them slower)
+STEP_TOLERANCE = 1.0
+
+
+def cache_dir(configured: str | None) -> Path:
+    """Where tables are cached: ``configured``, else ``$ONNX_POEM_CACHE``, else ``$XDG_CACHE_HOME/onnx-poem``
+    (``~/.cache/onnx-poem``), each with ``latency/`` below it."""
+    root = configured or os.environ.get("ONNX_POEM_CACHE")
+    if root is None:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnx-poem")
+    return Path(root) / "latency"
+
+
+def cache_key(model_digest: str, feed: Mapping[str, np.ndarray], runtime: Runtime, free: Sequence[ChannelGroup],
+              step: int | None) -> str:  # fmt: skip
+    """What a table depends on: the model, the input shapes, the runtime and its version, the machine,
+    the groups and the requested step."""
+    facts = [
+        FORMAT, model_digest, sorted((k, list(v.shape)) for k, v in feed.items()), runtime.name, ort.__version__,
+        platform.machine(), platform.processor(), os.cpu_count(), [(g.id, g.channels) for g in free], step,
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]
+
+
+def save_cached(path: Path, table: LatencyTable) -> None:
+    """Write ``table`` to ``path`` atomically (a run interrupted here leaves no partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(table.to_json(), sort_keys=True))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def probe_step(
+    view: GraphView, groups: Mapping[str, ChannelGroup], free: Sequence[ChannelGroup], timing: Timing
+) -> tuple[int, dict[str, float]]:
+    """The channel step the runtime wants, from whole-model timings.
+
+    Every free group (each region of ``n >= 16`` atoms) at ``k = 8·⌊n/16⌋`` (aligned to 8, about half) is
+    timed against the same with ``k − d`` for ``d`` in :data:`STEPS`; the step is the smallest ``d`` whose
+    model is not slower than the aligned one (:data:`STEP_TOLERANCE`), else 8.  Returns the step and
+    the measured ratios to the original (``"0"``: aligned, ``"d"``: ``d`` fewer).
+    """
+
+    def quotas(d: int) -> dict[str, np.ndarray]:
+        out = {}
+        for g in free:
+            sizes = np.bincount(np.asarray(g.regions)) if g.regions is not None else np.array([g.channels])
+            out[g.id] = np.where(sizes >= 16, 8 * (sizes // 16) - d, sizes)
+        return out
+
+    probe = {"0": timing.ratio(width_model(view, groups, quotas(0)))}
+    for d in STEPS:
+        probe[str(d)] = timing.ratio(width_model(view, groups, quotas(d)))
+        if probe[str(d)] <= probe["0"] * STEP_TOLERANCE:
+            logger.info("channel step %d on %s (whole-model ratios %s)", d, timing.runtime.name, probe)
+            return d, probe
+    logger.info("channel step 8 on %s (whole-model ratios %s)", timing.runtime.name, probe)
+    return 8, probe
+
+
+class LatencyCost:
+    """PRO's :class:`~onnx_poem.allocation.Cost` in measured seconds (:meth:`LatencyTable.predict`'s sum,
+    updated move by move)."""
+
+    def __init__(self, groups: Sequence[ChannelGroup], table: LatencyTable) -> None:
+        pos = {g.id: i for i, g in enumerate(groups)}
+        self.total = sum(table.base.values()) or 1.0
+        self.value = self.total
+        self.kept = [g.channels for g in groups]
+        self.base: list[float] = []
+        self.luts: list[list[np.ndarray]] = []
+        self.cur: list[list[float]] = []
+        self.rows_of: list[list[tuple[int, int]]] = [[] for _ in groups]
+        for node, gids in table.touching().items():
+            own = [g for g in gids if g in pos]
+            if not own:
+                continue
+            r = len(self.base)
+            self.base.append(table.base[node])
+            self.luts.append([table.factors(g, node) for g in own])
+            self.cur.append([1.0] * len(own))
+            for j, g in enumerate(own):
+                self.rows_of[pos[g]].append((r, j))
+
+    def fraction(self) -> float:
+        return self.value / self.total
+
+    def saving(self, i: int, n: int) -> float:
+        s = 0.0
+        for r, j in self.rows_of[i]:
+            f = self.cur[r]
+            new = list(f)
+            new[j] = float(self.luts[r][j][self.kept[i] - n])
+            s += self.base[r] * (math.prod(f) - math.prod(new))
+        return s
+
+    def apply(self, i: int, n: int, saving: float) -> None:
+        self.kept[i] -= n
+        for r, j in self.rows_of[i]:
+            self.cur[r][j] = float(self.luts[r][j][self.kept[i]])
+        self.value -= saving
+
+
+def ratio_for_latency(groups: Sequence[ChannelGroup], table: LatencyTable, target: float, step: int) -> float:
+    """The smallest uniform ratio whose predicted latency fraction is at most ``target`` (bisection)."""
+    lo, hi = 0.0, 0.999
+    if table.predict(keep_counts(groups, hi, step)) > target:
+        return hi
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if table.predict(keep_counts(groups, mid, step)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The closed loop's result: the quotas, the predicted target they were allocated for, their measured
+    latency over the original's, and every (predicted target, measured ratio) tried."""
+
+    quotas: dict[str, np.ndarray]
+    predicted: float
+    measured: float
+    history: tuple[tuple[float, float], ...]
+
+
+def fit_target(
+    allocate: Callable[[float], dict[str, np.ndarray]],
+    measure: Callable[[dict[str, np.ndarray]], float],
+    target: float,
+) -> Fit:
+    """Allocate for a predicted target, time the result, correct the predicted target by
+    ``target / measured``; keep the least pruned allocation that measures at most ``target`` (or, when none
+    does in :data:`ROUNDS` timings, the fastest one)."""
+    t, history = target, []
+    fits: list[Fit] = []
+    for _ in range(ROUNDS):
+        quotas = allocate(t)
+        same = next((f for f in fits if all(np.array_equal(f.quotas[g], q) for g, q in quotas.items())), None)
+        if same is not None:  # the allocation did not change (e.g. every group at its minimum): no new timing
+            break
+        r = measure(quotas)
+        history.append((t, r))
+        fits.append(Fit(quotas, t, r, ()))
+        logger.info("latency: allocated for a predicted %.3f, measured %.3f of the original", t, r)
+        logger.debug("latency: kept %s", {g: [int(x) for x in q] for g, q in quotas.items()})
+        if target * (1 - CLOSE) <= r <= target:
+            break
+        t = min(1.0, max(0.01, t * target / max(r, 1e-9)))
+        if any(abs(t - p) < 1e-4 for p, _ in history):
+            break
+    meeting = [f for f in fits if f.measured <= target]
+    best = max(meeting, key=lambda f: f.measured) if meeting else min(fits, key=lambda f: f.measured)
+    return Fit(best.quotas, best.predicted, best.measured, tuple(history))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A runtime, the inputs to time at the requested batch, and the original model compiled there."""
+
+    runtime: Runtime
+    feed: dict[str, np.ndarray]
+    original: Runner
+    original_seconds: float
+
+    @classmethod
+    def start(cls, runtime: Runtime, model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> Timing:
+        run = runtime.load(model)
+        return cls(runtime, feed, run, time_one(run, feed, runs=RUNS, min_seconds=0.5))
+
+    def ratio(self, model: onnx.ModelProto) -> float:
+        """``model``'s latency over the original's (:func:`onnx_poem.latency.runtimes.time_pairs`)."""
+        return time_pairs(self.original, self.runtime.load(model), self.feed, runs=RUNS)

@@ -36,7 +36,7 @@ from .latency import (
     Timing,
     cache_dir,
     cache_key,
-    fit_target,
+    fit_best,
     load_cached,
     measure_table,
     probe_step,
@@ -283,6 +283,7 @@ class Allocation:
     pro_seconds: float | None
     curves: dict[str, np.ndarray] | None = None  # PRO's error curves (for the report)
     latency: Fit | None = None  # --target-latency: the closed loop's allocation and measurement
+    latency_tried: tuple[Fit, ...] = ()  # every candidate allocation's closed loop
 
 
 @dataclass(frozen=True)
@@ -426,19 +427,49 @@ def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, s
         measured = shared if shared is not None else _curves(ctx, a, progress)
         failed, curves = dict(measured.failed), measured.curves
 
-    def allocate(target: float) -> dict[str, np.ndarray]:
-        if curves is None:
-            ratios = dict.fromkeys((g.id for g in a.free), ratio_for_latency(a.free, table, target, a.step))
-        else:
-            kept = pro_keeps(a.free, curves, LatencyCost(a.free, table), target, step=a.step)
-            ratios = {g.id: 1.0 - kept[g.id] / g.channels for g in a.free}
-        return {g.id: region_keeps(g, ratios[g.id], a.step) for g in a.free}
+    def uniform(target: float) -> dict[str, np.ndarray]:
+        r = ratio_for_latency(a.free, table, target, a.step)
+        return {g.id: region_keeps(g, r, a.step) for g in a.free}
 
+    def pro(cost: Callable[[], Any], step: int) -> Callable[[float], dict[str, np.ndarray]]:
+        def allocate(target: float) -> dict[str, np.ndarray]:
+            assert curves is not None
+            kept = pro_keeps(a.free, curves, cost(), target, step=step)
+            return {g.id: region_keeps(g, 1.0 - kept[g.id] / g.channels, step) for g in a.free}
+
+        return allocate
+
+    timed: dict[bytes, float] = {}
+
+    def measure(quotas: dict[str, np.ndarray]) -> float:
+        key = b"".join(np.asarray(quotas[g.id], dtype=np.int64).tobytes() for g in a.free)
+        if key not in timed:
+            timed[key] = timing.ratio(width_model(ctx.view, a.groups, quotas))
+        return timed[key]
+
+    def error(quotas: dict[str, np.ndarray]) -> float:
+        assert curves is not None
+        out = 0.0
+        for g in a.free:
+            curve = np.maximum.accumulate(np.concatenate([[0.0], np.asarray(curves.get(g.id, []))]))
+            out += float(curve[min(len(curve) - 1, g.channels - int(quotas[g.id].sum()))])
+        return out
+
+    candidates: list[tuple[str, Callable[[float], dict[str, np.ndarray]]]]
+    if curves is None:
+        candidates = [(f"uniform, latency table, step {a.step}", uniform)]
+    else:
+        candidates = [
+            (f"PRO by latency table, step {a.step}", pro(lambda: LatencyCost(a.free, table), a.step)),
+            (f"PRO by MACs, step {a.step}", pro(lambda: a.table, a.step)),
+        ]
+        if a.step > 1 and ctx.cfg.round_to is None:
+            candidates.append(("PRO by MACs, step 1", pro(lambda: a.table, 1)))
     with stage("latency"):
-        fit = fit_target(allocate, lambda q: timing.ratio(width_model(ctx.view, a.groups, q)), a.latency_target)
+        fit, tried = fit_best(candidates, measure, a.latency_target, error if curves is not None else lambda q: 0.0)
     keeps = {gid: int(q.sum()) for gid, q in fit.quotas.items()}
     keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}
-    return Allocation(fit.quotas, keeps, failed, time.perf_counter() - t1, curves, fit)
+    return Allocation(fit.quotas, keeps, failed, time.perf_counter() - t1, curves, fit, tuple(tried))
 
 
 def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress | None) -> Solved:
@@ -605,8 +636,10 @@ def _latency_report(a: Analysis, alloc: Allocation, solved: Solved | None, keeps
             "predicted": a.latency_table.predict({g.id: keeps[g.id] for g in a.free}),
             "step": a.step,
             "table_seconds": a.latency_table.seconds,
-            "loop": [list(p) for p in alloc.latency.history] if alloc.latency is not None else [],
+            "loop": [[f.label, *p] for f in alloc.latency_tried for p in f.history],
         }
+        if alloc.latency is not None:
+            out |= {"widths_measured": alloc.latency.measured, "chosen": alloc.latency.label}
     return out
 
 

@@ -44,8 +44,10 @@ def render_html(report: PruneReport, family: Sequence[PruneReport] = ()) -> str:
             [
                 ["MACs", f"{r.macs_before:,}", f"{r.macs_after:,}", f"{r.macs_ratio:.3f}"],
                 ["parameters", f"{r.params_before:,}", f"{r.params_after:,}", f"{r.params_ratio:.3f}"],
+                *_latency_rows(r.latency),
             ],
         ),
+        *_latency_notes(r.latency),
         f"<p>{sum(g['kept'] < g['channels'] for g in r.groups)} of {len(r.groups)} channel groups pruned; "
         f"{len(r.unprunable)} parts left unpruned (listed below).</p>",
         "<h2>Agreement with the original</h2>",
@@ -70,6 +72,25 @@ def render_html(report: PruneReport, family: Sequence[PruneReport] = ()) -> str:
         parts += ["<h2>Warnings</h2>", "<ul>" + "".join(f"<li>{escape(w)}</li>" for w in r.warnings) + "</ul>"]
     parts += ["<h2>Where the time went</h2>", _timings(r.timings), "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _latency_rows(lat: dict[str, Any]) -> list[list[str]]:
+    if "pruned_ms" not in lat:
+        return []
+    return [[f"latency (ms, {lat['runtime']}, batch {lat['batch']})", f"{lat['original_ms']:.2f}",
+             f"{lat['pruned_ms']:.2f}", f"{lat['measured']:.3f}"]]  # fmt: skip
+
+
+def _latency_notes(lat: dict[str, Any]) -> list[str]:
+    if "target" not in lat:
+        return []
+    tried = "; ".join(f"{label}: allocated for {p:.3f}, measured {m:.3f}" for label, p, m in lat.get("loop", []))
+    return [
+        f'<p class="muted">Latency target {lat["target"]:.3f} of the original on {escape(lat["runtime"])}: '
+        f"per-layer table (channel step {lat['step']}) predicted {lat['predicted']:.3f}; the whole model was "
+        f"timed at its widths and the target corrected: {escape(tried)}. Chosen (of those meeting the target, the "
+        f"smallest predicted error): {escape(lat.get('chosen', ''))}.</p>"
+    ]
 
 
 class _Raw(str):

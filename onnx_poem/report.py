@@ -196,6 +196,11 @@ class PruneReport:
             f"model        {self.model}",
             f"method       {self.method} ({self.mode}, {self.allocation}), ratio {self.ratio:.3g}"
             + (f" (for MACs target {self.target_macs:g})" if self.target_macs is not None else "")
+            + (
+                f" (PRO's probe point for latency target {self.latency['target']:.3g})"
+                if "target" in self.latency
+                else ""
+            )
             + f", seed {self.seed}",
             (
                 f"plan         applied from {self.applied_plan} (no calibration, nothing solved)"
@@ -220,6 +225,8 @@ class PruneReport:
         if not lat:
             return []
         line = f"latency      {lat['runtime']}, batch {lat['batch']}: {lat['original_ms']:.2f} ms"
+        if "pruned_ms" not in lat and "widths_measured" in lat:
+            line += f" -> {lat['widths_measured']:.3f} of it measured at the allocated widths"
         if "pruned_ms" in lat:
             line += f" -> {lat['pruned_ms']:.2f} ms ({lat['measured']:.3f}"
             if "target" in lat:
@@ -235,6 +242,7 @@ class PruneReport:
         )
         lines += [f"  {g['group']}: keep {g['kept']} of {g['channels']}" for g in self.groups]
         lines += [f"unpruned     {u['where']}: {u['reason']}" for u in self.unprunable]
+        lines += self._latency_lines()
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s (dry run: nothing solved or written)")
         return "\n".join(lines)
 

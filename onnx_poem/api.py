@@ -640,6 +640,9 @@ def _latency_report(a: Analysis, alloc: Allocation, solved: Solved | None, keeps
         }
         if alloc.latency is not None:
             out |= {"widths_measured": alloc.latency.measured, "chosen": alloc.latency.label}
+            out["candidates"] = [
+                {"label": f.label, "measured": f.measured, "predicted_error": f.error} for f in alloc.latency_tried
+            ]
     return out
 
 

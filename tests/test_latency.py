@@ -212,3 +212,41 @@ def test_bad_latency_options_are_one_line(tmp_path: Path, extra: list[str], mess
     assert res.exit_code == 2
     assert message in res.output
     assert not (tmp_path / "m.poem.onnx").exists()
+
+
+def test_a_latency_run_is_reproduced_by_its_plan(tmp_path: Path) -> None:
+    """Timings make a latency-budgeted run vary; its saved plan gives its model byte for byte."""
+    model = BUILDERS["residual"]()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=inputs_for(model, 64))
+    common = [str(tmp_path / "m.onnx"), "-q"]
+    res = CliRunner().invoke(main, [*common, "--target-latency", "0.8", "--batch", "4", "--latency-on", "ort-cpu:1",
+                                    "--calib", str(tmp_path / "c.npz"), "--latency-cache", str(tmp_path / "cache"),
+                                    "-o", str(tmp_path / "a.onnx"), "--save-plan", str(tmp_path / "p.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, [*common, "--apply-plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "b.onnx")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_dry_run_with_a_latency_target_times_the_widths(tmp_path: Path) -> None:
+    model = BUILDERS["conv_chain"]()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=inputs_for(model, 64))
+    res = CliRunner().invoke(main, [str(tmp_path / "m.onnx"), "--target-latency", "0.7", "--batch", "4",
+                                    "--latency-on", "ort-cpu:1", "--calib", str(tmp_path / "c.npz"), "--dry-run",
+                                    "--latency-cache", str(tmp_path / "cache")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "measured at the allocated widths" in res.output
+    assert not (tmp_path / "m.poem.onnx").exists()
+
+
+def test_html_report_shows_the_latency(tmp_path: Path) -> None:
+    from onnx_poem.htmlreport import render_html
+
+    model = BUILDERS["conv_chain"]()
+    _, rep = prune(model, target_latency=0.8, calib=inputs_for(model, 64), latency_on="ort-cpu:1", latency_batch=4,
+                   latency_cache=str(tmp_path))  # fmt: skip
+    page = render_html(rep)
+    assert "latency (ms, ort-cpu:1, batch 4)" in page
+    assert "Latency target 0.800" in page and "Chosen" in page

@@ -54,21 +54,18 @@ PEERS = ("onnxsim-l2", "onnxsim-wanda")
 
 
 def _latency(orig: bytes, pruned: bytes, feed1: dict, feed32: dict, runs: int) -> tuple[float, float]:
-    """Median latency ratio pruned/original at batch 1 and 32, runs interleaved in one process."""
-    so, sp = session(orig, 2), session(pruned, 2)
+    """Latency ratio pruned/original at batch 1 and 32: the median of per-pair ratios, pairs run back to back
+    in alternating order, no spinning onnxruntime workers (:func:`onnx_poem.latency.runtimes.time_pairs`).
+
+    Until session 8 this took the ratio of medians of sessions with spinning workers, run in a fixed
+    order; on 2 cores one session's spinning workers slowed the other (ResNet-20's ratio ranged
+    0.6-1.1 over repeats): the latency columns of tables made before then are noisier than they say."""
+    from onnx_poem.latency.runtimes import time_pairs
+
+    so, sp = session(orig, 2, spin=False), session(pruned, 2, spin=False)
     ratios = []
     for feed in (feed1, feed32):
-        for s in (so, sp):
-            s.run(None, feed)  # warm-up
-        to, tp = [], []
-        for _ in range(runs):
-            t = time.perf_counter()
-            so.run(None, feed)
-            to.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            sp.run(None, feed)
-            tp.append(time.perf_counter() - t)
-        ratios.append(statistics.median(tp) / statistics.median(to))
+        ratios.append(time_pairs(lambda f: so.run(None, f), lambda f: sp.run(None, f), feed, runs=runs))
     return ratios[0], ratios[1]
 
 

@@ -21,9 +21,11 @@ CIFAR_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[None, :, None, None]
 CIFAR_STD = np.array([0.229, 0.224, 0.225], np.float32)[None, :, None, None]
 
 
-def session(path_or_bytes: str | bytes, threads: int = 2) -> ort.InferenceSession:
+def session(path_or_bytes: str | bytes, threads: int = 2, *, spin: bool = True) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if not spin:  # for timing two sessions in turn (see bench._latency)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])

@@ -15,19 +15,17 @@ reference (``max|a - b| / max|b|`` per output; the bar is 1e-3; the original's o
 brackets; OpenVINO is asked for f32 inference, not the bf16 it picks on CPUs that have it), the
 metric of the pruned model
 computed from that runtime's outputs, and the latency ratio pruned / original (batch
-``--batch``, 2 threads, interleaved runs, median of ``--runs``).  TensorRT and onnxruntime
-CUDA need the GPU machine (``--providers`` there); on a CPU-only machine they are marked
+``--batch``, 2 threads, median ratio of ``--runs`` or more pairs of runs in alternating order).
+TensorRT and onnxruntime CUDA need the GPU machine (``--providers`` there); on a CPU-only machine they are marked
 not run.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import tasks
 
 from onnx_poem import prune
+from onnx_poem.latency.runtimes import time_pairs
 
 #: a loaded model: feed → outputs by name
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -47,6 +46,8 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 def _ort(path: Path) -> Runner:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 2, 1, 3
+    # two sessions timed in turn on 2 cores: spinning workers of one slow the other (onnx_poem.latency.runtimes)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return lambda feed: dict(zip(names, sess.run(names, feed), strict=True))
@@ -82,16 +83,9 @@ RUNTIMES: dict[str, Callable[[Path, Path], Runner]] = {
 
 
 def _latency(a: Runner, b: Runner, feed: dict[str, np.ndarray], runs: int) -> float:
-    """Median latency of ``b`` over ``a``'s, runs interleaved."""
-    ta, tb = [], []
-    for fn in (a, b):
-        fn(feed)  # warm-up
-    for _ in range(runs):
-        for fn, t in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            fn(feed)
-            t.append(time.perf_counter() - t0)
-    return statistics.median(tb) / statistics.median(ta)
+    """``b``'s latency over ``a``'s: median of per-pair ratios, pairs in alternating order (the product's
+    :func:`onnx_poem.latency.runtimes.time_pairs`), at least ``runs`` pairs and 4 s."""
+    return time_pairs(a, b, feed, runs=runs, min_seconds=4.0)
 
 
 def _rel(outs: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
@@ -118,8 +112,9 @@ def main() -> None:
         f"default settings at `--ratio {a.ratio}` on each model's calibration split; outputs compared on "
         f"{a.batch} samples of the evaluation split with onnxruntime CPU's; metric: the benchmark's, from "
         "that runtime's outputs on the whole evaluation split; latency: pruned / original, batch "
-        f"{a.batch}, 2 threads, interleaved, median of {a.runs} runs (a 2-core machine: read ratios, not "
-        "absolute times).  TensorRT and onnxruntime CUDA: no GPU machine was lent to this run.",
+        f"{a.batch}, 2 threads, median ratio of at least {a.runs} pairs of runs in alternating order (no "
+        "spinning onnxruntime workers; a 2-core machine: read ratios, not absolute times).  TensorRT and "
+        "onnxruntime CUDA: no GPU machine was lent to this run.",
         "",
         "| model | MACs ratio | runtime | loads and runs | max rel. diff vs onnxruntime CPU (the original's) "
         "| metric original "

@@ -318,10 +318,10 @@ def prune_cmd(
     latency_fraction, latency_ms = target_latency
     budgets = sum(b is not None for b in (ratio, target_macs, latency_fraction or latency_ms))
     if apply_plan is not None:
-        if budgets or dry_run or save_plan is not None:
+        if budgets or dry_run or save_plan is not None or latency_on is not None:
             raise click.UsageError(
                 "--apply-plan takes its budget from the plan: no --ratio, --target-macs, --target-latency, "
-                "--dry-run or --save-plan with it"
+                "--latency-on, --dry-run or --save-plan with it"
             )
     elif budgets != 1:
         raise click.UsageError("give exactly one of --ratio, --target-macs and --target-latency")

@@ -202,6 +202,7 @@ def test_latency_on_alone_reports_the_measured_latency(tmp_path: Path) -> None:
         (["--target-latency", "0.5", "--ratio", "0.3"], "exactly one"),
         (["--target-latency", "0.5", "--latency-on", "gpu"], "latency-on"),
         (["--target-latency", "0.5", "--batch", "0"], "batch"),
+        (["--apply-plan", "p.json", "--latency-on", "ort-cpu"], "--apply-plan"),
     ],
 )
 def test_bad_latency_options_are_one_line(tmp_path: Path, extra: list[str], message: str) -> None:

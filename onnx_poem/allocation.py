@@ -22,7 +22,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -114,12 +114,20 @@ class MacsTable:
 
 def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: float, round_to: int = 1) -> float:
     """The smallest uniform ratio whose predicted MACs fraction is at most ``target`` (bisection)."""
+    return uniform_ratio_for(lambda keeps: table.predict(groups, keeps), groups, target, round_to)
+
+
+def uniform_ratio_for(
+    predict: Callable[[dict[str, int]], float], groups: Sequence[ChannelGroup], target: float, round_to: int = 1
+) -> float:
+    """The smallest uniform ratio whose ``predict(keep counts)`` (a cost fraction, falling with the ratio) is at
+    most ``target``, by bisection (0.999 when even that is above it)."""
     lo, hi = 0.0, 0.999
-    if table.predict(groups, keep_counts(groups, hi, round_to)) > target:
+    if predict(keep_counts(groups, hi, round_to)) > target:
         return hi
     for _ in range(40):
         mid = 0.5 * (lo + hi)
-        if table.predict(groups, keep_counts(groups, mid, round_to)) > target:
+        if predict(keep_counts(groups, mid, round_to)) > target:
             lo = mid
         else:
             hi = mid

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..allocation import keep_counts
+from ..allocation import uniform_ratio_for
 from ..coupling import ChannelGroup
 from ..graph import GraphView
 from .runtimes import Runner, Runtime, time_one, time_pairs
@@ -159,16 +159,7 @@ class LatencyCost:
 
 def ratio_for_latency(groups: Sequence[ChannelGroup], table: LatencyTable, target: float, step: int) -> float:
     """The smallest uniform ratio whose predicted latency fraction is at most ``target`` (bisection)."""
-    lo, hi = 0.0, 0.999
-    if table.predict(keep_counts(groups, hi, step)) > target:
-        return hi
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if table.predict(keep_counts(groups, mid, step)) > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return uniform_ratio_for(table.predict, groups, target, step)
 
 
 @dataclass(frozen=True)

@@ -347,8 +347,17 @@ def _latency(
     cfg = ctx.cfg
     runtime = Runtime.parse(cfg.latency_on or "ort-cpu")
     runtime.check()
-    first = ctx.data.feed(np.arange(min(len(ctx.data), cfg.latency_batch)))
-    feed = {k: np.resize(v, (cfg.latency_batch, *v.shape[1:])) for k, v in first.items()}
+    for name in ctx.data.arrays:
+        dims = declared_shape(ctx.model, name)
+        if dims and isinstance(dims[0], int) and dims[0] > 0 and dims[0] != cfg.latency_batch:
+            raise UsageError(f"--batch {cfg.latency_batch}: the model's input {name!r} has a fixed batch of {dims[0]}")
+    idx = np.arange(min(len(ctx.data), cfg.latency_batch))
+    first = ctx.data.feed(idx)
+    # the samples repeated up to --batch; an input given once for every batch (a recurrent state) stays as it is
+    feed = {
+        k: np.resize(v, (cfg.latency_batch, *v.shape[1:])) if v.ndim and v.shape[0] == len(idx) else v
+        for k, v in first.items()
+    }
     timing = Timing.start(runtime, ctx.model, feed)
     if not cfg.latency_target:
         return timing, None

@@ -251,3 +251,13 @@ def test_html_report_shows_the_latency(tmp_path: Path) -> None:
     page = render_html(rep)
     assert "latency (ms, ort-cpu:1, batch 4)" in page
     assert "Latency target 0.800" in page and "Chosen" in page
+
+
+def test_a_batch_the_model_cannot_take_is_one_line(tmp_path: Path) -> None:
+    model = BUILDERS["reduce_mean_head"](batch=1)  # declared batch 1
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=inputs_for(model, 16))
+    res = CliRunner().invoke(main, [str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz"), "--ratio", "0.5",
+                                    "--latency-on", "ort-cpu:1", "--batch", "4"])  # fmt: skip
+    assert res.exit_code == 2
+    assert "fixed batch of 1" in res.output

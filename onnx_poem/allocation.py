@@ -180,6 +180,22 @@ class MacsCost:
         self.macs -= saving
 
 
+def cumulative_error(curve: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``(0, e(1), …, e(R))`` of an error curve, made non-decreasing: the error after ``j`` removals."""
+    return np.maximum.accumulate(np.concatenate([[0.0], np.asarray(curve, dtype=np.float64)]))
+
+
+def predicted_error(
+    groups: Sequence[ChannelGroup], curves: Mapping[str, np.ndarray], quotas: Mapping[str, np.ndarray]
+) -> float:
+    """PRO's predicted output error of an allocation: the sum of each group's curve at the atoms it removes."""
+    out = 0.0
+    for g in groups:
+        err = cumulative_error(curves.get(g.id, []))
+        out += float(err[min(len(err) - 1, g.channels - int(np.sum(quotas[g.id])))])
+    return out
+
+
 def pro_keeps(
     groups: Sequence[ChannelGroup],
     curves: Mapping[str, np.ndarray],
@@ -203,9 +219,7 @@ def pro_keeps(
     size = np.array([g.channels for g in groups], dtype=np.float64)
     none = len(ids)
     removed = np.zeros(none, dtype=np.int64)
-    err = [
-        np.maximum.accumulate(np.concatenate([[0.0], np.asarray(curves.get(gid, []), dtype=np.float64)])) for gid in ids
-    ]
+    err = [cumulative_error(curves.get(gid, [])) for gid in ids]
     while cost.fraction() > target:
         best, best_score, best_saving = -1, np.inf, 0.0
         moves = np.zeros(none, dtype=np.int64)

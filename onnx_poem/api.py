@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .allocation import MacsTable, keep_counts, pro_keeps, ratio_for_macs, region_keeps, underdetermined_outputs
+from .allocation import (
+    MacsTable,
+    keep_counts,
+    predicted_error,
+    pro_keeps,
+    ratio_for_macs,
+    region_keeps,
+    underdetermined_outputs,
+)
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.split import Split, split_samples
 from .cascade import Stream, cut_position
@@ -347,10 +355,9 @@ def _latency(
     cfg = ctx.cfg
     runtime = Runtime.parse(cfg.latency_on or "ort-cpu")
     runtime.check()
-    for name in ctx.data.arrays:
-        dims = declared_shape(ctx.model, name)
-        if dims and isinstance(dims[0], int) and dims[0] > 0 and dims[0] != cfg.latency_batch:
-            raise UsageError(f"--batch {cfg.latency_batch}: the model's input {name!r} has a fixed batch of {dims[0]}")
+    for name, fixed in _fixed_batches(ctx.model, ctx.data.arrays).items():
+        if fixed != cfg.latency_batch:
+            raise UsageError(f"--batch {cfg.latency_batch}: the model's input {name!r} has a fixed batch of {fixed}")
     idx = np.arange(min(len(ctx.data), cfg.latency_batch))
     first = ctx.data.feed(idx)
     # the samples repeated up to --batch; an input given once for every batch (a recurrent state) stays as it is
@@ -420,9 +427,7 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: C
         ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in a.free}
         pro_seconds = time.perf_counter() - t1 + (measured.seconds if shared is None else 0.0)
     quotas = {g.id: region_keeps(g, ratios[g.id], a.step) for g in a.free}
-    keeps = {gid: int(q.sum()) for gid, q in quotas.items()}
-    keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}
-    return Allocation(quotas, keeps, failed, pro_seconds, curves)
+    return Allocation(quotas, _keeps(a, quotas), failed, pro_seconds, curves)
 
 
 def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, shared: Curves | None) -> Allocation:
@@ -456,14 +461,6 @@ def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, s
             timed[key] = timing.ratio(width_model(ctx.view, a.groups, quotas))
         return timed[key]
 
-    def error(quotas: dict[str, np.ndarray]) -> float:
-        assert curves is not None
-        out = 0.0
-        for g in a.free:
-            curve = np.maximum.accumulate(np.concatenate([[0.0], np.asarray(curves.get(g.id, []))]))
-            out += float(curve[min(len(curve) - 1, g.channels - int(quotas[g.id].sum()))])
-        return out
-
     candidates: list[tuple[str, Callable[[float], dict[str, np.ndarray]]]]
     if curves is None:
         candidates = [(f"uniform, latency table, step {a.step}", uniform)]
@@ -475,10 +472,20 @@ def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, s
         if a.step > 1 and ctx.cfg.round_to is None:
             candidates.append(("PRO by MACs, step 1", pro(lambda: a.table, 1)))
     with stage("latency"):
-        fit, tried = fit_best(candidates, measure, a.latency_target, error if curves is not None else lambda q: 0.0)
-    keeps = {gid: int(q.sum()) for gid, q in fit.quotas.items()}
-    keeps |= {g.id: g.channels for g in a.coupling.groups if g.id in a.skipped}
-    return Allocation(fit.quotas, keeps, failed, time.perf_counter() - t1, curves, fit, tuple(tried))
+        fit, tried = fit_best(
+            candidates,
+            measure,
+            a.latency_target,
+            lambda q: 0.0 if curves is None else predicted_error(a.free, curves, q),
+        )
+    return Allocation(fit.quotas, _keeps(a, fit.quotas), failed, time.perf_counter() - t1, curves, fit, tuple(tried))
+
+
+def _keeps(a: Analysis, quotas: dict[str, np.ndarray]) -> dict[str, int]:
+    """Atoms kept per group: the allocated ``quotas`` summed over regions; the groups kept whole entirely."""
+    return {gid: int(q.sum()) for gid, q in quotas.items()} | {
+        g.id: g.channels for g in a.coupling.groups if g.id in a.skipped
+    }
 
 
 def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress | None) -> Solved:
@@ -690,10 +697,20 @@ def _inputs(
         checks = load_calibration(
             model, verify_data, samples=VERIFY_DATA_MAX, seed=cfg.seed, image_options=image_options
         )
-    fixed = [d[0] for d in (declared_shape(model, n) for n in data.arrays) if d and isinstance(d[0], int) and d[0] > 0]
+    fixed = list(_fixed_batches(model, data.arrays).values())
     if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
         cfg = replace(cfg, batch_size=min(fixed))
     return _Inputs(cfg, name, model, data, checks, loaded)
+
+
+def _fixed_batches(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, int]:
+    """Input name → its declared batch size, for the inputs among ``names`` exported with a fixed one."""
+    out = {}
+    for name in names:
+        dims = declared_shape(model, name)
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            out[name] = dims[0]
+    return out
 
 
 def _fails(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan, feed: dict[str, np.ndarray]) -> str:

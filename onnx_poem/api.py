@@ -378,8 +378,11 @@ def _latency(
         step, probe = (cfg.round_to, {}) if cfg.round_to else probe_step(ctx.view, groups, free, timing)
         lat = measure_table(ctx.view, groups, free, feed, runtime, step, probe)
         lat = replace(lat, seconds=time.perf_counter() - t0)
-        save_cached(path, lat)
-        logger.info("latency table measured in %.1f s (cached at %s)", lat.seconds, path)
+        try:
+            save_cached(path, lat)
+            logger.info("latency table measured in %.1f s (cached at %s)", lat.seconds, path)
+        except OSError as e:  # the cache saves time next run; a cache that cannot be written stops nothing
+            logger.warning("latency table not cached (%s): %s", path.parent, one_line(e))
     return timing, lat
 
 

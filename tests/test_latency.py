@@ -261,3 +261,13 @@ def test_a_batch_the_model_cannot_take_is_one_line(tmp_path: Path) -> None:
                                     "--latency-on", "ort-cpu:1", "--batch", "4"])  # fmt: skip
     assert res.exit_code == 2
     assert "fixed batch of 1" in res.output
+
+
+def test_a_cache_that_cannot_be_written_stops_nothing(tmp_path: Path) -> None:
+    model = BUILDERS["conv_chain"]()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    pruned, rep = prune(model, target_latency=0.9, calib=inputs_for(model, 64), latency_on="ort-cpu:1",
+                        latency_batch=4, latency_cache=str(blocker / "cache"))  # fmt: skip
+    assert rep.latency["table_seconds"] > 0 and pruned is not None
+    assert blocker.read_text() == "not a folder"

@@ -102,6 +102,8 @@ class MacsTable:
                 out[p] = g.id
             for gr in g.grouped:
                 out[gr.node] = g.id  # depthwise: scales once with its group
+            for node in g.scaled:
+                out[node] = g.id  # attention's q·kᵀ and p·v: scale once with the kept heads
         return cls(tuple((m, inp.get(i), out.get(i)) for i, m in sorted(node_macs.items())))
 
     def predict(self, groups: Sequence[ChannelGroup], keeps: Mapping[str, int]) -> float:

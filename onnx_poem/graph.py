@@ -255,6 +255,10 @@ class GraphView:
     def nodes(self) -> Sequence[onnx.NodeProto]:
         return self.model.graph.node
 
+    def opset(self) -> int:
+        """The model's default-domain opset version."""
+        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
     def node_label(self, i: int) -> str:
         """A human-readable, stable name for node ``i``."""
         n = self.nodes[i]

@@ -60,7 +60,7 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
                 arrays[new_bias[prod]] = np.take(arrays[new_bias[prod]], g.positions(index, keep), axis=0)
         for r in g.reshapes:
             shape = shape_fix.get(r.shape, get(r.shape)).copy()
-            shape.reshape(-1)[r.position] = len(g.positions(r.index, keep)) * r.cols_per_channel
+            shape.reshape(-1)[r.position] = len(g.positions(r.index, keep)) * r.cols_per_channel // r.per
             shape_fix[r.shape] = arrays[r.shape] = shape
         for gr in g.grouped:
             group_attr[gr.node] = len(g.positions(gr.index, keep)) // gr.per_group

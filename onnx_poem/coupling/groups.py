@@ -121,13 +121,18 @@ class Consumer:
 
 @dataclass(frozen=True)
 class ReshapeFix:
-    """A ``Reshape`` whose shape constant holds ``channels·s`` at ``position``."""
+    """A ``Reshape`` whose shape constant ``shape`` holds ``channels·cols_per_channel / per`` at ``position``.
+
+    ``shape`` is the Reshape's shape input, or the constant piece of the ``Concat`` that computes it
+    (TorchScript's ``view`` into heads); ``per > 1``: the entry counts attention heads of ``per`` channels.
+    """
 
     node: int
     shape: str
     position: int
     cols_per_channel: int
     index: tuple[int, ...] | None = None
+    per: int = 1
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,10 @@ class ChannelGroup:
         regions: atom → region id, atoms of one region occurring in the same tensors
             (e.g. the channels of one ResNet stage); ratios apply per region.
             ``None``: a single region.
+        heads: the atoms are attention heads of ``block`` channels (q, k and v's columns of one
+            head and the output projection's inputs of that head; :mod:`onnx_poem.coupling.attention`).
+        scaled: MatMul nodes of two computed operands (``q·kᵀ``, ``p·v``) whose MACs scale with the
+            kept fraction of the group's atoms.
     """
 
     id: str
@@ -229,6 +238,8 @@ class ChannelGroup:
     ranges: tuple[RangeFix, ...] = ()
     block: int = 1
     shuffles: tuple[ShuffleFix, ...] = ()
+    heads: bool = False
+    scaled: tuple[int, ...] = ()
 
     def positions(self, index: Index, keep: np.ndarray) -> np.ndarray:
         """Channel positions of the kept atoms ``keep`` in a member with ``index`` (blocks expanded)."""

@@ -27,12 +27,19 @@ from .groups import Activation, Consumer, ParamSlice, ReshapeFix
 
 @dataclass(frozen=True)
 class Edge:
-    """Where the channels are: ``tensor``'s ``axis`` (of ``rank`` dims), ``cols`` entries per channel."""
+    """Where the channels are: ``tensor``'s ``axis`` (of ``rank`` dims), ``cols`` entries per channel.
+
+    ``per > 1``: one entry of ``axis`` holds ``per`` channels, which run along the last axis (attention
+    heads: ``(N, T, H, d)`` after ``(N, T, H·d)`` is split into heads, ``per = d``; the group's atoms are
+    then whole heads, see :mod:`onnx_poem.coupling.attention`).  Only the rules of :data:`PER_AWARE` ops
+    keep ``per``; any other op stops such a group.
+    """
 
     tensor: str
     axis: int
     rank: int | None
     cols: int = 1
+    per: int = 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class Through:
     reshape: ReshapeFix | None = None
     grouped: int | None = None
     per_group: int = 1  # input channels per conv group of ``grouped`` (1: depthwise)
+    heads: int = 1  # channels per attention head when the node splits the channels into heads (else 1)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,25 @@ UNARY_ELEMENTWISE = (
     "ThresholdedRelu",
 )
 
+#: Ops whose rules carry an edge's ``per`` (attention heads) through unchanged; every other op stops a group
+#: whose channels reach it as heads.
+PER_AWARE = (
+    *UNARY_ELEMENTWISE,
+    "Clip",
+    "Pow",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Reshape",
+    "Softmax",
+    "LogSoftmax",
+    "Shape",
+)
+
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 
 
@@ -104,7 +131,7 @@ def coupling_rule(*ops: str) -> Callable[[Rule], Rule]:
 
 def _out_edge(view: GraphView, node: int, edge: Edge, index: int = 0) -> Edge:
     out = view.nodes[node].output[index]
-    return Edge(out, edge.axis, edge.rank, edge.cols)
+    return Edge(out, edge.axis, edge.rank, edge.cols, edge.per)
 
 
 def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) -> ParamSlice | str | None:
@@ -118,6 +145,8 @@ def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) ->
         return "operand is not a constant"
     if v.size == 1:
         return None
+    if edge.per != 1:
+        return "per-channel constant on attention heads"
     if edge.cols != 1 or edge.rank is None:
         return "per-channel constant after a flatten"
     axis = edge.axis % edge.rank
@@ -265,11 +294,12 @@ def _squeeze(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
         gone = {a % edge.rank for a in axes}
         if ax in gone:
             return Stop("Squeeze of the channel axis")
-        return Through((Edge(view.nodes[node].output[0], ax - sum(a < ax for a in gone), edge.rank - len(gone)),))
+        out = Edge(view.nodes[node].output[0], ax - sum(a < ax for a in gone), edge.rank - len(gone), per=edge.per)
+        return Through((out,))
     rank = edge.rank + len(axes)
     new = sorted(a % rank for a in axes)
     kept = [a for a in range(rank) if a not in new]  # output axes holding the input's axes, in order
-    return Through((Edge(view.nodes[node].output[0], kept[ax], rank),))
+    return Through((Edge(view.nodes[node].output[0], kept[ax], rank, per=edge.per),))
 
 
 @coupling_rule("Pow")
@@ -401,38 +431,46 @@ def _transpose(view: GraphView, node: int, slot: int, edge: Edge, channels: int)
     perm = [int(p) for p in perm] if perm is not None else list(range(edge.rank))[::-1]
     if sorted(perm) != list(range(edge.rank)):
         return Stop(f"Transpose with perm {perm} for a rank-{edge.rank} tensor")
-    return Through((Edge(view.nodes[node].output[0], perm.index(edge.axis % edge.rank), edge.rank),))
+    return Through((Edge(view.nodes[node].output[0], perm.index(edge.axis % edge.rank), edge.rank, per=edge.per),))
+
+
+#: op type → the data input's edge given the output's, for rules that move the channel axis in ways
+#: :func:`input_edge` does not know (``None``: not moved by that rule).
+INPUT_EDGES: dict[str, Callable[[GraphView, int, Edge], Edge | None]] = {}
 
 
 def input_edge(view: GraphView, node: int, out: Edge) -> Edge:
     """The edge of a one-input pass-through node's data input, given its output's (backward tracing).
 
-    Same axis except where the rule moves it: Transpose, and reductions without ``keepdims``.
+    Same axis except where the rule moves it: Transpose, and reductions without ``keepdims``, and
+    what :data:`INPUT_EDGES` says (attention heads split out of the features).
     """
     n = view.nodes[node]
+    if n.op_type in INPUT_EDGES and (moved := INPUT_EDGES[n.op_type](view, node, out)) is not None:
+        return moved
     if n.op_type == "Transpose" and out.rank is not None:
         perm = view.attr(node, "perm")
         perm = [int(p) for p in perm] if perm is not None else list(range(out.rank))[::-1]
         if sorted(perm) == list(range(out.rank)):
-            return Edge(n.input[0], perm[out.axis % out.rank], out.rank, out.cols)
+            return Edge(n.input[0], perm[out.axis % out.rank], out.rank, out.cols, out.per)
     shape = view.shapes.get(n.input[0]) if n.input else None
     if n.op_type in ("Squeeze", "Unsqueeze") and shape and out.rank is not None and (axes := _axes(view, node)):
         rank_in = len(shape)
         if n.op_type == "Squeeze":
             gone = {a % rank_in for a in axes}
             kept = [a for a in range(rank_in) if a not in gone]
-            return Edge(n.input[0], kept[out.axis % out.rank], rank_in, out.cols)
+            return Edge(n.input[0], kept[out.axis % out.rank], rank_in, out.cols, out.per)
         new = {a % out.rank for a in axes}
         ax = out.axis % out.rank
-        return Edge(n.input[0], ax - sum(a < ax for a in new), rank_in, out.cols)
+        return Edge(n.input[0], ax - sum(a < ax for a in new), rank_in, out.cols, out.per)
     if n.op_type.startswith("Reduce") and not int(view.attr(node, "keepdims", 1)) and shape and out.rank is not None:
         axes = view.attr(node, "axes")
         if axes is None and len(n.input) > 1 and (v := view.const(n.input[1])) is not None:
             axes = [int(a) for a in np.reshape(v, -1)]
         kept = [a for a in range(len(shape)) if a not in {int(x) % len(shape) for x in axes or ()}]
         if len(kept) == out.rank:
-            return Edge(n.input[0], kept[out.axis % out.rank], len(shape), out.cols)
-    return Edge(n.input[0], out.axis, out.rank, out.cols)
+            return Edge(n.input[0], kept[out.axis % out.rank], len(shape), out.cols, out.per)
+    return Edge(n.input[0], out.axis, out.rank, out.cols, out.per)
 
 
 @coupling_rule("ConvTranspose")

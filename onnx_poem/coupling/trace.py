@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..graph import GraphView
+from .attention import batched_inputs, batched_matmul, carries
 from .groups import (
     ChannelGroup,
     Consumer,
@@ -38,7 +39,18 @@ from .groups import (
     ShuffleFix,
     Unprunable,
 )
-from .rules import RULES, Consume, Edge, Shuffle, Stop, Through, channel_shuffle, input_edge, shuffle_ending_at
+from .rules import (
+    PER_AWARE,
+    RULES,
+    Consume,
+    Edge,
+    Shuffle,
+    Stop,
+    Through,
+    channel_shuffle,
+    input_edge,
+    shuffle_ending_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +70,22 @@ class _Stop(Exception):
 def _same(a: Edge, b: Edge, tensor: str) -> bool:
     """``a`` is ``b`` on ``tensor`` (axes compared modulo the rank)."""
     r = a.rank or 1
-    return (a.tensor, a.axis % r, a.rank, a.cols) == (tensor, b.axis % (b.rank or 1), b.rank, b.cols)
+    return (a.tensor, a.axis % r, a.rank, a.cols, a.per) == (tensor, b.axis % (b.rank or 1), b.rank, b.cols, b.per)
+
+
+def _aligned(view: GraphView, tensor: str, edge: Edge) -> Edge:
+    """``edge`` moved to ``tensor``, an operand or result of a broadcasting op of another rank (axes
+    aligned from the right); the same axis where the rank is not known."""
+    shape = view.shapes.get(tensor)
+    if shape is None or edge.rank is None or len(shape) == edge.rank:
+        return replace(edge, tensor=tensor)
+    return replace(edge, tensor=tensor, axis=edge.axis % edge.rank - edge.rank + len(shape), rank=len(shape))
+
+
+def _both_computed(view: GraphView, node: int) -> bool:
+    """A MatMul of two computed tensors (attention's ``q·kᵀ``, ``p·v``), not a layer."""
+    n = view.nodes[node]
+    return n.op_type == "MatMul" and not any(view.is_const(x) for x in n.input[:2])
 
 
 def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | Unprunable | None:
@@ -137,6 +164,8 @@ class _Component:
     adds: int = 0  # Add/Sub joins of two computed tensors (residual connections)
     ranges: list[tuple[int, int, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
     shuffles: list[tuple[tuple[int, int, int], int, int]] = field(default_factory=list)  # (nodes, in, out space)
+    heads: bool = False  # the atoms are attention heads (see ChannelGroup.heads)
+    scaled: set[int] = field(default_factory=set)  # MatMuls of two computed operands the channels pass
 
     def space(self, size: int) -> int:
         self.sizes.append(size)
@@ -155,7 +184,7 @@ class _Component:
                         f"tensor {tensor!r} is reached with {self.sizes[other]} and {self.sizes[space]} channels"
                     )
                 self.links.append((other, space, 0, 0, self.sizes[space]))
-            if (old.axis % (old.rank or 1), old.cols) != (edge.axis % (edge.rank or 1), edge.cols):
+            if (old.axis % (old.rank or 1), old.cols, old.per) != (edge.axis % (edge.rank or 1), edge.cols, edge.per):
                 raise _Stop(f"tensor {tensor!r} carries the channels on two different axes")
             return
         self.member[tensor] = (space, edge)
@@ -205,16 +234,31 @@ class _Component:
             raise _Stop(f"{prod.where}: {prod.reason}")
         if prod is not None:
             channels, params, _ = prod
+            if edge.per != 1:
+                raise _Stop(f"stopped at {self._where(node)}: attention heads produced by a layer directly")
             if channels != self.sizes[space]:
                 raise _Stop(f"producer {self._where(node)} has {channels} channels, expected {self.sizes[space]}")
             self.producers[node] = space
             self.params.extend((p, space) for p in params)
             return
         if n.op_type in JOINABLE and not any(view.is_const(x) for x in n.input):
-            self.adds += n.op_type in ("Add", "Sub")
-            for x in n.input:
-                self.join(x, space, edge, via=node)
+            joined = [x for x in n.input if carries(view, x, edge)]  # a broadcast operand (mask) carries none
+            if not joined:
+                raise _Stop(f"stopped at {self._where(node)}: no operand carries the channels")
+            self.adds += n.op_type in ("Add", "Sub") and len(joined) > 1
+            for x in joined:
+                self.join(x, space, _aligned(view, x, edge), via=node)
             return
+        if _both_computed(view, node):
+            pair = batched_inputs(view, node, edge)
+            if isinstance(pair, Stop):
+                raise _Stop(f"stopped at {self._where(node)}: {pair.reason}")
+            self.scaled.add(node)
+            for e in pair:
+                self.join(e.tensor, space, e, via=node)
+            return
+        if edge.per != 1 and n.op_type not in PER_AWARE:
+            raise _Stop(f"stopped at {self._where(node)}: attention heads reach a {n.op_type}")
         if n.op_type == "Pad" and (cp := self._channel_pads(node, edge)) is not None:
             self._pad(node, *cp, edge)
             return
@@ -242,10 +286,24 @@ class _Component:
         """``t`` (input ``slot`` of ``node``) carries the channels: follow them through ``node``."""
         view, n = self.view, self.view.nodes[node]
         if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(x) for x in n.input):
-            self.adds += n.op_type in ("Add", "Sub") and (node, n.output[0]) not in self.visited
-            self.join(n.input[1 - slot], space, edge, via=node)
-            self.join(n.output[0], space, edge, via=node)
+            other = n.input[1 - slot]
+            if carries(view, other, edge):  # else broadcast along the channels (an attention mask)
+                self.adds += n.op_type in ("Add", "Sub") and (node, n.output[0]) not in self.visited
+                self.join(other, space, _aligned(view, other, edge), via=node)
+            else:
+                self.visited.add((node, other))
+            self.join(n.output[0], space, _aligned(view, n.output[0], edge), via=node)
             return
+        if _both_computed(view, node):
+            pair = batched_matmul(view, node, slot, edge)
+            if isinstance(pair, Stop):
+                raise _Stop(f"stopped at {self._where(node)}: {pair.reason}")
+            self.scaled.add(node)
+            for e in pair:
+                self.join(e.tensor, space, e, via=node)
+            return
+        if edge.per != 1 and n.op_type not in PER_AWARE:
+            raise _Stop(f"stopped at {self._where(node)}: attention heads reach a {n.op_type}")
         if n.op_type == "Pad" and slot == 0 and (cp := self._channel_pads(node, edge)) is not None:
             self._pad(node, *cp, edge)
             return
@@ -277,9 +335,13 @@ class _Component:
         if step.grouped is not None:
             self.grouped.append((step.grouped, space, step.per_group))
             if step.per_group > 1:
-                if self.block not in (1, step.per_group):
+                if self.block not in (1, step.per_group) or self.heads:
                     raise _Stop(f"grouped convs with {self.block} and {step.per_group} channels per group")
                 self.block = step.per_group
+        if step.heads > 1:
+            if self.block not in (1, step.heads) or (self.block > 1 and not self.heads):
+                raise _Stop(f"attention heads of {step.heads} channels where atoms have {self.block}")
+            self.block, self.heads = step.heads, True
 
     def _size_of(self, node: int, tensor: str, edge: Edge) -> int:
         """Channel count of ``tensor`` (its space's size if it has one, else from shape inference)."""
@@ -469,6 +531,8 @@ class _Component:
             shuffles=tuple(
                 ShuffleFix(nodes, tuple(map(int, index[a])), tuple(map(int, index[b]))) for nodes, a, b in self.shuffles
             ),
+            heads=self.heads,
+            scaled=tuple(sorted(self.scaled)),
         )
 
 

@@ -1,0 +1,288 @@
+"""Attention heads: the coupling rules that make a group's atoms whole heads.
+
+A multi-head attention block, as exporters write it (TorchScript, dynamo, tf2onnx's
+``Tensordot`` form; ``T`` tokens, ``H`` heads of ``d`` channels)::
+
+    q = x·Wq + bq → Reshape (N, T, H, d) → Transpose (N, H, T, d) ─┐
+    k = x·Wk + bk → Reshape (N, T, H, d) → Transpose (N, H, d, T) ─┴ MatMul (N, H, T, T) → ÷√d, + mask → Softmax ─┐
+    v = x·Wv + bv → Reshape (N, T, H, d) → Transpose (N, H, T, d) ────────────────────────────────────────── MatMul ┴
+      (N, H, T, d) → Transpose (N, T, H, d) → Reshape (N, T, H·d) → MatMul Wo + bo
+
+Head ``h`` of every tensor in it depends only on head ``h`` of ``q``, ``k`` and ``v``: removing it
+removes columns ``h·d … (h+1)·d - 1`` of ``Wq``, ``Wk``, ``Wv`` and their biases, and the same
+input columns of ``Wo``, and leaves every other head's context vector exactly as it was.  So the
+output projection is the group's consumer, refit by least squares from the kept heads' context
+vectors, and its output error is the error of the removal (what POEM and PRO measure).
+
+The generic tracer (:mod:`onnx_poem.coupling.trace`) finds such a group with these rules:
+
+* a ``Reshape`` that splits the features into heads moves the channels to the head axis with
+  ``Edge.per = d`` (one entry per head) and makes the group's atoms blocks of ``d`` channels; the
+  ``Reshape`` that merges them back moves them to the last axis again.  The head count (or ``H·d``)
+  is rewritten where it is stored: the shape constant, or the constant piece of the ``Concat`` that
+  computes the shape (TorchScript's ``view``), found through :func:`shape_entries`;
+* a ``MatMul`` of two computed tensors with the channels on a batch axis passes them to the other
+  operand and the output (:func:`batched_matmul`, used by the tracer like a join);
+* ``Softmax`` over another axis, and ``Shape`` of a channel tensor whose readers take only other
+  dimensions (the exporters' computed reshapes), pass them;
+* a computed operand broadcast along the channel axis (the attention mask, ``(N, 1, 1, T)``) does
+  not carry the channels (:func:`carries`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import GraphView
+from .groups import ReshapeFix
+from .rules import INPUT_EDGES, RULES, Edge, Step, Stop, Through, coupling_rule
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a shape vector: its value (``None``: computed at run time) and the constant that
+    stores it (``None``: computed), at ``position`` of that constant."""
+
+    value: int | None
+    const: str | None = None
+    position: int = 0
+
+
+def shape_entries(view: GraphView, name: str) -> list[Entry] | None:
+    """The entries of shape tensor ``name``: a constant, or a ``Concat`` (axis 0, possibly behind a
+    ``Cast``) of constants and computed pieces of known length; ``None`` if neither."""
+    value = view.const(name)
+    if value is not None:
+        return [Entry(int(v), name, i) for i, v in enumerate(np.reshape(value, -1))]
+    p = view.producer.get(name)
+    if p is None:
+        return None
+    n = view.nodes[p]
+    if n.op_type == "Cast":
+        return shape_entries(view, n.input[0])
+    if n.op_type != "Concat" or int(view.attr(p, "axis", 0)) != 0:
+        return None
+    out: list[Entry] = []
+    for x in n.input:
+        v = view.const(x)
+        if v is not None:
+            out += [Entry(int(e), x, i) for i, e in enumerate(np.reshape(v, -1))]
+            continue
+        shape = view.shapes.get(x)
+        if shape is None or len(shape) != 1 or shape[0] is None:
+            return None
+        out += [Entry(None)] * int(shape[0])
+    return out
+
+
+@dataclass(frozen=True)
+class HeadReshape:
+    """A ``Reshape`` between ``(..., H·d)`` and ``(..., H, d)``: ``split`` (features into heads) or not
+    (heads merged back); ``entry`` is the shape entry of ``H`` (split) or ``H·d`` (merge), ``inner`` that
+    of ``d`` (split only)."""
+
+    split: bool
+    heads: int
+    size: int
+    in_rank: int
+    entry: Entry
+    inner: Entry | None = None
+
+
+def _same_lead(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
+
+
+def head_reshape(view: GraphView, node: int) -> HeadReshape | None:
+    """The head split or merge that Reshape ``node`` performs (from its shapes), or ``None``."""
+    n = view.nodes[node]
+    a, b = view.shapes.get(n.input[0]), view.shapes.get(n.output[0])
+    entries = shape_entries(view, n.input[1]) if len(n.input) > 1 else None
+    if not a or not b or entries is None or len(entries) != len(b):
+        return None
+    if len(b) == len(a) + 1 and len(a) >= 2 and _same_lead(a[:-1], b[:-2]):
+        h, d, c = b[-2], b[-1], a[-1]
+        if h is not None and d is not None and c is not None and h > 1 and h * d == c:
+            return HeadReshape(True, int(h), int(d), len(a), entries[-2], entries[-1])
+    if len(b) == len(a) - 1 and len(b) >= 2 and _same_lead(a[:-2], b[:-1]):
+        h, d, c = a[-2], a[-1], b[-1]
+        if h is not None and d is not None and h > 1 and (c is None or h * d == c):
+            return HeadReshape(False, int(h), int(d), len(a), entries[-1])
+    return None
+
+
+def _fix(view: GraphView, node: int, entry: Entry, want: int, per: int) -> ReshapeFix | Stop | None:
+    """The rewrite of shape entry ``entry`` that must hold ``want`` (``None``: it is ``-1``, inferred)."""
+    if entry.value == -1:
+        return None
+    if entry.value is None or entry.const is None:
+        return Stop("head count computed at run time")
+    if entry.value != want:
+        return Stop(f"shape entry {entry.value} is not the head count {want}")
+    if view.const_users(entry.const) != 1:
+        return Stop(f"head count constant {entry.const!r} shared by several nodes")
+    return ReshapeFix(node, entry.const, entry.position, 1, per=per)
+
+
+_plain_reshape = RULES["Reshape"]
+
+
+@coupling_rule("Reshape")
+def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """Heads split out of the features or merged back (see module docstring); otherwise the plain rule."""
+    hr = head_reshape(view, node) if slot == 0 and edge.rank is not None else None
+    out = view.nodes[node].output[0]
+    if hr is not None and edge.rank == hr.in_rank:
+        ax = edge.axis % edge.rank
+        if hr.split and ax == hr.in_rank - 1 and edge.per == 1 and edge.cols == 1 and channels == hr.heads * hr.size:
+            inner = hr.inner
+            if hr.entry.value == -1 and (inner is None or inner.value != hr.size):
+                return Stop("head size computed at run time")
+            fix = _fix(view, node, hr.entry, hr.heads, hr.size)
+            if isinstance(fix, Stop):
+                return fix
+            return Through((Edge(out, hr.in_rank - 1, hr.in_rank + 1, per=hr.size),), reshape=fix, heads=hr.size)
+        if not hr.split and ax == hr.in_rank - 2 and edge.per == hr.size:
+            fix = _fix(view, node, hr.entry, hr.heads * hr.size, 1)
+            if isinstance(fix, Stop):
+                return fix
+            return Through((Edge(out, hr.in_rank - 2, hr.in_rank - 1),), reshape=fix)
+    if edge.per != 1:
+        return Stop("Reshape of attention heads other than merging them back into the features")
+    return _plain_reshape(view, node, slot, edge, channels)
+
+
+def _reshape_input(view: GraphView, node: int, out: Edge) -> Edge | None:
+    """Backward through a head split: the heads' axis of the output is the features' axis of the input."""
+    hr = head_reshape(view, node)
+    if hr is None or out.rank is None:
+        return None
+    ax = out.axis % out.rank
+    if hr.split and ax == hr.in_rank - 1 and out.per == hr.size:
+        return Edge(view.nodes[node].input[0], hr.in_rank - 1, hr.in_rank)
+    if not hr.split and ax == hr.in_rank - 2 and out.per == 1:
+        return Edge(view.nodes[node].input[0], hr.in_rank - 2, hr.in_rank, per=hr.size)
+    return None
+
+
+INPUT_EDGES["Reshape"] = _reshape_input
+
+
+@coupling_rule("Softmax", "LogSoftmax")
+def _softmax(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """Normalisation over an axis other than the channel axis (the keys of attention scores).
+
+    Before opset 13 the op flattens every axis from ``axis`` on (default 1): the channel axis must
+    come before it."""
+    if slot != 0 or edge.rank is None or edge.cols != 1:
+        return Stop("Softmax over a tensor of unknown rank or of flattened channels")
+    ax = edge.axis % edge.rank
+    if view.opset() < 13:
+        if ax >= int(view.attr(node, "axis", 1)) % edge.rank:
+            return Stop("Softmax (opset < 13) over axes that include the channel axis")
+    elif int(view.attr(node, "axis", -1)) % edge.rank == ax:
+        return Stop("Softmax over the channel axis")
+    return Through((Edge(view.nodes[node].output[0], edge.axis, edge.rank, per=edge.per),))
+
+
+def _dims_read(view: GraphView, tensor: str, rank: int, first: int) -> set[int] | None:
+    """The dimensions of a shape vector ``tensor`` (``first`` = the dimension its entry 0 stands for)
+    that its readers take: through ``Cast``, ``Gather`` of constant indices and ``Slice`` of constant
+    bounds; ``None`` if a reader could take any."""
+    read: set[int] = set()
+    for use in view.users(tensor):
+        n = view.nodes[use.node]
+        if use.slot != 0:
+            return None
+        if n.op_type == "Cast":
+            sub = _dims_read(view, n.output[0], rank, first)
+        elif n.op_type == "Gather" and int(view.attr(use.node, "axis", 0)) == 0:
+            idx = view.const(n.input[1])
+            sub = None if idx is None else {first + int(i) % (rank - first) for i in np.reshape(idx, -1)}
+        elif n.op_type == "Slice":
+            s, e = view.const(n.input[1]), view.const(n.input[2])
+            steps = view.const(n.input[4]) if len(n.input) > 4 and n.input[4] else np.ones(1, np.int64)
+            if s is None or e is None or steps is None or np.size(s) != 1 or np.size(e) != 1:
+                return None
+            if int(np.reshape(steps, -1)[0]) != 1:
+                return None
+            length = rank - first
+            bounds = (int(np.reshape(v, -1)[0]) for v in (s, e))
+            lo, hi = (int(np.clip(v if v >= 0 else v + length, 0, length)) for v in bounds)
+            sub = {first + i for i in range(lo, hi)}
+        else:
+            return None
+        if sub is None:
+            return None
+        read |= sub
+    return read
+
+
+@coupling_rule("Shape")
+def _shape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
+    """The shape of a channel tensor read only at other dimensions (the batch and token counts of an
+    exporter's computed ``Reshape``) does not change when channels go."""
+    if edge.rank is None:
+        return Stop("Shape of a tensor of unknown rank")
+    start = int(view.attr(node, "start", 0)) % edge.rank if view.attr(node, "start") is not None else 0
+    end = view.attr(node, "end")
+    end = edge.rank if end is None else (int(end) if int(end) >= 0 else int(end) + edge.rank)
+    ax = edge.axis % edge.rank
+    if not start <= ax < end:
+        return Through(())
+    read = _dims_read(view, view.nodes[node].output[0], end, start)
+    if read is None or ax in read:
+        return Stop("the channel count is read at run time")
+    return Through(())
+
+
+def carries(view: GraphView, tensor: str, edge: Edge) -> bool:
+    """Whether operand ``tensor`` of an elementwise op whose other operand carries the channels as
+    ``edge`` carries them too: not if it is broadcast along the channel axis (size 1 there or fewer
+    dimensions, as an attention mask ``(N, 1, 1, T)`` against scores ``(N, H, T, T)``)."""
+    shape = view.shapes.get(tensor)
+    if shape is None or edge.rank is None:
+        return True
+    aligned = edge.axis % edge.rank - edge.rank + len(shape)
+    return aligned >= 0 and shape[aligned] != 1
+
+
+def batched_matmul(view: GraphView, node: int, slot: int, edge: Edge) -> tuple[Edge, Edge] | Stop:
+    """The edges of the other operand and of the output of a MatMul of two computed tensors whose
+    input ``slot`` carries the channels on a batch axis (attention's ``q·kᵀ`` and ``p·v`` per head)."""
+    n = view.nodes[node]
+    other = n.input[1 - slot]
+    a, b = view.shapes.get(n.input[slot]), view.shapes.get(other)
+    out = view.shapes.get(n.output[0])
+    if edge.rank is None or a is None or b is None or out is None or len(a) != edge.rank or edge.cols != 1:
+        return Stop("MatMul of two computed tensors of unknown shapes")
+    ax = edge.axis % edge.rank
+    if ax >= edge.rank - 2:
+        return Stop("channels reach the rows or columns of a MatMul of two computed tensors")
+    other_ax = ax - len(a) + len(b)
+    if other_ax < 0 or other_ax >= len(b) - 2 or b[other_ax] != a[ax]:
+        return Stop("MatMul of two computed tensors broadcast along the channel axis")
+    out_edge = Edge(n.output[0], ax - len(a) + len(out), len(out), per=edge.per)
+    return Edge(other, other_ax, len(b), per=edge.per), out_edge
+
+
+def batched_inputs(view: GraphView, node: int, edge: Edge) -> tuple[Edge, Edge] | Stop:
+    """The edges of both operands of a MatMul of two computed tensors whose output carries the
+    channels on a batch axis as ``edge`` (backward tracing)."""
+    n = view.nodes[node]
+    shapes = [view.shapes.get(x) for x in n.input[:2]]
+    if edge.rank is None or any(s is None for s in shapes):
+        return Stop("MatMul of two computed tensors of unknown shapes")
+    ax = edge.axis % edge.rank
+    if ax >= edge.rank - 2:
+        return Stop("channels reach the rows or columns of a MatMul of two computed tensors")
+    edges = []
+    for x, s in zip(n.input[:2], shapes, strict=True):
+        assert s is not None
+        a = ax - edge.rank + len(s)
+        if a < 0 or s[a] == 1:
+            return Stop("MatMul of two computed tensors broadcast along the channel axis")
+        edges.append(Edge(x, a, len(s), per=edge.per))
+    return edges[0], edges[1]

@@ -568,6 +568,9 @@ def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
         if not g.residual and len(g.producers) > 1:
             kind = f" {len(g.producers)} producers,"
         size = f"{g.channels} channels" if g.block == 1 else f"{g.channels} conv groups of {g.block} channels"
+        if g.heads:
+            size = f"{g.channels} attention heads of {g.block} channels (q, k, v: {len(g.producers)} producers)"
+            kind = ""
         click.echo(f"  {g.id}:{kind} {size} -> {cons}")
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")
     for u in coupling.unprunable:

@@ -312,6 +312,7 @@ def group_rows(view: GraphView, groups: Sequence[ChannelGroup], keeps: Mapping[s
             "channels": g.channels * g.block,
             "kept": keeps[g.id] * g.block,
             "channels_per_unit": g.block,
+            "unit": "head" if g.heads else "conv group" if g.block > 1 else "channel",
             "residual": g.residual,
             "producers": [view.node_label(p) for p in g.producers],
             "consumers": [c.label for c in g.consumers],

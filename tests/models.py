@@ -614,3 +614,85 @@ def keras_se(seed: int = 0) -> onnx.ModelProto:
 
 
 BUILDERS |= {"keras_se": keras_se}
+
+
+def attention(
+    seed: int = 0, *, style: str = "const", heads: int = 4, size: int = 4, dead: int | None = None
+) -> onnx.ModelProto:
+    """One encoder attention block on ``x: (N, T, E)`` (``E = heads·size``, ``T`` symbolic) with an
+    ``attention_mask: (N, T)`` input, as exporters write it::
+
+        q, k, v = x·W + b → Reshape (N, T, H, d) → Transpose → q·kᵀ ÷ √d + (1 − mask)·(−1e4) → Softmax
+        → ·v → Transpose → Reshape (N, T, E) → ·Wo + bo → + x → LayerNormalization
+
+    ``style``: ``const`` (shape constants ``[0, 0, H, d]`` / ``[0, 0, E]``), ``computed`` (TorchScript's
+    ``Concat`` of ``Shape``-gathered dims and one constant per piece), ``channel_read`` (the merge's
+    ``H·d`` computed from the context's shape: the head count read at run time).  ``dead``: a head
+    whose value weights and bias are zero (its context is 0: removing it changes nothing).
+    """
+    b = _B(seed)
+    e = heads * size
+    r = b.rng
+
+    def proj(x: str, zero: int | None = None) -> str:
+        w = (r.standard_normal((e, e)) / np.sqrt(e)).astype(np.float32)
+        bias = (0.1 * r.standard_normal(e)).astype(np.float32)
+        if zero is not None:
+            w[:, zero * size : (zero + 1) * size] = 0
+            bias[zero * size : (zero + 1) * size] = 0
+        return b.node("Add", [b.const(bias, "b"), b.node("MatMul", [x, b.const(w)])])
+
+    def ints(values: list[int]) -> str:
+        return b.const(np.array(values, np.int64), "s")
+
+    def dim(t: str, i: int) -> str:
+        return b.node(
+            "Unsqueeze", [b.node("Gather", [b.node("Shape", [t]), b.const(np.array(i, np.int64), "i")]), ints([0])]
+        )
+
+    def split(t: str) -> str:
+        if style == "const":
+            shape = ints([0, 0, heads, size])
+        else:
+            shape = b.node("Concat", [dim("x", 0), ints([-1]), ints([heads]), ints([size])], axis=0)
+        return b.node("Reshape", [t, shape])
+
+    q = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 1, 3])
+    k = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 3, 1])
+    v = b.node("Transpose", [split(proj("x", dead))], perm=[0, 2, 1, 3])
+    scores = b.node("Div", [b.node("MatMul", [q, k]), b.const(np.array(np.sqrt(size), np.float32), "c")])
+    m = b.node("Cast", [b.node("Unsqueeze", ["attention_mask", ints([1, 2])])], to=TensorProto.FLOAT)
+    m = b.node("Mul", [b.node("Sub", [b.const(np.array(1, np.float32), "c"), m]), b.const(np.array(-1e4, np.float32))])
+    p = b.node("Softmax", [b.node("Add", [scores, m])], axis=-1)
+    ctx = b.node("Transpose", [b.node("MatMul", [p, v])], perm=[0, 2, 1, 3])
+    if style == "const":
+        shape = ints([0, 0, e])
+    elif style == "computed":
+        shape = b.node("Concat", [dim(ctx, 0), dim(ctx, 1), ints([e])], axis=0)
+    else:
+        hd = b.node("Mul", [dim(ctx, 2), dim(ctx, 3)])
+        shape = b.node("Concat", [dim(ctx, 0), dim(ctx, 1), hd], axis=0)
+    out = proj(b.node("Reshape", [ctx, shape]))
+    gamma, beta = b.const((1 + 0.1 * r.standard_normal(e)).astype(np.float32)), b.const(np.zeros(e, np.float32))
+    y = b.node("LayerNormalization", [b.node("Add", [out, "x"]), gamma, beta], axis=-1)
+    g = helper.make_graph(
+        b.nodes,
+        "attention",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", e]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "T"]),
+        ],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)],
+        b.inits,
+    )
+    return finish(g)
+
+
+def attention_inputs(n: int, tokens: int, seed: int = 0, e: int = 16) -> dict[str, np.ndarray]:
+    """Inputs for :func:`attention`: normal ``x`` and masks with 1-``tokens`` valid tokens each."""
+    rng = np.random.default_rng(seed)
+    valid = rng.integers(1, tokens + 1, n)
+    return {
+        "x": rng.standard_normal((n, tokens, e)).astype(np.float32),
+        "attention_mask": (np.arange(tokens)[None, :] < valid[:, None]).astype(np.int64),
+    }

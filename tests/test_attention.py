@@ -1,0 +1,112 @@
+"""Attention heads as coupled groups (onnx_poem.coupling.attention): found, pruned, rewritten, exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from models import attention, attention_inputs
+from onnx_poem import prune
+from onnx_poem.allocation import MacsTable
+from onnx_poem.cli import main
+from onnx_poem.coupling import find_groups
+from onnx_poem.coupling.attention import carries
+from onnx_poem.coupling.rules import Edge
+from onnx_poem.graph import GraphView
+from onnx_poem.report import count_macs, node_macs
+
+STYLES = ("const", "computed")
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, feed)[0])
+
+
+def _view(model: onnx.ModelProto) -> GraphView:
+    return GraphView.build(model, input_shapes={"x": (2, 6, 16), "attention_mask": (2, 6)})
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_heads_are_one_group_of_q_k_v_and_the_output_projection(style: str) -> None:
+    model = attention(style=style)
+    view = _view(model)
+    groups = find_groups(view).groups
+    heads = [g for g in groups if g.heads]
+    assert len(heads) == 1
+    g = heads[0]
+    assert (g.channels, g.block) == (4, 4)  # 4 heads of 4 channels
+    assert len(g.producers) == 3 and not g.residual
+    assert [view.nodes[c.node].op_type for c in g.consumers] == ["MatMul"]
+    assert g.consumers[0].in_channels == 4
+    assert sorted(view.nodes[n].op_type for n in g.scaled) == ["MatMul", "MatMul"]  # q·kᵀ and p·v
+    assert len(g.reshapes) == 4  # three splits (head count) and the merge (H·d)
+    assert sorted(r.per for r in g.reshapes) == [1, 4, 4, 4]
+
+
+def test_broadcast_mask_does_not_carry_the_channels() -> None:
+    view = _view(attention())
+    mask = next(n.output[0] for n in view.nodes if n.op_type == "Mul" and "attention_mask" not in n.input)
+    assert view.shapes[mask][1:3] == (1, 1)
+    assert not carries(view, mask, Edge("scores", 1, 4, per=4))
+    assert carries(view, "x", Edge("y", 2, 3))
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_nothing_pruned_reproduces_the_original(style: str) -> None:
+    model = attention(style=style)
+    pruned, _ = prune(model, ratio=0.0, calib=attention_inputs(64, 6), samples=64)
+    feed = attention_inputs(3, 9, seed=1)
+    np.testing.assert_allclose(_run(pruned, feed), _run(model, feed), rtol=0, atol=1e-5)
+
+
+def test_a_dead_head_is_removed_exactly() -> None:
+    """Head 1 has zero value weights: its context is 0, so removing it (and refitting Wo) changes nothing,
+    and the output error the selection measures picks it."""
+    model = attention(style="computed", dead=1)
+    pruned, _ = prune(model, ratio=0.25, calib=attention_inputs(128, 6), samples=128, allocation="uniform")
+    sizes = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    q_bias = [t for t in pruned.graph.initializer if len(t.dims) == 1 and t.dims[0] == 12]
+    assert len(q_bias) == 3, sizes  # q, k, v biases: 3 heads of 4
+    for tokens in (1, 4, 11):
+        feed = attention_inputs(3, tokens, seed=tokens)
+        np.testing.assert_allclose(_run(pruned, feed), _run(model, feed), rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_pruned_heads_run_at_every_batch_and_length(style: str) -> None:
+    model = attention(style=style)
+    pruned, rep = prune(model, ratio=0.5, calib=attention_inputs(128, 6), samples=128, allocation="uniform")
+    onnx.checker.check_model(pruned, full_check=True)
+    for n, tokens in ((1, 1), (2, 7), (5, 3)):
+        assert _run(pruned, attention_inputs(n, tokens, seed=n)).shape == (n, tokens, 16)
+    q = [t for t in pruned.graph.initializer if t.name.startswith("b") and tuple(t.dims) == (8,)]
+    assert len(q) == 3  # 2 heads kept of q, k and v
+    assert rep.macs_after < 0.75 * rep.macs_before
+    # the heads' products scale with the kept heads: the MACs table predicts the pruned model's count
+    sample = {k: v[:1] for k, v in attention_inputs(1, 6).items()}
+    view = _view(model)
+    groups = [g for g in find_groups(view).groups if g.heads]
+    table = MacsTable.build(groups, node_macs(model, sample))
+    predicted = table.predict(groups, {groups[0].id: 2})
+    assert predicted == pytest.approx(count_macs(pruned, sample) / count_macs(model, sample), rel=1e-9)
+
+
+def test_head_count_read_at_run_time_is_left_with_the_reason() -> None:
+    view = _view(attention(style="channel_read"))
+    coupling = find_groups(view)
+    assert not any(g.heads for g in coupling.groups)
+    assert any("the channel count is read at run time" in u.reason for u in coupling.unprunable)
+
+
+def test_inspect_lists_head_groups(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "attn.onnx"
+    onnx.save(attention(style="computed"), str(path))
+    out = CliRunner().invoke(main, ["inspect", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "4 attention heads of 4 channels" in out.output

@@ -98,10 +98,65 @@ class TinyEncoder(nn.Module):
         return self.head(self.layer(self.proj(x)).mean(dim=1))
 
 
+class HFEncoder(nn.Module):
+    """A Hugging Face transformer (``transformers``, random weights, small config) on token ids with an
+    attention mask: BERT (post-LayerNorm encoder, GELU FFN) or Llama (decoder: causal mask, RMSNorm,
+    rotary positions, SiLU-gated FFN, grouped-query attention with 2 key/value heads for 4 query heads);
+    mean of the last hidden states."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        import transformers as tf
+
+        common = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+        if kind == "bert":
+            cfg = tf.BertConfig(vocab_size=100, max_position_embeddings=64, **common)
+            self.m = tf.BertModel(cfg, add_pooling_layer=False)
+        else:
+            cfg = tf.LlamaConfig(vocab_size=100, max_position_embeddings=64, num_key_value_heads=2, **common)
+            self.m = tf.LlamaModel(cfg)
+        self.m.config._attn_implementation = "eager"
+
+    def forward(self, input: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.m(input_ids=input, attention_mask=attention_mask).last_hidden_state
+        return (h * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+
+
+class HFViT(nn.Module):
+    """A ViT image encoder (``transformers.ViTModel``: patch-embedding conv, class token, pre-LayerNorm
+    blocks with GELU MLPs; 32x32 images, 8x8 patches, random weights) with a linear head on the class token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers as tf
+
+        cfg = tf.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+        )
+        self.m = tf.ViTModel(cfg, add_pooling_layer=False)
+        self.m.config._attn_implementation = "eager"
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self.head(self.m(pixel_values=input).last_hidden_state[:, 0])
+
+
 MODELS = {
     "mobilenetv3ish": (MobileNetV3ish, (1, 3, 64, 64)),
     "denseunetish": (DenseUNetish, (1, 3, 32, 32)),
     "tinyencoder": (TinyEncoder, (1, 16, 12)),
+    "vit_tiny": (HFViT, (1, 3, 32, 32)),
+}
+
+#: token models: (factory, sequence length); inputs ``input`` (ids) and ``attention_mask``, both (N, T)
+TOKEN_MODELS = {
+    "bert_tiny": (lambda: HFEncoder("bert"), 16),
+    "llama_gqa_tiny": (lambda: HFEncoder("llama"), 16),
 }
 
 
@@ -149,6 +204,37 @@ def main(out: Path) -> None:
             opset_version=18,
             dynamo=True,
         )
+    for name, (factory, tokens) in TOKEN_MODELS.items():
+        model = factory().eval()
+        ids = torch.randint(0, 100, (2, tokens))
+        mask = torch.ones(2, tokens, dtype=torch.int64)
+        names = {"input_names": ["input", "attention_mask"], "output_names": ["output"]}
+        for exporter in ("ts", "dynamo"):
+            try:
+                if exporter == "ts":
+                    axes = {"input": {0: "N", 1: "T"}, "attention_mask": {0: "N", 1: "T"}, "output": {0: "N"}}
+                    torch.onnx.export(
+                        model,
+                        (ids, mask),
+                        str(out / f"{name}.ts.onnx"),
+                        dynamic_axes=axes,
+                        opset_version=17,
+                        dynamo=False,
+                        **names,
+                    )
+                else:
+                    n, t = torch.export.Dim("N", min=1, max=64), torch.export.Dim("T", min=2, max=32)
+                    torch.onnx.export(
+                        model,
+                        (ids, mask),
+                        str(out / f"{name}.dynamo.onnx"),
+                        opset_version=18,
+                        dynamo=True,
+                        dynamic_shapes=({0: n, 1: t}, {0: n, 1: t}),
+                        **names,
+                    )
+            except Exception as e:  # an exporter that cannot export the model is a row of its own
+                print(f"{name} ({exporter}): export failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ UNARY_ELEMENTWISE = (
     "Mish",
     "Erf",
     "Identity",
+    "Cast",
     "Dropout",
     "Neg",
     "Abs",

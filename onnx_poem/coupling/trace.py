@@ -257,8 +257,7 @@ class _Component:
             for e in pair:
                 self.join(e.tensor, space, e, via=node)
             return
-        if edge.per != 1 and n.op_type not in PER_AWARE:
-            raise _Stop(f"stopped at {self._where(node)}: attention heads reach a {n.op_type}")
+        self._heads_pass(node, edge)
         if n.op_type == "Pad" and (cp := self._channel_pads(node, edge)) is not None:
             self._pad(node, *cp, edge)
             return
@@ -302,8 +301,7 @@ class _Component:
             for e in pair:
                 self.join(e.tensor, space, e, via=node)
             return
-        if edge.per != 1 and n.op_type not in PER_AWARE:
-            raise _Stop(f"stopped at {self._where(node)}: attention heads reach a {n.op_type}")
+        self._heads_pass(node, edge)
         if n.op_type == "Pad" and slot == 0 and (cp := self._channel_pads(node, edge)) is not None:
             self._pad(node, *cp, edge)
             return
@@ -327,6 +325,19 @@ class _Component:
         self._through(node, step, space)
         for e in step.outputs:
             self.join(e.tensor, space, e, via=node)
+
+    def _heads_pass(self, node: int, edge: Edge) -> None:
+        """Stop where attention heads (``edge.per > 1``) reach an op whose rule does not keep them (Concat,
+        Slice and Split check for themselves: along other axes they pass, as rotary embeddings need)."""
+        op = self.view.nodes[node].op_type
+        if edge.per == 1 or op in PER_AWARE or op in ("Concat", "Slice", "Split"):
+            return
+        if op == "Expand":
+            raise _Stop(
+                f"stopped at {self._where(node)}: grouped-query attention (key/value heads shared by several "
+                "query heads) is not pruned yet"
+            )
+        raise _Stop(f"stopped at {self._where(node)}: attention heads reach a {op}")
 
     def _through(self, node: int, step: Through, space: int) -> None:
         self.params.extend((p, space) for p in step.params)
@@ -378,8 +389,18 @@ class _Component:
         """Channel ``Concat``: input k occupies positions ``offset_k …`` of the output."""
         view, n = self.view, self.view.nodes[node]
         rank = edge.rank or 0
-        if edge.cols != 1 or not rank or int(view.attr(node, "axis", 0)) % rank != edge.axis % rank:
-            raise _Stop(f"stopped at {self._where(node)}: Concat on another axis")
+        if edge.cols != 1 or not rank:
+            raise _Stop(f"stopped at {self._where(node)}: Concat of flattened channels or of unknown rank")
+        if int(view.attr(node, "axis", 0)) % rank != edge.axis % rank:
+            # along another axis (tokens, a rotary embedding's halves): every input carries the same channels
+            if any(view.is_const(x) for x in n.input):
+                raise _Stop(f"stopped at {self._where(node)}: Concat of a constant along another axis")
+            space = self.member[next(x for x in n.input if x in self.member)][0]
+            for x in [*n.input, n.output[0]]:
+                self.join(x, space, edge, via=node)
+            return
+        if edge.per != 1:
+            raise _Stop(f"stopped at {self._where(node)}: Concat of attention heads")
         sizes = [self._size_of(node, x, edge) for x in n.input]
         out_space = self._space_for(node, n.output[0], sum(sizes), edge)
         offset = 0
@@ -434,6 +455,8 @@ class _Component:
     def _split(self, node: int, parts: list[tuple[int, int]], entry: int, edge: Edge) -> None:
         """Channel ``Split``/``Slice``: output k holds input positions ``start_k …``."""
         n = self.view.nodes[node]
+        if edge.per != 1:
+            raise _Stop(f"stopped at {self._where(node)}: Split or Slice of attention heads")
         source = n.input[0]
         in_space = self._space_for(node, source, self._size_of(node, source, edge), edge)
         for out, (start, length) in zip(n.output, parts, strict=True):

@@ -627,7 +627,9 @@ def attention(
 
     ``style``: ``const`` (shape constants ``[0, 0, H, d]`` / ``[0, 0, E]``), ``computed`` (TorchScript's
     ``Concat`` of ``Shape``-gathered dims and one constant per piece), ``channel_read`` (the merge's
-    ``H·d`` computed from the context's shape: the head count read at run time).  ``dead``: a head
+    ``H·d`` computed from the context's shape: the head count read at run time), ``rotary`` (const
+    shapes, and q and k rotated as Llama does: halves of the head size sliced, negated, concatenated
+    along it and mixed by per-position factors).  ``dead``: a head
     whose value weights and bias are zero (its context is 0: removing it changes nothing).
     """
     b = _B(seed)
@@ -651,21 +653,34 @@ def attention(
         )
 
     def split(t: str) -> str:
-        if style == "const":
+        if style in ("const", "rotary"):
             shape = ints([0, 0, heads, size])
         else:
             shape = b.node("Concat", [dim("x", 0), ints([-1]), ints([heads]), ints([size])], axis=0)
         return b.node("Reshape", [t, shape])
 
+    def rotary(t: str) -> str:  # t · cos + rotate_half(t) · sin over the head size (last axis)
+        half = size // 2
+        lo = b.node("Slice", [t, ints([0]), ints([half]), ints([3])])
+        hi = b.node("Slice", [t, ints([half]), ints([size]), ints([3])])
+        rot = b.node("Concat", [b.node("Neg", [hi]), lo], axis=3)
+        angle = np.linspace(0.1, 1.0, size, dtype=np.float32).reshape(1, 1, 1, size)
+        cos, sin = b.const(np.cos(angle), "c"), b.const(np.sin(angle), "c")
+        return b.node("Add", [b.node("Mul", [t, cos]), b.node("Mul", [rot, sin])])
+
     q = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 1, 3])
-    k = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 3, 1])
+    k = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 1, 3])
+    if style == "rotary":
+        q = rotary(q)
+        k = rotary(k)
+    k = b.node("Transpose", [k], perm=[0, 1, 3, 2])
     v = b.node("Transpose", [split(proj("x", dead))], perm=[0, 2, 1, 3])
     scores = b.node("Div", [b.node("MatMul", [q, k]), b.const(np.array(np.sqrt(size), np.float32), "c")])
     m = b.node("Cast", [b.node("Unsqueeze", ["attention_mask", ints([1, 2])])], to=TensorProto.FLOAT)
     m = b.node("Mul", [b.node("Sub", [b.const(np.array(1, np.float32), "c"), m]), b.const(np.array(-1e4, np.float32))])
     p = b.node("Softmax", [b.node("Add", [scores, m])], axis=-1)
     ctx = b.node("Transpose", [b.node("MatMul", [p, v])], perm=[0, 2, 1, 3])
-    if style == "const":
+    if style in ("const", "rotary"):
         shape = ints([0, 0, e])
     elif style == "computed":
         shape = b.node("Concat", [dim(ctx, 0), dim(ctx, 1), ints([e])], axis=0)

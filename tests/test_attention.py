@@ -18,7 +18,7 @@ from onnx_poem.coupling.rules import Edge
 from onnx_poem.graph import GraphView
 from onnx_poem.report import count_macs, node_macs
 
-STYLES = ("const", "computed")
+STYLES = ("const", "computed", "rotary")
 
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:

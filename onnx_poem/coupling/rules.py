@@ -146,6 +146,10 @@ def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) ->
         return "operand is not a constant"
     if v.size == 1:
         return None
+    if edge.rank is not None and v.ndim <= edge.rank:
+        at = edge.axis % edge.rank - edge.rank + v.ndim  # the constant's axis against the channel axis
+        if at < 0 or v.shape[at] == 1:
+            return None  # broadcast along the channels (a rotary embedding's per-position factors on heads)
     if edge.per != 1:
         return "per-channel constant on attention heads"
     if edge.cols != 1 or edge.rank is None:
@@ -383,7 +387,7 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     if moved is not None:
         return moved
     if last and out_rank > (edge.rank or 0):
-        return Stop("Reshape splits the feature axis into attention heads (heads are not pruned yet)")
+        return Stop("Reshape splits the feature axis other than (..., T, H·d) -> (..., T, H, d) attention heads")
     s = _spatial(view, edge)
     if shape is None or s is None or edge.cols != 1:
         return Stop("Reshape other than a flatten of a known (N, C, ...) tensor")

@@ -161,7 +161,7 @@ class _Component:
     pads: list[tuple[int, str, int, int, int, int, int]] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)
     visited: set[tuple[int, str]] = field(default_factory=set)
-    adds: int = 0  # Add/Sub joins of two computed tensors (residual connections)
+    adds: set[int] = field(default_factory=set)  # Add/Sub nodes joining two computed tensors
     ranges: list[tuple[int, int, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
     shuffles: list[tuple[tuple[int, int, int], int, int]] = field(default_factory=list)  # (nodes, in, out space)
     heads: bool = False  # the atoms are attention heads (see ChannelGroup.heads)
@@ -245,7 +245,8 @@ class _Component:
             joined = [x for x in n.input if carries(view, x, edge)]  # a broadcast operand (mask) carries none
             if not joined:
                 raise _Stop(f"stopped at {self._where(node)}: no operand carries the channels")
-            self.adds += n.op_type in ("Add", "Sub") and len(joined) > 1
+            if n.op_type in ("Add", "Sub") and len(joined) > 1:
+                self.adds.add(node)
             for x in joined:
                 self.join(x, space, _aligned(view, x, edge), via=node)
             return
@@ -287,7 +288,8 @@ class _Component:
         if n.op_type in JOINABLE and len(n.input) == 2 and not any(view.is_const(x) for x in n.input):
             other = n.input[1 - slot]
             if carries(view, other, edge):  # else broadcast along the channels (an attention mask)
-                self.adds += n.op_type in ("Add", "Sub") and (node, n.output[0]) not in self.visited
+                if n.op_type in ("Add", "Sub"):
+                    self.adds.add(node)
                 self.join(other, space, _aligned(view, other, edge), via=node)
             else:
                 self.visited.add((node, other))
@@ -338,6 +340,27 @@ class _Component:
                 "query heads) is not pruned yet"
             )
         raise _Stop(f"stopped at {self._where(node)}: attention heads reach a {op}")
+
+    def _joins_producers(self) -> bool:
+        """Some Add/Sub joins tensors computed from different producers (a residual connection), not two
+        paths from the same ones (a rotary embedding's ``q·cos + rotate_half(q)·sin``)."""
+        memo: dict[str, frozenset[int]] = {}
+
+        def sources(t: str) -> frozenset[int]:
+            if t not in memo:
+                p = self.view.producer.get(t)
+                if p is None or p in self.producers:
+                    memo[t] = frozenset() if p is None else frozenset([p])
+                else:
+                    ins = [x for x in self.view.nodes[p].input if x in self.member]
+                    memo[t] = frozenset().union(*(sources(x) for x in ins)) if ins else frozenset()
+            return memo[t]
+
+        for node in self.adds:
+            operands = [x for x in self.view.nodes[node].input if x in self.member]
+            if len({sources(x) for x in operands}) > 1:
+                return True
+        return False
 
     def _through(self, node: int, step: Through, space: int) -> None:
         self.params.extend((p, space) for p in step.params)
@@ -547,7 +570,7 @@ class _Component:
                 PadFix(node, name, axis, rank, tuple(map(int, index[s])), before, after, self.sizes[s])
                 for node, name, axis, rank, s, before, after in self.pads
             ),
-            residual=bool(self.pads) or (bool(np.max(per_atom) > 1) and self.adds > 0),
+            residual=bool(self.pads) or (bool(np.max(per_atom) > 1) and self._joins_producers()),
             regions=tuple(map(int, region)) if region.max() > 0 else None,
             ranges=tuple(RangeFix(nd, tuple(map(int, index[sp])), parts, e) for nd, sp, parts, e in self.ranges),
             block=self.block,

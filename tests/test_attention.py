@@ -110,3 +110,25 @@ def test_inspect_lists_head_groups(tmp_path: object) -> None:
     out = CliRunner().invoke(main, ["inspect", str(path)])
     assert out.exit_code == 0, out.output
     assert "4 attention heads of 4 channels" in out.output
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_width_model_of_heads_has_the_real_plans_shapes(style: str) -> None:
+    """The latency budget's models of given widths (no calibration) prune heads as the real run does."""
+    from onnx_poem.allocation import region_keeps
+    from onnx_poem.latency.widths import width_model
+
+    model = attention(style=style)
+    calib = attention_inputs(64, 6)
+    pruned, _ = prune(model, ratio=0.5, calib=calib, method="l1", allocation="uniform")
+    view = _view(model)
+    coupling = find_groups(view)
+    widths = width_model(
+        view, {g.id: g for g in coupling.groups}, {g.id: region_keeps(g, 0.5) for g in coupling.groups}
+    )
+    real = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    mine = {t.name: tuple(t.dims) for t in widths.graph.initializer}
+    assert {k: v for k, v in mine.items() if k in real} == real
+    onnx.checker.check_model(widths, full_check=True)
+    feed = attention_inputs(2, 5, seed=3)
+    assert _run(widths, feed).shape == _run(pruned, feed).shape == (2, 5, 16)

@@ -144,26 +144,78 @@ def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | U
     return int(w.shape[1]), [ParamSlice(n.input[1], 1)], Edge(out, (rank or 2) - 1, rank)
 
 
+@dataclass(frozen=True)
+class Link:
+    """Positions ``start_a … start_a + length - 1`` of space ``a`` are positions ``start_b …`` of space ``b``."""
+
+    a: int
+    b: int
+    start_a: int
+    start_b: int
+    length: int
+
+
+@dataclass(frozen=True)
+class _GroupedAt:
+    """A grouped conv carried by the group, its channels in ``space``."""
+
+    node: int
+    space: int
+    per_group: int
+
+
+@dataclass(frozen=True)
+class _PadAt:
+    """A channel ``Pad`` (constant ``pads``) whose output is ``space``: ``before``/``after`` channels padded."""
+
+    node: int
+    pads: str
+    axis: int
+    rank: int
+    space: int
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
+class _RangeAt:
+    """A channel ``Split``/``Slice`` of ``space`` into ``(start, length)`` ``parts``; ``entry``: see RangeFix."""
+
+    node: int
+    space: int
+    parts: tuple[tuple[int, int], ...]
+    entry: int
+
+
+@dataclass(frozen=True)
+class _ShuffleAt:
+    """A channel shuffle (its three ``nodes``) from space ``source`` to space ``target``."""
+
+    nodes: tuple[int, int, int]
+    source: int
+    target: int
+
+
 @dataclass
 class _Component:
     """Breadth-first construction of one channel group (see module docstring)."""
 
     view: GraphView
     sizes: list[int] = field(default_factory=list)
-    links: list[tuple[int, int, int, int, int]] = field(default_factory=list)  # (sa, sb, start_a, start_b, n)
+    links: list[Link] = field(default_factory=list)
     member: dict[str, tuple[int, Edge]] = field(default_factory=dict)
     params: list[tuple[ParamSlice, int]] = field(default_factory=list)
     consumers: dict[int, tuple[Consumer, int]] = field(default_factory=dict)
     producers: dict[int, int] = field(default_factory=dict)
     reshapes: list[tuple[ReshapeFix, int]] = field(default_factory=list)
-    grouped: list[tuple[int, int, int]] = field(default_factory=list)  # (node, space, per_group)
+    grouped: list[_GroupedAt] = field(default_factory=list)
     block: int = 1  # channels per atom: a grouped conv's per_group (see ChannelGroup.block)
-    pads: list[tuple[int, str, int, int, int, int, int]] = field(default_factory=list)
+    pads: list[_PadAt] = field(default_factory=list)
     queue: list[str] = field(default_factory=list)
     visited: set[tuple[int, str]] = field(default_factory=set)
     adds: set[int] = field(default_factory=set)  # Add/Sub nodes joining two computed tensors
-    ranges: list[tuple[int, int, tuple[tuple[int, int], ...], int]] = field(default_factory=list)
-    shuffles: list[tuple[tuple[int, int, int], int, int]] = field(default_factory=list)  # (nodes, in, out space)
+    ranges: list[_RangeAt] = field(default_factory=list)
+    shuffles: list[_ShuffleAt] = field(default_factory=list)
     heads: bool = False  # the atoms are attention heads (see ChannelGroup.heads)
     scaled: set[int] = field(default_factory=set)  # MatMuls of two computed operands the channels pass
 
@@ -183,7 +235,7 @@ class _Component:
                     raise _Stop(
                         f"tensor {tensor!r} is reached with {self.sizes[other]} and {self.sizes[space]} channels"
                     )
-                self.links.append((other, space, 0, 0, self.sizes[space]))
+                self.links.append(Link(other, space, 0, 0, self.sizes[space]))
             if (old.axis % (old.rank or 1), old.cols, old.per) != (edge.axis % (edge.rank or 1), edge.cols, edge.per):
                 raise _Stop(f"tensor {tensor!r} carries the channels on two different axes")
             return
@@ -367,7 +419,7 @@ class _Component:
         if step.reshape is not None:
             self.reshapes.append((step.reshape, space))
         if step.grouped is not None:
-            self.grouped.append((step.grouped, space, step.per_group))
+            self.grouped.append(_GroupedAt(step.grouped, space, step.per_group))
             if step.per_group > 1:
                 if self.block not in (1, step.per_group) or self.heads:
                     raise _Stop(f"grouped convs with {self.block} and {step.per_group} channels per group")
@@ -405,8 +457,8 @@ class _Component:
         else:
             outer = self._space_for(node, n.output[0], 0, edge)
             inner = self._space_for(node, n.input[0], self.sizes[outer] - before - after, edge)
-        self.links.append((inner, outer, 0, before, self.sizes[inner]))
-        self.pads.append((node, name, edge.axis, edge.rank or 0, outer, before, after))
+        self.links.append(Link(inner, outer, 0, before, self.sizes[inner]))
+        self.pads.append(_PadAt(node, name, edge.axis, edge.rank or 0, outer, before, after))
 
     def _concat(self, node: int, edge: Edge) -> None:
         """Channel ``Concat``: input k occupies positions ``offset_k …`` of the output."""
@@ -428,7 +480,7 @@ class _Component:
         out_space = self._space_for(node, n.output[0], sum(sizes), edge)
         offset = 0
         for x, size in zip(n.input, sizes, strict=True):
-            self.links.append((self._space_for(node, x, size, edge), out_space, 0, offset, size))
+            self.links.append(Link(self._space_for(node, x, size, edge), out_space, 0, offset, size))
             offset += size
 
     def _channel_parts(self, node: int, edge: Edge) -> tuple[list[tuple[int, int]], int] | None:
@@ -483,8 +535,8 @@ class _Component:
         source = n.input[0]
         in_space = self._space_for(node, source, self._size_of(node, source, edge), edge)
         for out, (start, length) in zip(n.output, parts, strict=True):
-            self.links.append((self._space_for(node, out, length, edge), in_space, 0, start, length))
-        self.ranges.append((node, in_space, tuple(parts), entry))
+            self.links.append(Link(self._space_for(node, out, length, edge), in_space, 0, start, length))
+        self.ranges.append(_RangeAt(node, in_space, tuple(parts), entry))
 
     def _shuffle(self, sh: Shuffle, edge: Edge) -> None:
         """Channel shuffle: input channel ``c`` is output channel :meth:`Shuffle.target` ``(c)``."""
@@ -493,19 +545,21 @@ class _Component:
         outer = self._space_for(sh.nodes[2], target, sh.channels, Edge(target, 1, 4))
         if self.sizes[inner] != sh.channels or self.sizes[outer] != sh.channels:
             raise _Stop(f"stopped at {self._where(sh.nodes[0])}: shuffle of {sh.channels} channels")
-        self.links.extend((inner, outer, c, sh.target(c), 1) for c in range(sh.channels))
-        self.shuffles.append((sh.nodes, inner, outer))
+        self.links.extend(Link(inner, outer, c, sh.target(c), 1) for c in range(sh.channels))
+        self.shuffles.append(_ShuffleAt(sh.nodes, inner, outer))
 
-    def _blocks(self) -> tuple[list[int], list[tuple[int, int, int, int, int]]]:
+    def _blocks(self) -> tuple[list[int], list[Link]]:
         """Space sizes and links in units of :attr:`block` channels (every offset must be aligned)."""
         b = self.block
         if b == 1:
             return self.sizes, self.links
         if self.shuffles:
             raise _Stop("a channel shuffle inside a group pruned by whole conv groups")
-        if any(s % b for s in self.sizes) or any(x % b for link in self.links for x in link[2:]):
+        if any(s % b for s in self.sizes) or any(x % b for k in self.links for x in (k.start_a, k.start_b, k.length)):
             raise _Stop(f"channel offsets not aligned with the conv groups of {b} channels")
-        return [s // b for s in self.sizes], [(sa, sb, a // b, c // b, n // b) for sa, sb, a, c, n in self.links]
+        return [s // b for s in self.sizes], [
+            Link(k.a, k.b, k.start_a // b, k.start_b // b, k.length // b) for k in self.links
+        ]
 
     def atoms(self) -> tuple[int, list[np.ndarray]]:
         """Union-find over all positions (blocks): the atom count and, per space, atom → position (-1 absent)."""
@@ -519,9 +573,9 @@ class _Component:
                 i = int(parent[i])
             return i
 
-        for sa, sb, a0, b0, length in links:
-            for j in range(length):
-                ra, rb = find(int(base[sa] + a0 + j)), find(int(base[sb] + b0 + j))
+        for k in links:
+            for j in range(k.length):
+                ra, rb = find(int(base[k.a] + k.start_a + j)), find(int(base[k.b] + k.start_b + j))
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
         roots = np.array([find(i) for i in range(len(parent))], dtype=np.int64)
@@ -550,6 +604,9 @@ class _Component:
             idx = index[space]
             return None if units[space] == count and (idx == np.arange(count)).all() else tuple(map(int, idx))
 
+        def ix_all(space: int) -> tuple[int, ...]:
+            return tuple(map(int, index[space]))
+
         first = min(self.producers)
         per_atom = sum((index[s] >= 0).astype(np.int64) for s in self.producers.values())
         where = np.stack([index[s] >= 0 for s in range(len(self.sizes))], axis=1)  # (atoms, spaces)
@@ -563,19 +620,20 @@ class _Component:
             params=tuple(replace(p, index=ix(s)) for p, s in self.params),
             consumers=consumers,
             reshapes=tuple(replace(r, index=ix(s)) for r, s in self.reshapes),
-            grouped=tuple(Grouped(node, ix(s), per_group) for node, s, per_group in self.grouped),
+            grouped=tuple(Grouped(gr.node, ix(gr.space), gr.per_group) for gr in self.grouped),
             tensors=tuple(self.member),
             producers=tuple(sorted(self.producers)),
             pads=tuple(
-                PadFix(node, name, axis, rank, tuple(map(int, index[s])), before, after, self.sizes[s])
-                for node, name, axis, rank, s, before, after in self.pads
+                PadFix(p.node, p.pads, p.axis, p.rank, ix_all(p.space), p.before, p.after, self.sizes[p.space])
+                for p in self.pads
             ),
             residual=bool(self.pads) or (bool(np.max(per_atom) > 1) and self._joins_producers()),
             regions=tuple(map(int, region)) if region.max() > 0 else None,
-            ranges=tuple(RangeFix(nd, tuple(map(int, index[sp])), parts, e) for nd, sp, parts, e in self.ranges),
+            ranges=tuple(RangeFix(r.node, tuple(map(int, index[r.space])), r.parts, r.entry) for r in self.ranges),
             block=self.block,
             shuffles=tuple(
-                ShuffleFix(nodes, tuple(map(int, index[a])), tuple(map(int, index[b]))) for nodes, a, b in self.shuffles
+                ShuffleFix(sh.nodes, tuple(map(int, index[sh.source])), tuple(map(int, index[sh.target])))
+                for sh in self.shuffles
             ),
             heads=self.heads,
             scaled=tuple(sorted(self.scaled)),

@@ -132,3 +132,23 @@ def test_width_model_of_heads_has_the_real_plans_shapes(style: str) -> None:
     onnx.checker.check_model(widths, full_check=True)
     feed = attention_inputs(2, 5, seed=3)
     assert _run(widths, feed).shape == _run(pruned, feed).shape == (2, 5, 16)
+
+
+def test_saved_plan_of_heads_applies_to_the_same_bytes(tmp_path: object) -> None:
+    """A plan pruning heads (CLI, .npz calibration with a mask input) reapplies without calibration."""
+    from pathlib import Path
+
+    work = Path(str(tmp_path))
+    onnx.save(attention(style="computed"), str(work / "attn.onnx"))
+    np.savez(work / "calib.npz", **attention_inputs(96, 6))
+    runner = CliRunner()
+    first = ["--ratio", "0.5", "--calib", str(work / "calib.npz"), "-o", str(work / "a.onnx")]
+    res = runner.invoke(main, [str(work / "attn.onnx"), *first, "--save-plan", str(work / "p.json")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        main, [str(work / "attn.onnx"), "--apply-plan", str(work / "p.json"), "-o", str(work / "b.onnx")]
+    )
+    assert res.exit_code == 0, res.output
+    assert (work / "a.onnx").read_bytes() == (work / "b.onnx").read_bytes()
+    heads = [t for t in onnx.load(str(work / "b.onnx")).graph.initializer if t.name.startswith("b")]
+    assert any(tuple(t.dims) != (16,) for t in heads)  # heads went

@@ -599,6 +599,7 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
         synthetic_calibration=ctx.data.synthetic,
         target_macs=cfg.target_macs,
         allocation=cfg.allocation,
+        damping=cfg.damping,
     )
     report.unprunable = [{"where": u.where, "reason": u.reason} for u in a.coupling.unprunable]
     report.unprunable += [{"where": gid, "reason": why} for gid, why in a.skipped.items()]

@@ -233,6 +233,13 @@ def main() -> None:
     show_default=True,
     help="Sampled output positions per image for the statistics.",
 )
+@click.option(
+    "--damping",
+    type=click.FloatRange(0, min_open=True),
+    default=0.01,
+    show_default=True,
+    help="Ridge of the reconstruction toward the original weights, relative to the Gram's mean diagonal.",
+)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
     "--verify-data",
@@ -295,6 +302,7 @@ def prune_cmd(
     output: Path | None,
     samples: int,
     positions: int,
+    damping: float,
     seed: int,
     verify_data: Path | None,
     synthetic: bool,
@@ -338,7 +346,7 @@ def prune_cmd(
         family = ratio if ratio is not None and len(ratio) > 1 else None
         if family is not None:
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
-                    samples=samples, positions=positions, seed=seed, verify_data=verify_data,
+                    samples=samples, positions=positions, damping=damping, seed=seed, verify_data=verify_data,
                     prune_residual=prune_residual, allocation=allocation, round_to=round_to, synthetic=synthetic,
                     latency_on=latency_on, latency_batch=latency_batch,
                     latency_cache=None if latency_cache is None else str(latency_cache),
@@ -376,6 +384,7 @@ def prune_cmd(
                     mode=mode,
                     samples=samples,
                     positions=positions,
+                    damping=damping,
                     seed=seed,
                     image_options=opts,
                     verify_data=verify_data,

@@ -117,6 +117,7 @@ class PruneReport:
     synthetic_calibration: bool
     target_macs: float | None = None
     allocation: str = "uniform"
+    damping: float = 0.01
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0

@@ -36,6 +36,19 @@ def test_success_writes_model_and_report(work: Path) -> None:
     assert macs_line.split()[-1] == f"{rep['macs_ratio']:.3f}"
 
 
+def test_damping_reaches_the_reconstruction(work: Path) -> None:
+    """``--damping`` is the ridge toward the original weights: another value, another model."""
+    base = ["--ratio", "0.5", "--calib", str(work / "c.npz"), "--allocation", "uniform"]
+    assert invoke(str(work / "m.onnx"), *base, "-o", str(work / "a.onnx")).exit_code == 0
+    res = invoke(str(work / "m.onnx"), *base, "-o", str(work / "b.onnx"), "--damping", "10",
+                 "--report", str(work / "r.json"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((work / "r.json").read_text())["damping"] == 10
+    assert (work / "a.onnx").read_bytes() != (work / "b.onnx").read_bytes()
+    res = invoke(str(work / "m.onnx"), *base, "-o", str(work / "c.onnx"), "--damping", "0")
+    assert res.exit_code == 2 and not (work / "c.onnx").exists()
+
+
 def test_allocation_and_round_to_reach_the_report(work: Path) -> None:
     res = invoke(str(work / "m.onnx"), "--ratio", "0.5", "--calib", str(work / "c.npz"), "--allocation", "pro",
                  "--round-to", "2", "--report", str(work / "r.json"))  # fmt: skip

@@ -152,3 +152,26 @@ def test_saved_plan_of_heads_applies_to_the_same_bytes(tmp_path: object) -> None
     assert (work / "a.onnx").read_bytes() == (work / "b.onnx").read_bytes()
     heads = [t for t in onnx.load(str(work / "b.onnx")).graph.initializer if t.name.startswith("b")]
     assert any(tuple(t.dims) != (16,) for t in heads)  # heads went
+
+
+def test_concat_along_another_axis_joins_its_inputs() -> None:
+    """Channels concatenated along the token axis (both halves from one producer) stay one group."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models import finish
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["y"]),
+        helper.make_node("Relu", ["y"], ["a"]),
+        helper.make_node("Sigmoid", ["y"], ["b"]),
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("MatMul", ["c", "W2"], ["out"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    model = finish(helper.make_graph(nodes, "cat", [x], [out], [w1, w2]))
+    groups = find_groups(GraphView.build(model, input_shapes={"x": (2, 3, 8)})).groups
+    assert [(g.channels, len(g.consumers), g.residual) for g in groups] == [(8, 1, False)]

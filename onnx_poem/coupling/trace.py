@@ -470,7 +470,7 @@ class _Component:
             # along another axis (tokens, a rotary embedding's halves): every input carries the same channels
             if any(view.is_const(x) for x in n.input):
                 raise _Stop(f"stopped at {self._where(node)}: Concat of a constant along another axis")
-            space = self.member[next(x for x in n.input if x in self.member)][0]
+            space = self.member[next(x for x in [*n.input, n.output[0]] if x in self.member)][0]
             for x in [*n.input, n.output[0]]:
                 self.join(x, space, edge, via=node)
             return

@@ -24,7 +24,7 @@ from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
 from .errors import ModelError, PoemError, UsageError
 from .external import encode
-from .graph import GraphView, input_files, load_model
+from .graph import GraphView, declared_shape, input_files, load_model
 from .htmlreport import render_html
 from .modelio import output_files, stores_external
 from .outputs import check_outputs, write_together
@@ -554,6 +554,29 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _probe_shapes(model: onnx.ModelProto) -> dict[str, list[int]] | None:
+    """Concrete input shapes for ``inspect`` to observe the shapes inference leaves open (TorchScript's
+    computed head reshapes), as ``prune`` does at the calibration shapes: symbolic dimensions become 1
+    (batch) and :data:`PROBE_DIM` (others).  ``None`` where an input's rank is unknown; a run that fails
+    at these shapes leaves the inferred ones (``GraphView._observe``)."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes: dict[str, list[int]] = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.type.tensor_type.HasField("shape"):
+            return None
+        dims = declared_shape(model, vi.name)
+        shapes[vi.name] = [
+            d if isinstance(d, int) and d > 0 else (1 if i == 0 else PROBE_DIM) for i, d in enumerate(dims)
+        ]
+    return shapes
+
+
+#: the size ``inspect`` gives a symbolic dimension other than the first
+PROBE_DIM = 16
+
+
 @main.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--prune-residual/--no-prune-residual", default=False, help="Analyse residual streams as groups.")
@@ -565,7 +588,8 @@ def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
     from .fold import fold_constants
 
     try:
-        view = GraphView.build(fold_constants(load_model(model)))
+        loaded = fold_constants(load_model(model))
+        view = GraphView.build(loaded, input_shapes=_probe_shapes(loaded))
         coupling = find_groups(view, residual=prune_residual)
     except PoemError as e:
         _fail(e, debug)

@@ -6,7 +6,8 @@ computed ``chunk`` bounds, MobileNetV3 with hardswish and SE, a U-Net with ConvT
 --tiny`` (ultralytics' own exporter: C2f blocks with and without shortcut, SPPF, nearest upsampling),
 and the zoo's smallest models of the other families: ``--family paddle --only db_detector,crnn_recogniser``
 (paddle2onnx: ConvTranspose FPN, LSTM, squeezed height) and ``--family keras --only mha_encoder`` (tf2onnx:
-MultiHeadAttention).  Regenerate them with those commands.
+MultiHeadAttention).  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
+(Hugging Face BERT and ViT, TorchScript: attention heads) come from ``tools/export_models.py``.
 """
 
 from __future__ import annotations
@@ -25,18 +26,35 @@ MODELS = sorted(ZOO.glob("*.onnx"))
 
 
 def _calibration(model: onnx.ModelProto, n: int) -> dict[str, np.ndarray]:
+    """Standard-normal floats; token ids below 100 and masks of 4-16 valid tokens for integer inputs
+    (symbolic dimensions after the batch: 16)."""
     inits = {t.name for t in model.graph.initializer}
     rng = np.random.default_rng(0)
     out = {}
     for vi in model.graph.input:
         if vi.name not in inits:
-            dims = [d.dim_value for d in vi.type.tensor_type.shape.dim[1:]]
-            out[vi.name] = rng.standard_normal((n, *dims)).astype(np.float32)
+            dims = [d.dim_value or 16 for d in vi.type.tensor_type.shape.dim[1:]]
+            if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+                out[vi.name] = rng.standard_normal((n, *dims)).astype(np.float32)
+            elif "mask" in vi.name.lower():
+                valid = rng.integers(4, dims[-1] + 1, n)
+                out[vi.name] = (np.arange(dims[-1])[None, :] < valid[:, None]).astype(np.int64)
+            else:
+                out[vi.name] = rng.integers(0, 100, (n, *dims)).astype(np.int64)
     return out
 
 
 def test_the_zoo_is_there() -> None:
-    assert len(MODELS) >= 9
+    assert len(MODELS) >= 11
+
+
+@pytest.mark.parametrize("name", ["bert_tiny.ts.onnx", "vit_tiny.ts.onnx"])
+def test_transformers_lose_heads(name: str) -> None:
+    """Hugging Face BERT and ViT by TorchScript (computed head reshapes): head groups found and pruned."""
+    model = onnx.load(str(ZOO / name))
+    _, rep = prune(model, ratio=0.5, calib=_calibration(model, 64), samples=64, allocation="uniform")
+    heads = [g for g in rep.groups if g["unit"] == "head"]
+    assert len(heads) == 2 and all(g["kept"] < g["channels"] for g in heads), heads
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

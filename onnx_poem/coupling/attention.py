@@ -249,40 +249,26 @@ def carries(view: GraphView, tensor: str, edge: Edge) -> bool:
     return aligned >= 0 and shape[aligned] != 1
 
 
-def batched_matmul(view: GraphView, node: int, slot: int, edge: Edge) -> tuple[Edge, Edge] | Stop:
-    """The edges of the other operand and of the output of a MatMul of two computed tensors whose
-    input ``slot`` carries the channels on a batch axis (attention's ``q·kᵀ`` and ``p·v`` per head)."""
+def batched_matmul(view: GraphView, node: int, edge: Edge) -> tuple[Edge, ...] | Stop:
+    """The edges of both operands and the output of a MatMul of two computed tensors one of which
+    (``edge.tensor``, an operand or the output) carries the channels on a batch axis as ``edge``
+    (attention's ``q·kᵀ`` and ``p·v`` per head): the same axis counted from the right in each."""
     n = view.nodes[node]
-    other = n.input[1 - slot]
-    a, b = view.shapes.get(n.input[slot]), view.shapes.get(other)
-    out = view.shapes.get(n.output[0])
-    if edge.rank is None or a is None or b is None or out is None or len(a) != edge.rank or edge.cols != 1:
+    names = [*n.input[:2], n.output[0]]
+    if edge.rank is None or edge.cols != 1:
         return Stop("MatMul of two computed tensors of unknown shapes")
-    ax = edge.axis % edge.rank
-    if ax >= edge.rank - 2:
-        return Stop("channels reach the rows or columns of a MatMul of two computed tensors")
-    other_ax = ax - len(a) + len(b)
-    if other_ax < 0 or other_ax >= len(b) - 2 or b[other_ax] != a[ax]:
-        return Stop("MatMul of two computed tensors broadcast along the channel axis")
-    out_edge = Edge(n.output[0], ax - len(a) + len(out), len(out), per=edge.per)
-    return Edge(other, other_ax, len(b), per=edge.per), out_edge
-
-
-def batched_inputs(view: GraphView, node: int, edge: Edge) -> tuple[Edge, Edge] | Stop:
-    """The edges of both operands of a MatMul of two computed tensors whose output carries the
-    channels on a batch axis as ``edge`` (backward tracing)."""
-    n = view.nodes[node]
-    shapes = [view.shapes.get(x) for x in n.input[:2]]
-    if edge.rank is None or any(s is None for s in shapes):
+    own = view.shapes.get(edge.tensor) or (None,) * edge.rank
+    shapes = [own if x == edge.tensor else view.shapes.get(x) for x in names]
+    if len(own) != edge.rank or any(sh is None for sh in shapes):
         return Stop("MatMul of two computed tensors of unknown shapes")
     ax = edge.axis % edge.rank
     if ax >= edge.rank - 2:
         return Stop("channels reach the rows or columns of a MatMul of two computed tensors")
     edges = []
-    for x, s in zip(n.input[:2], shapes, strict=True):
-        assert s is not None
-        a = ax - edge.rank + len(s)
-        if a < 0 or s[a] == 1:
+    for x, sh in zip(names, shapes, strict=True):
+        assert sh is not None
+        a = ax - edge.rank + len(sh)
+        if a < 0 or a >= len(sh) - 2 or sh[a] == 1 or (None not in (sh[a], own[ax]) and sh[a] != own[ax]):
             return Stop("MatMul of two computed tensors broadcast along the channel axis")
-        edges.append(Edge(x, a, len(s), per=edge.per))
-    return edges[0], edges[1]
+        edges.append(Edge(x, a, len(sh), per=edge.per))
+    return tuple(edges)

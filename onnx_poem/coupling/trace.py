@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..graph import GraphView
-from .attention import batched_inputs, batched_matmul, carries
+from .attention import batched_matmul, carries
 from .groups import (
     ChannelGroup,
     Consumer,
@@ -303,12 +303,7 @@ class _Component:
                 self.join(x, space, _aligned(view, x, edge), via=node)
             return
         if _both_computed(view, node):
-            pair = batched_inputs(view, node, edge)
-            if isinstance(pair, Stop):
-                raise _Stop(f"stopped at {self._where(node)}: {pair.reason}")
-            self.scaled.add(node)
-            for e in pair:
-                self.join(e.tensor, space, e, via=node)
+            self._batched(node, space, edge)
             return
         self._heads_pass(node, edge)
         if n.op_type == "Pad" and (cp := self._channel_pads(node, edge)) is not None:
@@ -348,12 +343,7 @@ class _Component:
             self.join(n.output[0], space, _aligned(view, n.output[0], edge), via=node)
             return
         if _both_computed(view, node):
-            pair = batched_matmul(view, node, slot, edge)
-            if isinstance(pair, Stop):
-                raise _Stop(f"stopped at {self._where(node)}: {pair.reason}")
-            self.scaled.add(node)
-            for e in pair:
-                self.join(e.tensor, space, e, via=node)
+            self._batched(node, space, edge)
             return
         self._heads_pass(node, edge)
         if n.op_type == "Pad" and slot == 0 and (cp := self._channel_pads(node, edge)) is not None:
@@ -378,6 +368,16 @@ class _Component:
         assert isinstance(step, Through)
         self._through(node, step, space)
         for e in step.outputs:
+            self.join(e.tensor, space, e, via=node)
+
+    def _batched(self, node: int, space: int, edge: Edge) -> None:
+        """A MatMul of two computed tensors reached (from either side) with the channels on a batch axis:
+        both operands and the output carry them; its MACs scale with the group."""
+        edges = batched_matmul(self.view, node, edge)
+        if isinstance(edges, Stop):
+            raise _Stop(f"stopped at {self._where(node)}: {edges.reason}")
+        self.scaled.add(node)
+        for e in edges:
             self.join(e.tensor, space, e, via=node)
 
     def _heads_pass(self, node: int, edge: Edge) -> None:

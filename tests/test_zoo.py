@@ -12,6 +12,7 @@ MultiHeadAttention).  Regenerate them with those commands.  ``bert_tiny.ts.onnx`
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +22,11 @@ import pytest
 
 from onnx_poem import prune
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from check_exporters import random_inputs  # the exporters check's seeded inputs: floats, token ids, masks
+
 ZOO = Path(__file__).parent / "zoo"
 MODELS = sorted(ZOO.glob("*.onnx"))
-
-
-def _calibration(model: onnx.ModelProto, n: int) -> dict[str, np.ndarray]:
-    """Standard-normal floats; token ids below 100 and masks of 4-16 valid tokens for integer inputs
-    (symbolic dimensions after the batch: 16)."""
-    inits = {t.name for t in model.graph.initializer}
-    rng = np.random.default_rng(0)
-    out = {}
-    for vi in model.graph.input:
-        if vi.name not in inits:
-            dims = [d.dim_value or 16 for d in vi.type.tensor_type.shape.dim[1:]]
-            if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-                out[vi.name] = rng.standard_normal((n, *dims)).astype(np.float32)
-            elif "mask" in vi.name.lower():
-                valid = rng.integers(4, dims[-1] + 1, n)
-                out[vi.name] = (np.arange(dims[-1])[None, :] < valid[:, None]).astype(np.int64)
-            else:
-                out[vi.name] = rng.integers(0, 100, (n, *dims)).astype(np.int64)
-    return out
 
 
 def test_the_zoo_is_there() -> None:
@@ -52,7 +37,7 @@ def test_the_zoo_is_there() -> None:
 def test_transformers_lose_heads(name: str) -> None:
     """Hugging Face BERT and ViT by TorchScript (computed head reshapes): head groups found and pruned."""
     model = onnx.load(str(ZOO / name))
-    _, rep = prune(model, ratio=0.5, calib=_calibration(model, 64), samples=64, allocation="uniform")
+    _, rep = prune(model, ratio=0.5, calib=random_inputs(model, 64), samples=64, allocation="uniform")
     heads = [g for g in rep.groups if g["unit"] == "head"]
     assert len(heads) == 2 and all(g["kept"] < g["channels"] for g in heads), heads
 
@@ -60,7 +45,7 @@ def test_transformers_lose_heads(name: str) -> None:
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)
 def test_zoo_model_prunes_at_ratio_0_3(path: Path) -> None:
     model = onnx.load(str(path))
-    x = _calibration(model, 64)
+    x = random_inputs(model, 64)
     pruned, rep = prune(model, ratio=0.3, calib=x, samples=64)
     onnx.checker.check_model(pruned, full_check=True)
     sess = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -21,9 +21,10 @@ from onnx_poem import prune
 from onnx_poem.graph import declared_shape
 
 
-def _inputs(model: onnx.ModelProto, n: int) -> dict[str, np.ndarray]:
+def random_inputs(model: onnx.ModelProto, n: int) -> dict[str, np.ndarray]:
     """Seeded inputs: standard-normal floats; token ids below 100 for integer inputs, and for an integer
-    ``*mask*`` input 4-16 valid tokens of 16 (symbolic axes after the batch: 16)."""
+    ``*mask*`` input 4-16 valid tokens of 16 (symbolic axes after the batch: 16).  ``tests/test_zoo.py``
+    calibrates the zoo with it too."""
     rng = np.random.default_rng(0)
     inits = {t.name for t in model.graph.initializer}
     out: dict[str, np.ndarray] = {}
@@ -53,7 +54,7 @@ def main(folder: Path, out: Path) -> None:
     ]
     for path in sorted(folder.glob("*.onnx")):
         model = onnx.load(str(path))
-        x = _inputs(model, 256)
+        x = random_inputs(model, 256)
         for residual in (False, True):
             pruned, rep = prune(model, ratio=0.3, calib=x, prune_residual=residual, samples=256)
             onnx.checker.check_model(pruned, full_check=True)

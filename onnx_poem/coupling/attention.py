@@ -245,8 +245,8 @@ def carries(view: GraphView, tensor: str, edge: Edge) -> bool:
     shape = view.shapes.get(tensor)
     if shape is None or edge.rank is None:
         return True
-    aligned = edge.axis % edge.rank - edge.rank + len(shape)
-    return aligned >= 0 and shape[aligned] != 1
+    at = edge.aligned(len(shape))
+    return at >= 0 and shape[at] != 1
 
 
 def batched_matmul(view: GraphView, node: int, edge: Edge) -> tuple[Edge, ...] | Stop:
@@ -267,7 +267,7 @@ def batched_matmul(view: GraphView, node: int, edge: Edge) -> tuple[Edge, ...] |
     edges = []
     for x, sh in zip(names, shapes, strict=True):
         assert sh is not None
-        a = ax - edge.rank + len(sh)
+        a = edge.aligned(len(sh))
         if a < 0 or a >= len(sh) - 2 or sh[a] == 1 or (None not in (sh[a], own[ax]) and sh[a] != own[ax]):
             return Stop("MatMul of two computed tensors broadcast along the channel axis")
         edges.append(Edge(x, a, len(sh), per=edge.per))

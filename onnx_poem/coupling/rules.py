@@ -41,6 +41,12 @@ class Edge:
     cols: int = 1
     per: int = 1
 
+    def aligned(self, rank: int) -> int:
+        """The channel axis in a tensor of ``rank`` dims broadcast against this one (axes aligned from the
+        right; negative: the tensor has no such axis).  Needs a known :attr:`rank`."""
+        assert self.rank is not None
+        return self.axis % self.rank - self.rank + rank
+
 
 @dataclass(frozen=True)
 class Through:
@@ -147,7 +153,7 @@ def _const_per_channel(view: GraphView, name: str, edge: Edge, channels: int) ->
     if v.size == 1:
         return None
     if edge.rank is not None and v.ndim <= edge.rank:
-        at = edge.axis % edge.rank - edge.rank + v.ndim  # the constant's axis against the channel axis
+        at = edge.aligned(v.ndim)  # the constant's axis against the channel axis
         if at < 0 or v.shape[at] == 1:
             return None  # broadcast along the channels (a rotary embedding's per-position factors on heads)
     if edge.per != 1:

@@ -79,7 +79,7 @@ def _aligned(view: GraphView, tensor: str, edge: Edge) -> Edge:
     shape = view.shapes.get(tensor)
     if shape is None or edge.rank is None or len(shape) == edge.rank:
         return replace(edge, tensor=tensor)
-    return replace(edge, tensor=tensor, axis=edge.axis % edge.rank - edge.rank + len(shape), rank=len(shape))
+    return replace(edge, tensor=tensor, axis=edge.aligned(len(shape)), rank=len(shape))
 
 
 def _both_computed(view: GraphView, node: int) -> bool:

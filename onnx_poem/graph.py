@@ -257,7 +257,7 @@ class GraphView:
 
     def opset(self) -> int:
         """The model's default-domain opset version."""
-        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        return opset_of(self.model)
 
     def node_label(self, i: int) -> str:
         """A human-readable, stable name for node ``i``."""
@@ -442,6 +442,11 @@ def dtype_of(model: onnx.ModelProto, name: str) -> np.dtype[Any] | None:
         if vi.name == name:
             return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
     return None
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    """``model``'s default-domain opset version (13 where none is declared)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
 def declared_shape(model: onnx.ModelProto, name: str) -> tuple[int | str | None, ...]:

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from .coupling import ChannelGroup
 from .coupling.groups import ShuffleFix
 from .external import copy_except
-from .graph import GraphView
+from .graph import GraphView, opset_of
 from .plan import ConsumerUpdate, PrunePlan
 
 
@@ -155,7 +155,7 @@ def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
             del a.ints[:]
             a.ints.extend(sizes)
             return
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = opset_of(model)
     if opset < 13:
         node.attribute.append(helper.make_attribute("split", sizes))
         return

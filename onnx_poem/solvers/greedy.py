@@ -77,8 +77,9 @@ class _State:
         self.B = np.zeros((n1, self.limit + k))
         self.V = np.zeros((self.Wb.shape[0], self.limit + k))
         self.r = 0
-        self.dead = np.zeros(n1, dtype=bool)
-        self.C = (n1 - 1) // k
+        self.dead = np.zeros(n1, dtype=bool)  # removed since the last flush (compact positions)
+        self.C = (n1 - 1) // k  # channels still held in the compact arrays
+        self.slot = np.arange(self.C)  # channel → its position in the compact arrays (-1: removed)
         idx = np.arange(self.C * k).reshape(self.C, k)
         self.D = self.Hb[idx[:, :, None], idx[:, None, :]]  # (C, k, k) diagonal blocks of H
         self.K = self._gram()
@@ -86,23 +87,23 @@ class _State:
     def _gram(self) -> np.ndarray:
         """``(C, k, k)`` blocks ``W_cᵀ W_c`` of the (flushed) ``W_b``."""
         k = self.p.k
-        w = self.Wb[:, : self.C * k].reshape(-1, self.C, k)
-        return np.einsum("mci,mcj->cij", w, w)
+        w = self.Wb[:, : self.C * k].reshape(-1, self.C, k).transpose(1, 2, 0)  # (C, k, m)
+        return w @ w.transpose(0, 2, 1)
 
     def channel(self, atoms: np.ndarray) -> np.ndarray:
         """Channel of each atom in this consumer (``-1``: absent)."""
         return atoms if self.p.index is None else self.p.index[atoms]
 
-    def cols(self, channels: np.ndarray) -> np.ndarray:
-        """``(A, k)`` column indices of ``channels``."""
-        return channels[:, None] * self.p.k + np.arange(self.p.k)
+    def cols(self, slots: np.ndarray) -> np.ndarray:
+        """``(A, k)`` compact column indices of the channels at ``slots``."""
+        return slots[:, None] * self.p.k + np.arange(self.p.k)
 
     def costs(self, alive: np.ndarray) -> np.ndarray:
         """``ΔE_c = tr(W_c (H_cc)⁻¹ W_cᵀ) = Σ (H_cc)⁻¹ ⊙ K_c`` of each alive atom (0 where absent)."""
         ch = self.channel(alive)
         out = np.zeros(len(alive))
         present = ch >= 0
-        c = ch[present]
+        c = self.slot[ch[present]]
         if self.p.k == 1:
             out[present] = self.K[c, 0, 0] / np.maximum(self.D[c, 0, 0], 1e-300)
             return out
@@ -114,7 +115,7 @@ class _State:
         channel = int(self.channel(np.array([atom]))[0])
         if channel < 0:
             return
-        M = self.cols(np.array([channel]))[0]
+        M = self.cols(self.slot[[channel]])[0]
         r, k, C = self.r, self.p.k, self.C
         Br = self.B[:, :r]
         h = self.Hb[:, M] - self.A[:, :r] @ Br[M].T  # (n1, k) = H_:M
@@ -124,9 +125,10 @@ class _State:
         a, v = h @ inv, wM @ inv
         Q = self.Wb.T @ v - Br @ (self.V[:, :r].T @ v)  # (n1, k) = Wᵀ v
         hc, ac, Qc = (z[: C * k].reshape(C, k, k) for z in (h, a, Q))
-        self.D -= np.einsum("cik,cjk->cij", ac, hc)
-        QhT = np.einsum("cik,cjk->cij", Qc, hc)
-        self.K += np.einsum("cik,kl,cjl->cij", hc, v.T @ v, hc) - QhT - QhT.transpose(0, 2, 1)
+        hT = hc.transpose(0, 2, 1)
+        self.D -= ac @ hT
+        QhT = Qc @ hT
+        self.K += (hc @ (v.T @ v)) @ hT - QhT - QhT.transpose(0, 2, 1)
         self.dead[M] = True
         self.A[:, r : r + k], self.B[:, r : r + k], self.V[:, r : r + k] = a, h, v
         self.r = r + k
@@ -134,16 +136,31 @@ class _State:
             self.flush()
 
     def flush(self) -> None:
-        """Apply the pending downdates to ``H_b`` and ``W_b``, zero the removed columns, recompute ``K``."""
+        """Apply the pending downdates to ``H_b`` and ``W_b`` and drop the removed channels' rows and columns
+        from every array (the bases, ``D``, ``K`` and the pending factors shrink with the channels left).
+
+        [R, speed] Compacting keeps each removal's cost proportional to the columns still alive: PRO's curves
+        remove up to 90 % of a group, and flushing full-size bases was 36 % of ResNet-50's greedy time.
+        """
         r = self.r
         if r:  # Hbᵀ −= B Aᵀ and Wbᵀ −= B Vᵀ on the Fortran views of the C-ordered bases (in place)
             B = np.asfortranarray(self.B[:, :r])
             blas.dgemm(-1.0, B, np.asfortranarray(self.A[:, :r]), beta=1.0, c=self.Hb.T, overwrite_c=True, trans_b=1)
             blas.dgemm(-1.0, B, np.asfortranarray(self.V[:, :r]), beta=1.0, c=self.Wb.T, overwrite_c=True, trans_b=1)
             self.r = 0
-        self.Hb[self.dead, :] = 0.0
-        self.Hb[:, self.dead] = 0.0
-        self.Wb[:, self.dead] = 0.0
+        keep = np.flatnonzero(~self.dead)
+        k = self.p.k
+        alive = ~self.dead[: self.C * k : k]  # compact channels still held
+        self.Hb = np.ascontiguousarray(self.Hb[np.ix_(keep, keep)])
+        self.Wb = np.ascontiguousarray(self.Wb[:, keep])
+        self.D = np.ascontiguousarray(self.D[alive])
+        new_slot = np.where(alive, np.cumsum(alive) - 1, -1)  # old compact slot → new one
+        held = self.slot >= 0
+        self.slot[held] = new_slot[self.slot[held]]
+        self.C = int(alive.sum())
+        n1 = len(keep)
+        self.A, self.B = np.zeros((n1, self.limit + k)), np.zeros((n1, self.limit + k))
+        self.dead = np.zeros(n1, dtype=bool)
         self.K = self._gram()
 
 

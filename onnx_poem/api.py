@@ -28,6 +28,7 @@ from .allocation import (
     region_keeps,
     underdetermined_outputs,
 )
+from .calibration.augment import augment_fit
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.split import Split, split_samples
 from .cascade import Stream, cut_position
@@ -60,6 +61,7 @@ from .replay import apply_saved_plan
 from .report import LayerReport, PruneReport, count_macs, count_params, curve_points, group_rows, node_macs
 from .rewrite import apply_plan
 from .solve import solve_group
+from .threads import limit_threads
 from .timing import Clock, bind, stage
 from .verify import Agreement, session, verify
 
@@ -148,7 +150,7 @@ def run(
     cfg = PruneConfig(ratio=ratio, target_macs=target_macs, method=method, **options)
     cfg.validate()
     t0 = time.perf_counter()
-    with bind(Clock()) as clock, stage("other"):
+    with limit_threads(cfg.threads), bind(Clock()) as clock, stage("other"):
         result = _prune(model, cfg, calib, image_options, verify_data, progress)
     result.report.timings.update(clock.timings(t0))
     return result
@@ -185,7 +187,7 @@ def run_family(
         cfg.validate()
     t0 = time.perf_counter()
     results: list[PruneResult] = []
-    with bind(Clock()) as shared_clock, stage("other"):
+    with limit_threads(cfgs[0].threads), bind(Clock()) as shared_clock, stage("other"):
         inputs = _inputs(model, cfgs[0], calib, image_options, verify_data)
         with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
             base = _context(inputs, Path(tmp))
@@ -310,6 +312,9 @@ class Solved:
 def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     cfg, data = inputs.cfg, inputs.data
     split = split_samples(len(data), seed=cfg.seed, verify=inputs.checks is None)
+    if cfg.augment:  # copies of the fitting images only: selection and verification stay real
+        data, copies = augment_fit(data, split.fit, cfg.augment, cfg.seed, workdir)
+        split = replace(split, fit=np.concatenate([split.fit, copies]))
     view = GraphView.build(inputs.model, input_shapes=data.sample_shapes())
     chunks = [
         idx[i : i + cfg.batch_size] for idx in (split.fit, split.select) for i in range(0, len(idx), cfg.batch_size)
@@ -593,7 +598,8 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
         ratio=a.ratio if cfg.ratio is None else cfg.ratio,
         mode=cfg.mode,
         seed=cfg.seed,
-        calibration_samples=len(ctx.split.fit),
+        calibration_samples=len(ctx.split.fit) // (1 + cfg.augment),
+        augmented_samples=len(ctx.split.fit) - len(ctx.split.fit) // (1 + cfg.augment),
         selection_samples=len(ctx.split.select),
         verification_samples=len(ctx.checks) if ctx.checks is not None else len(ctx.split.verify),
         synthetic_calibration=ctx.data.synthetic,

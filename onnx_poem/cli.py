@@ -30,6 +30,7 @@ from .modelio import output_files, stores_external
 from .outputs import check_outputs, write_together
 from .report import PruneReport
 from .solvers import METHODS
+from .threads import limit_threads
 
 logger = logging.getLogger("onnx_poem")
 
@@ -242,6 +243,19 @@ def main() -> None:
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
+    "--augment",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="Seeded augmented copies (flip, shift, zoom) of every fitting image, fitted beside it.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="Threads for onnxruntime and BLAS (default: every core).",
+)
+@click.option(
     "--verify-data",
     type=click.Path(path_type=Path),
     help="Separate verification set (same formats as --calib; labels from an npz array 'labels' or one image "
@@ -304,6 +318,8 @@ def prune_cmd(
     positions: int,
     damping: float,
     seed: int,
+    threads: int | None,
+    augment: int,
     verify_data: Path | None,
     synthetic: bool,
     report: Path | None,
@@ -347,8 +363,8 @@ def prune_cmd(
         if family is not None:
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
                     samples=samples, positions=positions, damping=damping, seed=seed, verify_data=verify_data,
-                    prune_residual=prune_residual, allocation=allocation, round_to=round_to, synthetic=synthetic,
-                    latency_on=latency_on, latency_batch=latency_batch,
+                    threads=threads, augment=augment, prune_residual=prune_residual, allocation=allocation,
+                    round_to=round_to, synthetic=synthetic, latency_on=latency_on, latency_batch=latency_batch,
                     latency_cache=None if latency_cache is None else str(latency_cache),
                     allow_unpruned=allow_unpruned, image_options=ImageOptions(size=_size(input_size),
                     mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout))  # fmt: skip
@@ -369,7 +385,7 @@ def prune_cmd(
             size=_size(input_size), mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), limit_threads(threads):
             files: dict[Path, bytes | Iterable[bytes]] = {}
             pruned: onnx.ModelProto | None
             if apply_plan is not None:
@@ -386,6 +402,7 @@ def prune_cmd(
                     positions=positions,
                     damping=damping,
                     seed=seed,
+                    augment=augment,
                     image_options=opts,
                     verify_data=verify_data,
                     progress=progress,

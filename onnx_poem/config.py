@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .calibration.augment import MAX_COPIES
 from .errors import UsageError
 from .solvers import METHODS
 
@@ -35,6 +36,8 @@ class PruneConfig:
     latency_on: str | None = None  # runtime to time on (:class:`onnx_poem.latency.Runtime`); ort-cpu by default
     latency_batch: int = 1
     latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
+    augment: int = 0  # augmented copies of every fitting image (calibration.augment)
+    threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
 
     @property
     def latency_target(self) -> bool:
@@ -59,10 +62,12 @@ class PruneConfig:
             raise UsageError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if self.mode not in ("cascade", "parallel"):
             raise UsageError(f"mode must be cascade or parallel, got {self.mode!r}")
-        for name in ("samples", "positions", "reservoir", "batch_size", "round_to", "latency_batch"):
+        for name in ("samples", "positions", "reservoir", "batch_size", "round_to", "latency_batch", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0:
             raise UsageError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.augment <= MAX_COPIES:
+            raise UsageError(f"augment must be in 0..{MAX_COPIES} copies per image, got {self.augment}")
         if not self.damping > 0:
             raise UsageError(f"damping must be > 0, got {self.damping}")

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from .errors import ModelError
 from .external import shape_nbytes, stub_weights, too_big
+from .threads import ort_threads
 
 logger = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ def session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True) 
     """
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = threads or ort_threads()
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs

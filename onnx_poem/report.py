@@ -101,7 +101,8 @@ APPLIED_SOURCE = "--calib with --apply-plan"
 class PruneReport:
     """Everything a run measured and decided.
 
-    ``calibration_samples`` fit the weights, ``selection_samples`` chose between
+    ``calibration_samples`` fit the weights (with ``augmented_samples`` copies of them, ``--augment``),
+    ``selection_samples`` chose between
     candidates (POEM/LS per output, PRO's probes), ``verification_samples`` were
     read only by the verification (or came from ``--verify-data``).
     """
@@ -118,6 +119,7 @@ class PruneReport:
     target_macs: float | None = None
     allocation: str = "uniform"
     damping: float = 0.01
+    augmented_samples: int = 0  # --augment: augmented copies of fitting images, fitted beside them
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0
@@ -208,6 +210,7 @@ class PruneReport:
                 if self.applied_plan is not None
                 else f"calibration  {self.calibration_samples} samples fit"
                 + (" (SYNTHETIC)" if self.synthetic_calibration else "")
+                + (f" (+{self.augmented_samples} augmented copies)" if self.augmented_samples else "")
                 + f", {self.selection_samples} chose between candidates"
             ),
             f"{'':13}{'before':>14}{'after':>14}{'ratio':>9}",

@@ -3,7 +3,8 @@
 Methods are onnx-poem's ``--method`` names, optionally suffixed ``+res`` to
 prune residual streams too (``poem+res``) and ``+pro`` for PRO per-group
 allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
-``--damping X`` (else the default, 0.01), and ``+r8`` (any ``+rK``) for ``--round-to K``;
+``--damping X`` (else the default, 0.01), ``+aug1`` (any ``+augN``) for ``--augment N``, and ``+r8``
+(any ``+rK``) for ``--round-to K``;
 ``--target`` turns ``--ratios`` into MACs targets.
 
 Usage (development tool; needs the ``bench`` extra for the onnxsim peer)::
@@ -116,6 +117,7 @@ def run_one(args: argparse.Namespace) -> dict:
             allocation="pro" if "pro" in variants else "uniform",
             round_to=next((int(v[1:]) for v in variants if v[:1] == "r" and v[1:].isdigit()), 1),
             damping=next((float(v[1:]) for v in variants if v[:1] == "d"), 0.01),
+            augment=next((int(v[3:]) for v in variants if v.startswith("aug")), 0),
             **amount,
         )
     prune_s = time.perf_counter() - t

@@ -28,7 +28,8 @@ SELECT_MAX = 256
 
 @dataclass(frozen=True)
 class Split:
-    """Sorted sample indices of each part (disjoint; together ``0..n-1``)."""
+    """Sorted sample indices of each part (disjoint; together ``0..n-1``; with ``--augment`` the fit part
+    is followed by its augmented copies' indices ``n, n+1, ...``, :mod:`onnx_poem.calibration.augment`)."""
 
     fit: np.ndarray
     select: np.ndarray

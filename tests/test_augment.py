@@ -130,5 +130,6 @@ def test_cli_augment(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2
     assert "image input" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
     res = CliRunner().invoke(main, [str(src), "--ratio", "0.5", "--augment", "17"])
     assert res.exit_code == 2

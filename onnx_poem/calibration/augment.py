@@ -72,7 +72,9 @@ def augment_fit(
     """``data`` with ``copies`` augmented copies of every sample in ``fit`` appended, and their indices.
 
     The result's samples ``0 .. len(data) − 1`` are ``data``'s own; copy ``j`` (index
-    ``len(data) + j``) is of sample ``fit[j // copies]``, drawn with seed ``[seed, 11, j]``.
+    ``len(data) + j``) is of sample ``fit[j // copies]``, drawn with seed ``[seed, 11, j]``.  Each input's
+    samples, ``data``'s own and the copies, are one memory-mapped ``.npy`` in ``workdir`` (so that a feed
+    indexes one array).
 
     Raises:
         UsageError: no input of ``data`` is an image.
@@ -83,7 +85,9 @@ def augment_fit(
         if data.axes.get(k, 0) == 0 and v.dtype.kind == "f" and (axis := image_axes(tuple(v.shape[1:]))) is not None
     }
     if not images:
-        raise UsageError("--augment needs an image input (rank 4, 1 or 3 channels first or last); this model has none")
+        raise UsageError(
+            "--augment needs an image input (rank 4, 1, 3 or 4 channels first or last); this model has none"
+        )
     n = len(data)
     sources = np.repeat(np.asarray(fit, dtype=np.int64), copies)
     arrays: dict[str, np.ndarray] = {}

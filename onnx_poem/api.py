@@ -61,6 +61,7 @@ from .replay import apply_saved_plan
 from .report import LayerReport, PruneReport, count_macs, count_params, curve_points, group_rows, node_macs
 from .rewrite import apply_plan
 from .solve import solve_group
+from .srn import Serialised, serialise
 from .threads import limit_threads
 from .timing import Clock, bind, stage
 from .verify import Agreement, session, verify
@@ -147,7 +148,7 @@ def run(
 ) -> PruneResult:
     """:func:`prune`, returning the plan and its context too; with ``dry_run=True`` only the analysis,
     calibration and allocation run (the report gives the kept counts and the predicted MACs)."""
-    cfg = PruneConfig(ratio=ratio, target_macs=target_macs, method=method, **options)
+    cfg = PruneConfig.of(ratio=ratio, target_macs=target_macs, method=method, **options)
     cfg.validate()
     t0 = time.perf_counter()
     with limit_threads(cfg.threads), bind(Clock()) as clock, stage("other"):
@@ -182,7 +183,7 @@ def run_family(
         options.get(k) is not None for k in ("target_macs", "target_latency", "target_latency_ms")
     ):
         raise UsageError("a family takes --ratio values only (no --target-macs, --target-latency or --dry-run)")
-    cfgs = [PruneConfig(ratio=r, method=method, **options) for r in ratios]
+    cfgs = [PruneConfig.of(ratio=r, method=method, **options) for r in ratios]
     for cfg in cfgs:
         cfg.validate()
     t0 = time.perf_counter()
@@ -243,7 +244,9 @@ class _Inputs:
 
     cfg: PruneConfig  # the batch size clamped to a fixed batch dimension of the model
     name: str
-    model: onnx.ModelProto  # checked, constant-folded
+    model: onnx.ModelProto  # checked, constant-folded (and serialised with --residual srn): what is pruned
+    original: onnx.ModelProto  # checked, constant-folded: what outputs and MACs are compared with
+    serialised: Serialised | None  # --residual srn: the blocks serialised and those left
     data: CalibrationData
     checks: CalibrationData | None  # --verify-data
     loaded: onnx.ModelProto  # as loaded (written back when nothing is pruned)
@@ -255,7 +258,9 @@ class RunContext:
 
     cfg: PruneConfig
     name: str
-    model: onnx.ModelProto
+    model: onnx.ModelProto  # what is pruned (serialised with --residual srn)
+    original: onnx.ModelProto  # what the pruned model is compared with (outputs, MACs, latency)
+    serialised: Serialised | None
     data: CalibrationData
     checks: CalibrationData | None
     split: Split
@@ -281,6 +286,8 @@ class Analysis:
     timing: Timing | None = None  # --latency-on / --target-latency: the runtime and the original's latency
     latency_table: LatencyTable | None = None  # --target-latency: the per-layer table
     latency_target: float | None = None  # --target-latency as a fraction of the original's latency
+    target: float | None = None  # the MACs budget as a fraction of the analysed model's (None: --ratio's uniform)
+    macs_original: int = 0  # the original's MACs (more than the analysed model's with --residual srn)
 
 
 @dataclass(frozen=True)
@@ -319,13 +326,16 @@ def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     chunks = [
         idx[i : i + cfg.batch_size] for idx in (split.fit, split.select) for i in range(0, len(idx), cfg.batch_size)
     ]
-    return RunContext(cfg, inputs.name, inputs.model, data, inputs.checks, split, view, chunks, workdir, inputs.loaded)
+    return RunContext(
+        cfg, inputs.name, inputs.model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
+        workdir, inputs.loaded,
+    )  # fmt: skip
 
 
 def _analyse(ctx: RunContext) -> Analysis:
     """Groups, the under-determined ones kept whole, MACs per node, and the uniform ratio of a MACs target."""
     cfg = ctx.cfg
-    coupling = find_groups(ctx.view, residual=cfg.prune_residual)
+    coupling = find_groups(ctx.view, residual=cfg.stream)
     sample = ctx.data.feed([0])
     per_node = node_macs(ctx.model, sample)
     skipped = underdetermined_outputs(ctx.view, coupling.groups, len(ctx.split.fit), cfg.positions)
@@ -338,18 +348,34 @@ def _analyse(ctx: RunContext) -> Analysis:
         with stage("latency"):
             timing, lat_table = _latency(ctx, groups, free)
         step = cfg.round_to or (lat_table.step if lat_table is not None else 1)
-    ratio = cfg.ratio
+    ratio, target = cfg.ratio, cfg.target_macs
+    macs = sum(per_node.values())
+    macs_original = macs if ctx.serialised is None else sum(node_macs(ctx.original, sample).values())
     if lat_table is not None and timing is not None:
         lat_target = cfg.target_latency or 1e-3 * float(cfg.target_latency_ms or 0.0) / timing.original_seconds
         # where PRO probes its curves and the uniform starting point: the MACs fraction equal to the latency
         # target (the table's prediction of whole-model latency is only a guide: the allocation is timed)
-        ratio = ratio_for_macs(free, table, lat_target, step) if free and lat_target < 1.0 else 0.0
-    elif ratio is None:
-        target = float(cfg.target_macs or 1.0)
+        probe_at = lat_target * macs_original / macs
+        ratio = ratio_for_macs(free, table, probe_at, step) if free and probe_at < 1.0 else 0.0
+    elif ratio is None or ctx.serialised is not None:
+        if target is None:  # --residual srn with --ratio: the MACs that ratio leaves on the original's blocks
+            target = _original_fraction(ctx, float(ratio or 0.0), sample)
+        target = min(1.0, target * macs_original / macs)  # a fraction of the analysed (serialised) model
         ratio = ratio_for_macs(free, table, target, step) if free and target < 1.0 else 0.0
     return Analysis(
-        coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target
-    )
+        coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target, target,
+        macs_original,
+    )  # fmt: skip
+
+
+def _original_fraction(ctx: RunContext, ratio: float, sample: dict[str, np.ndarray]) -> float:
+    """The MACs fraction of the original that removing ``ratio`` of every block-internal group's units leaves
+    (how ``--ratio`` reads with ``--residual srn``, whose serialised model has more MACs and other groups)."""
+    if ratio <= 0:
+        return 1.0
+    view = GraphView.build(ctx.original, input_shapes=ctx.data.sample_shapes())
+    groups = find_groups(view, residual=False).groups
+    return MacsTable.build(groups, node_macs(ctx.original, sample)).predict(groups, keep_counts(groups, ratio))
 
 
 def _latency(
@@ -370,7 +396,7 @@ def _latency(
         k: np.resize(v, (cfg.latency_batch, *v.shape[1:])) if v.ndim and v.shape[0] == len(idx) else v
         for k, v in first.items()
     }
-    timing = Timing.start(runtime, ctx.model, feed)
+    timing = Timing.start(runtime, ctx.original, feed)
     if not cfg.latency_target:
         return timing, None
     path = cache_dir(cfg.latency_cache) / f"{cache_key(digest(ctx.model), feed, runtime, free, cfg.round_to)}.json"
@@ -425,9 +451,7 @@ def _allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: C
     if a.latency_target is not None and a.free and a.ratio > 0:
         return _allocate_latency(ctx, a, progress, shared)
     if cfg.allocation == "pro" and a.free and a.ratio > 0:
-        target = (
-            cfg.target_macs if cfg.target_macs is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
-        )
+        target = a.target if a.target is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
         measured = shared if shared is not None else _curves(ctx, a, progress)
         failed, curves = dict(measured.failed), measured.curves
         t1 = time.perf_counter()
@@ -583,9 +607,9 @@ def _agreement(ctx: RunContext, pruned: onnx.ModelProto) -> Agreement:
     cfg = ctx.cfg
     with stage("verification"):
         if ctx.checks is not None:
-            return verify(ctx.model, pruned, ctx.checks, np.arange(len(ctx.checks)), batch_size=cfg.batch_size,
+            return verify(ctx.original, pruned, ctx.checks, np.arange(len(ctx.checks)), batch_size=cfg.batch_size,
                           source="--verify-data")  # fmt: skip
-        return verify(ctx.model, pruned, ctx.data, ctx.split.verify, batch_size=cfg.batch_size,
+        return verify(ctx.original, pruned, ctx.data, ctx.split.verify, batch_size=cfg.batch_size,
                       source="verification split")  # fmt: skip
 
 
@@ -609,7 +633,10 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
     )
     report.unprunable = [{"where": u.where, "reason": u.reason} for u in a.coupling.unprunable]
     report.unprunable += [{"where": gid, "reason": why} for gid, why in a.skipped.items()]
-    report.macs_before, report.params_before = sum(a.per_node.values()), count_params(ctx.model)
+    report.macs_before, report.params_before = a.macs_original, count_params(ctx.original)
+    report.residual = cfg.residual
+    if ctx.serialised is not None:
+        report.serialised = {"blocks": list(ctx.serialised.blocks), "left": dict(ctx.serialised.left)}
     if not a.coupling.groups:
         report.warnings.append("no prunable layer found")
     if alloc.pro_seconds is not None:
@@ -624,7 +651,8 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
     report.latency = _latency_report(a, alloc, solved, keeps)
     if solved is None:
         report.groups = group_rows(ctx.view, a.coupling.groups, keeps)
-        report.macs_after = round(report.macs_before * a.table.predict(a.free, {g.id: keeps[g.id] for g in a.free}))
+        macs = sum(a.per_node.values())  # the analysed model's (serialised with --residual srn)
+        report.macs_after = round(macs * a.table.predict(a.free, {g.id: keeps[g.id] for g in a.free}))
         report.warnings.append("dry run: nothing was solved or written; MACs after are predicted")
         report.dry_run = True
         return report
@@ -636,7 +664,11 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
     if solved.agreement is not None:
         report.set_agreement(solved.agreement)
     report.macs_after, report.params_after = count_macs(solved.model, a.sample), count_params(solved.model)
-    report.warnings += _budget_warnings(a.coupling.groups, a.per_node, a.ratio, cfg, report.macs_ratio, a.skipped)
+    srn_asked = None if ctx.serialised is None or a.target is None else a.target * sum(a.per_node.values())
+    report.warnings += _budget_warnings(
+        a.coupling.groups, a.per_node, a.ratio, cfg, report.macs_ratio, a.skipped,
+        None if srn_asked is None else srn_asked / a.macs_original,
+    )  # fmt: skip
     if a.latency_target is not None and solved.latency is not None and solved.latency > a.latency_target + 0.01:
         report.warnings.append(
             f"latency budget not met: asked for {a.latency_target:.3f} of the original's latency on "
@@ -678,7 +710,7 @@ def _plan_context(ctx: RunContext) -> PlanContext:
         model_name=ctx.name,
         model_sha256=digest(ctx.model),
         input_shapes={k: [int(x) for x in v] for k, v in ctx.data.sample_shapes().items()},
-        prune_residual=ctx.cfg.prune_residual,
+        residual=ctx.cfg.residual,
         settings=_settings(ctx.cfg),
     )
 
@@ -698,7 +730,11 @@ def _inputs(
     """The checked, constant-folded model, its name, the calibration data, the ``--verify-data`` set and the
     config with the batch size clamped to a fixed batch dimension of the model."""
     loaded, name = load_checked(model)
-    model = fold_constants(loaded)
+    original = model = fold_constants(loaded)
+    serialised = None
+    if cfg.serialised_form is not None:
+        serialised = serialise(original, cfg.serialised_form)
+        model = serialised.model
     data = load_calibration(
         model, calib, samples=cfg.samples, seed=cfg.seed, image_options=image_options, synthetic=cfg.synthetic
     )
@@ -710,7 +746,7 @@ def _inputs(
     fixed = list(_fixed_batches(model, data.arrays).values())
     if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
         cfg = replace(cfg, batch_size=min(fixed))
-    return _Inputs(cfg, name, model, data, checks, loaded)
+    return _Inputs(cfg, name, model, original, serialised, data, checks, loaded)
 
 
 def _fixed_batches(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, int]:
@@ -769,6 +805,7 @@ def _budget_warnings(
     cfg: PruneConfig,
     reached: float,
     skipped: Mapping[str, str],
+    srn_asked: float | None = None,
 ) -> list[str]:
     """Warnings when the reached MACs fraction is more than one point above what was asked for.
 
@@ -777,7 +814,11 @@ def _budget_warnings(
     """
     if cfg.latency_target:
         return []  # a latency budget is checked by measurement (its own warning)
-    if cfg.target_macs is not None:
+    if srn_asked is not None:  # --residual srn: the budget was converted to the original's MACs already
+        asked = srn_asked
+        what = f"--target-macs {cfg.target_macs:g}" if cfg.target_macs is not None else f"--ratio {cfg.ratio:g}"
+        what += f" (MACs {asked:.3f} of the original)"
+    elif cfg.target_macs is not None:
         asked, what = cfg.target_macs, f"--target-macs {cfg.target_macs:g}"
     elif groups and ratio > 0:
         asked = MacsTable.build(groups, per_node).predict(groups, keep_counts(groups, ratio))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from . import __version__, planfile
 from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
+from .config import RESIDUALS
 from .errors import ModelError, PoemError, UsageError
 from .external import encode
 from .graph import GraphView, declared_shape, input_files, load_model
@@ -207,12 +208,18 @@ def main() -> None:
     "[default: 1; with --target-latency the step measured on the runtime].",
 )
 @click.option(
-    "--prune-residual/--no-prune-residual",
-    default=False,
+    "--residual",
+    type=click.Choice(RESIDUALS),
+    default="internal",
     show_default=True,
-    help="Also prune channels joined by residual adds (the residual stream). Measured better on "
-    "MobileNetV2/EfficientNet-style inverted residual networks, worse on CIFAR ResNets.",
+    help="Residual streams: internal prunes inside the blocks only; stream also the channels residual adds "
+    "join (one set per stream: measured better on MobileNetV2/EfficientNet-style networks, worse on CIFAR "
+    "ResNets); srn serialises each block first (its input carried through as channels, ALGORITHMS.md 8) so "
+    "every block's channels, the residual ones included, are pruned on their own; project turns every "
+    "identity or strided shortcut into a 1x1 conv so each block's output width is pruned on its own. With srn "
+    "and project, budgets stay against the original's MACs.",
 )
+@click.option("--prune-residual", is_flag=True, hidden=True, help="Same as --residual stream (older name).")
 @click.option(
     "--output",
     "-o",
@@ -312,6 +319,7 @@ def prune_cmd(
     mode: str,
     allocation: str,
     round_to: int | None,
+    residual: str,
     prune_residual: bool,
     output: Path | None,
     samples: int,
@@ -355,6 +363,10 @@ def prune_cmd(
         raise click.UsageError("a family of ratios writes models: no --dry-run or --save-plan with it")
     if synthetic and calib is not None:
         raise click.UsageError("--synthetic replaces --calib: give one of them")
+    if prune_residual:
+        if residual not in ("internal", "stream"):
+            raise click.UsageError(f"--prune-residual means --residual stream, not {residual}")
+        residual = "stream"
     try:
         out = output or model.with_name(model.name.removesuffix(".onnx") + ".poem.onnx")
         if not model.is_file():
@@ -363,7 +375,7 @@ def prune_cmd(
         if family is not None:
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
                     samples=samples, positions=positions, damping=damping, seed=seed, verify_data=verify_data,
-                    threads=threads, augment=augment, prune_residual=prune_residual, allocation=allocation,
+                    threads=threads, augment=augment, residual=residual, allocation=allocation,
                     round_to=round_to, synthetic=synthetic, latency_on=latency_on, latency_batch=latency_batch,
                     latency_cache=None if latency_cache is None else str(latency_cache),
                     allow_unpruned=allow_unpruned, image_options=ImageOptions(size=_size(input_size),
@@ -406,7 +418,7 @@ def prune_cmd(
                     image_options=opts,
                     verify_data=verify_data,
                     progress=progress,
-                    prune_residual=prune_residual,
+                    residual=residual,
                     allocation=allocation,
                     round_to=round_to,
                     synthetic=synthetic,
@@ -596,21 +608,38 @@ PROBE_DIM = 16
 
 @main.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--prune-residual/--no-prune-residual", default=False, help="Analyse residual streams as groups.")
+@click.option(
+    "--residual",
+    type=click.Choice(RESIDUALS),
+    default="internal",
+    show_default=True,
+    help="Analyse as the prune command would (stream: residual streams as groups; srn: serialised blocks).",
+)
+@click.option("--prune-residual", is_flag=True, hidden=True, help="Same as --residual stream (older name).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def inspect_cmd(model: Path, prune_residual: bool, debug: bool) -> None:
+def inspect_cmd(model: Path, residual: str, prune_residual: bool, debug: bool) -> None:
     """Show the channel groups of MODEL and what is left unpruned, without pruning."""
     _setup_logging(0, False)
     from .coupling import find_groups
     from .fold import fold_constants
+    from .srn import serialise
 
+    residual = "stream" if prune_residual else residual
     try:
         loaded = fold_constants(load_model(model))
+        form = {"srn": "dirac", "project": "1x1"}.get(residual)
+        serialised = serialise(loaded, form) if form is not None else None
+        if serialised is not None:
+            loaded = serialised.model
         view = GraphView.build(loaded, input_shapes=_probe_shapes(loaded))
-        coupling = find_groups(view, residual=prune_residual)
+        coupling = find_groups(view, residual=residual in ("stream", "project"))
     except PoemError as e:
         _fail(e, debug)
         return
+    if serialised is not None:
+        click.echo(f"{len(serialised.blocks)} residual blocks serialised, {len(serialised.left)} left")
+        for where, why in serialised.left.items():
+            click.echo(f"  {where}: {why}")
     click.echo(f"{len(coupling.groups)} prunable groups")
     for g in coupling.groups:
         cons = ", ".join(f"{c.label} [{c.activation.kind}{'+residual' if c.offset else ''}]" for c in g.consumers)

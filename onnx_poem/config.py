@@ -11,6 +11,12 @@ from .solvers import METHODS
 #: how the pruning budget is spread over the groups (``uniform``: one ratio; ``pro``: by error per MAC)
 ALLOCATIONS = ("uniform", "pro")
 
+#: what happens to residual streams: ``internal`` prunes inside the blocks only, ``stream`` also the
+#: channels residual adds join (one group per stream), ``srn`` serialises the blocks first
+#: (:mod:`onnx_poem.srn`) so every block's channels, the carried residual ones included, are pruned alone,
+#: ``project`` turns identity shortcuts into 1x1 convs so each block's output channels are a group of their own
+RESIDUALS = ("internal", "stream", "srn", "project")
+
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -26,7 +32,7 @@ class PruneConfig:
     reservoir: int = 16384
     batch_size: int = 32
     damping: float = 0.01
-    prune_residual: bool = False
+    residual: str = "internal"
     allocation: str = "pro"
     round_to: int | None = None  # None: 1, or the latency table's measured step with a latency target
     synthetic: bool = False
@@ -38,6 +44,27 @@ class PruneConfig:
     latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
     augment: int = 0  # augmented copies of every fitting image (calibration.augment)
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
+
+    @classmethod
+    def of(cls, **options: object) -> PruneConfig:
+        """The config of ``options``; ``prune_residual=True`` (before ``residual`` existed) means
+        ``residual="stream"``."""
+        if "prune_residual" in options:
+            legacy = bool(options.pop("prune_residual"))
+            if legacy and options.get("residual", "stream") != "stream":
+                raise UsageError(f"prune_residual=True contradicts residual={options['residual']!r}")
+            options.setdefault("residual", "stream" if legacy else "internal")
+        return cls(**options)  # type: ignore[arg-type]
+
+    @property
+    def stream(self) -> bool:
+        """Channels joined by residual adds are analysed as groups (``stream``, and ``project``'s per block)."""
+        return self.residual in ("stream", "project")
+
+    @property
+    def serialised_form(self) -> str | None:
+        """The :func:`onnx_poem.srn.serialise` form this run prunes (``None``: the model as it is)."""
+        return {"srn": "dirac", "project": "1x1"}.get(self.residual)
 
     @property
     def latency_target(self) -> bool:
@@ -60,6 +87,8 @@ class PruneConfig:
             raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.allocation not in ALLOCATIONS:
             raise UsageError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.residual not in RESIDUALS:
+            raise UsageError(f"residual must be one of {', '.join(RESIDUALS)}, got {self.residual!r}")
         if self.mode not in ("cascade", "parallel"):
             raise UsageError(f"mode must be cascade or parallel, got {self.mode!r}")
         for name in ("samples", "positions", "reservoir", "batch_size", "round_to", "latency_batch", "threads"):

@@ -3,9 +3,10 @@
 ``PLAN.json``::
 
     {"format": "onnx-poem-plan", "version": 1,
-     "model": {"name": ..., "sha256": <of the constant-folded model's deterministic serialisation>},
+     "model": {"name": ..., "sha256": <of the constant-folded (with srn: serialised) model's serialisation>},
      "input_shapes": {input: [1, dims...]},   # one sample (batch 1): the shapes the graph was analysed with
-     "prune_residual": bool, "settings": {...},         # settings: informational
+     "residual": "internal" | "stream" | "srn",       # the analysis (older plans: "prune_residual": bool)
+     "settings": {...},                               # settings: informational
      "decisions": [{"group": id, "channels": C, "keep": [atoms],
                     "updates": [{"node": i, "weight": name, "bias": name | null,
                                  "weight_array": key, "bias_array": key}]}]}
@@ -40,7 +41,7 @@ class PlanContext:
     model_name: str
     model_sha256: str
     input_shapes: dict[str, list[int]]
-    prune_residual: bool
+    residual: str  # :data:`onnx_poem.config.RESIDUALS`
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,7 +68,7 @@ def encode(plan: PrunePlan, ctx: PlanContext, json_path: Path) -> dict[Path, byt
         "version": VERSION,
         "model": {"name": ctx.model_name, "sha256": ctx.model_sha256},
         "input_shapes": ctx.input_shapes,
-        "prune_residual": ctx.prune_residual,
+        "residual": ctx.residual,
         "settings": ctx.settings,
         "arrays": arrays_path(json_path).name,
         "decisions": decisions,
@@ -133,7 +134,7 @@ def read(json_path: Path) -> tuple[PrunePlan, PlanContext]:
             model_name=str(doc["model"]["name"]),
             model_sha256=str(doc["model"]["sha256"]),
             input_shapes={str(k): [int(x) for x in v] for k, v in doc["input_shapes"].items()},
-            prune_residual=bool(doc["prune_residual"]),
+            residual=str(doc["residual"]) if "residual" in doc else ("stream" if doc["prune_residual"] else "internal"),
             settings=dict(doc.get("settings", {})),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:

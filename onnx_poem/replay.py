@@ -18,6 +18,7 @@ from .graph import GraphView
 from .modelio import copy_model, digest, infer_or_keep, load_checked
 from .report import APPLIED_SOURCE, PruneReport, count_macs, count_params, group_rows
 from .rewrite import apply_plan
+from .srn import serialise
 from .timing import Clock, bind, stage
 from .verify import verify
 
@@ -45,23 +46,26 @@ def apply_saved_plan(
     with bind(Clock()) as clock, stage("other"):
         with stage("load"):
             model, name = load_checked(model)
-            model = fold_constants(model)
+            original = model = fold_constants(model)
+            form = {"srn": "dirac", "project": "1x1"}.get(ctx.residual)
+            if form is not None:
+                model = serialise(original, form).model
             if digest(model) != ctx.model_sha256:
                 raise UsageError(f"{plan_file} was computed for another model ({ctx.model_name}), not {name}")
             view = GraphView.build(model, input_shapes=ctx.input_shapes)
-            groups = {g.id: g for g in find_groups(view, residual=ctx.prune_residual).groups}
+            groups = {g.id: g for g in find_groups(view, residual=ctx.residual in ("stream", "project")).groups}
         for d in plan.decisions:
             if d.group_id not in groups or groups[d.group_id].channels != d.channels:
                 raise UsageError(f"{plan_file}: group {d.group_id} ({d.channels} channels) is not in this model")
         with stage("rewrite"):
-            pruned = infer_or_keep(apply_plan(view, groups, plan) if plan.decisions else copy_model(model))
+            pruned = infer_or_keep(apply_plan(view, groups, plan) if plan.decisions else copy_model(original))
         zeros = {n: np.zeros(tuple(ctx.input_shapes[n]), dtype=view.dtypes.get(n, np.float32)) for n in view.inputs}
         data = load_calibration(
-            model, zeros if calib is None else calib, samples=samples, seed=0, image_options=image_options
+            original, zeros if calib is None else calib, samples=samples, seed=0, image_options=image_options
         )
         with stage("verification"):
             agreement = verify(
-                model,
+                original,
                 pruned,
                 data,
                 np.arange(len(data)) if calib is not None else [],
@@ -87,7 +91,8 @@ def apply_saved_plan(
     report.groups = group_rows(view, list(groups.values()), {g: kept.get(g, c.channels) for g, c in groups.items()})
     report.set_agreement(agreement)
     one = data.feed([0])
-    report.macs_before, report.params_before = count_macs(model, one), count_params(model)
+    report.macs_before, report.params_before = count_macs(original, one), count_params(original)
+    report.residual = ctx.residual
     report.macs_after, report.params_after = count_macs(pruned, one), count_params(pruned)
     report.timings.update(clock.timings(t0))
     return pruned, report

@@ -141,6 +141,10 @@ class PruneReport:
     #: prediction for the allocation), ``step``, ``table_seconds`` (0: cached), ``loop`` ([predicted target,
     #: measured] per timed allocation)
     latency: dict[str, Any] = field(default_factory=dict)
+    residual: str = "internal"  # --residual: internal, stream or srn
+    #: --residual srn: ``blocks`` serialised (their Add outputs) and the residual joins ``left`` as they were
+    #: (tensor → why); MACs before are the original's, not the serialised model's
+    serialised: dict[str, Any] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -218,11 +222,19 @@ class PruneReport:
             f"{'params':13}{self.params_before:>14,}{self.params_after:>14,}{self.params_ratio:>9.3f}",
             f"groups       {pruned} of {len(self.groups)} pruned; {len(self.unprunable)} parts left unpruned",
         ]
+        lines += self._srn_lines()
         lines += self._latency_lines()
         lines += self._agreement_lines()
         lines += [f"warning      {w}" for w in self.warnings]
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s{self._breakdown()}")
         return "\n".join(lines)
+
+    def _srn_lines(self) -> list[str]:
+        if not self.serialised:
+            return []
+        blocks, left = self.serialised["blocks"], self.serialised["left"]
+        lines = [f"srn          {len(blocks)} residual block(s) serialised and pruned as chains, {len(left)} left"]
+        return lines + [f"srn left     {where}: {why}" for where, why in left.items()]
 
     def _latency_lines(self) -> list[str]:
         lat = self.latency

@@ -1,7 +1,8 @@
 """Benchmark onnx-poem on the protocol of ../shared/docs/BENCHMARK.md.
 
 Methods are onnx-poem's ``--method`` names, optionally suffixed ``+res`` to
-prune residual streams too (``poem+res``) and ``+pro`` for PRO per-group
+prune residual streams too (``poem+res``), ``+srn`` / ``+project`` for
+``--residual srn`` / ``project``, and ``+pro`` for PRO per-group
 allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
 ``--damping X`` (else the default, 0.01), ``+aug1`` (any ``+augN``) for ``--augment N``, and ``+r8``
 (any ``+rK``) for ``--round-to K``;
@@ -53,6 +54,7 @@ FIELDS = [
     "seed",
 ]
 PEERS = ("onnxsim-l2", "onnxsim-wanda")
+RESIDUAL = {"res": "stream", "srn": "srn", "project": "project"}  # method suffix → --residual
 
 
 def _latency(orig: bytes, pruned: bytes, feed1: dict, feed32: dict, runs: int) -> tuple[float, float]:
@@ -113,7 +115,7 @@ def run_one(args: argparse.Namespace) -> dict:
             method=method,
             seed=args.seed,
             mode=args.mode,
-            prune_residual="res" in variants,
+            residual=next((RESIDUAL[v] for v in variants if v in RESIDUAL), "internal"),
             allocation="pro" if "pro" in variants else "uniform",
             round_to=next((int(v[1:]) for v in variants if v[:1] == "r" and v[1:].isdigit()), 1),
             damping=next((float(v[1:]) for v in variants if v[:1] == "d"), 0.01),

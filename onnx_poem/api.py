@@ -355,12 +355,14 @@ def _analyse(ctx: RunContext) -> Analysis:
         lat_target = cfg.target_latency or 1e-3 * float(cfg.target_latency_ms or 0.0) / timing.original_seconds
         # where PRO probes its curves and the uniform starting point: the MACs fraction equal to the latency
         # target (the table's prediction of whole-model latency is only a guide: the allocation is timed)
-        probe_at = lat_target * macs_original / macs
+        probe_at = lat_target if ctx.serialised is None else lat_target * macs_original / macs
         ratio = ratio_for_macs(free, table, probe_at, step) if free and probe_at < 1.0 else 0.0
     elif ratio is None or ctx.serialised is not None:
         if target is None:  # --residual srn with --ratio: the MACs that ratio leaves on the original's blocks
             target = _original_fraction(ctx, float(ratio or 0.0), sample)
-        target = min(1.0, target * macs_original / macs)  # a fraction of the analysed (serialised) model
+        # a fraction of the analysed model (serialised: more MACs); nothing asked, nothing pruned
+        if ctx.serialised is not None:
+            target = target * macs_original / macs if target < 1.0 else 1.0
         ratio = ratio_for_macs(free, table, target, step) if free and target < 1.0 else 0.0
     return Analysis(
         coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target, target,

@@ -322,7 +322,8 @@ def _shortcut(short: str, net: _Net) -> _Shortcut:
         steps = net.const(s.input[4]) if len(s.input) > 4 and s.input[4] else np.ones(len(starts), np.int64)
         for st, en, ax, sp in zip(starts, ends, axes, steps, strict=True):
             ax = int(ax) % rank
-            if ax < 2 or st != 0 or sp < 1 or en < 2**31 - 1:
+            # from 0 by sp to a positive end: the Add's shapes then match only if it reads every sp-th position
+            if ax < 2 or st != 0 or sp < 1 or en <= 0:
                 raise _Skip("the shortcut Slice is not a strided sampling of the spatial axes from 0")
             steps_of[ax - 2] = int(sp)
         x = s.input[0]

@@ -162,6 +162,42 @@ def resnet_option_a(seed: int = 0) -> onnx.ModelProto:
     return b.model([("x", ["N", 3, 8, 8])], [b.gemm(t, 8, 5)])
 
 
+def projection_block(seed: int = 0) -> onnx.ModelProto:
+    """A torchvision basic block that downsamples: stem(3→4) → relu → [conv(4→6, stride 2) → relu →
+    conv(6→8)] + conv1x1(4→8, stride 2, bias) → relu → GAP → gemm(8→5)."""
+    b = _B(seed)
+    x0 = b.node("Relu", [b.conv("x", 3, 4)])
+    t = b.node("Relu", [b.conv(x0, 4, 6, stride=2)])
+    short = b.conv(x0, 4, 8, k=1, pad=0, stride=2)
+    t = b.node("Relu", [b.node("Add", [b.conv(t, 6, 8), short])])
+    t = b.node("Flatten", [b.node("GlobalAveragePool", [t])], axis=1)
+    return b.model([("x", ["N", 3, 8, 8])], [b.gemm(t, 8, 5)])
+
+
+def inverted_residual(seed: int = 0, *, relu6_input: bool = False) -> onnx.ModelProto:
+    """MobileNetV2 blocks: stem(3→4) [→ clip(0,6)], then twice [conv1x1(4→12) → clip(0,6) → dwconv3x3(12) →
+    clip(0,6) → conv1x1(12→4)] + skip [→ clip(0,6)] (a linear bottleneck unless ``relu6_input``), GAP →
+    gemm(4→5)."""
+    b = _B(seed)
+
+    def relu6(t: str) -> str:
+        return b.node("Clip", [t, b.const(np.array(0, np.float32), "lo"), b.const(np.array(6, np.float32), "hi")])
+
+    t = b.conv("x", 3, 4)
+    if relu6_input:
+        t = relu6(t)
+    for _ in range(2):
+        lo, hi = b.const(np.array(0, np.float32), "lo"), b.const(np.array(6, np.float32), "hi")
+        h = b.node("Clip", [b.conv(t, 4, 12, k=1, pad=0), lo, hi])
+        lo, hi = b.const(np.array(0, np.float32), "lo"), b.const(np.array(6, np.float32), "hi")
+        h = b.node("Clip", [b.conv(h, 12, 12, group=12), lo, hi])
+        t = b.node("Add", [b.conv(h, 12, 4, k=1, pad=0), t])
+        if relu6_input:
+            t = relu6(t)
+    t = b.node("Flatten", [b.node("GlobalAveragePool", [t])], axis=1)
+    return b.model([("x", ["N", 3, 8, 8])], [b.gemm(t, 4, 5)])
+
+
 def depthwise(seed: int = 0) -> onnx.ModelProto:
     """conv(3→8) → clip(0,6) → dwconv(8) → clip(0,6) → conv(8→5, 1x1)."""
     b = _B(seed)

@@ -14,8 +14,13 @@ ALLOCATIONS = ("uniform", "pro")
 #: what happens to residual streams: ``internal`` prunes inside the blocks only, ``stream`` also the
 #: channels residual adds join (one group per stream), ``srn`` serialises the blocks first
 #: (:mod:`onnx_poem.srn`) so every block's channels, the carried residual ones included, are pruned alone,
-#: ``project`` turns identity shortcuts into 1x1 convs so each block's output channels are a group of their own
-RESIDUALS = ("internal", "stream", "srn", "project")
+#: ``project`` turns identity shortcuts into 1x1 convs so each block's output channels are a group of their own,
+#: ``auto`` prunes with each of :data:`AUTO_CANDIDATES` that applies and keeps the model whose outputs on the
+#: selection samples are closest to the original's
+RESIDUALS = ("internal", "stream", "srn", "project", "auto")
+
+#: the policies ``--residual auto`` tries (srn and project measured worse on every benchmark model: not tried)
+AUTO_CANDIDATES = ("internal", "stream")
 
 
 @dataclass(frozen=True)

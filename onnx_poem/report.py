@@ -145,6 +145,8 @@ class PruneReport:
     #: --residual srn: ``blocks`` serialised (their Add outputs) and the residual joins ``left`` as they were
     #: (tensor → why); MACs before are the original's, not the serialised model's
     serialised: dict[str, Any] = field(default_factory=dict)
+    #: --residual auto: each policy tried → its mean relative output error on the selection samples
+    residual_auto: dict[str, float] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -230,11 +232,16 @@ class PruneReport:
         return "\n".join(lines)
 
     def _srn_lines(self) -> list[str]:
+        lines = []
+        if self.residual_auto:
+            tried = ", ".join(f"{p} {e:.4f}" for p, e in self.residual_auto.items())
+            lines.append(f"residual     auto chose {self.residual} (output error on the selection samples: {tried})")
         if not self.serialised:
-            return []
+            return lines
         blocks, left = self.serialised["blocks"], self.serialised["left"]
-        lines = [f"srn          {len(blocks)} residual block(s) serialised and pruned as chains, {len(left)} left"]
-        return lines + [f"srn left     {where}: {why}" for where, why in left.items()]
+        how = "serialised into chains" if self.residual == "srn" else "shortcuts as 1x1 convs"
+        lines.append(f"{self.residual:13}{len(blocks)} residual block(s) rewritten ({how}), {len(left)} left")
+        return lines + [f"{'  left':13}{where}: {why}" for where, why in left.items()]
 
     def _latency_lines(self) -> list[str]:
         lat = self.latency

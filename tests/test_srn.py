@@ -93,7 +93,7 @@ def test_budget_counts_against_the_original(residual_policy: str) -> None:
     assert rep.macs_before == count_macs(model, one)  # the original's, not the serialised model's
     assert rep.macs_ratio <= 0.71 and count_macs(pruned, one) == rep.macs_after
     assert rep.residual == residual_policy and len(rep.serialised["blocks"]) == 2
-    assert "srn          2 residual block(s) serialised" in rep.summary()
+    assert f"{residual_policy:13}2 residual block(s) rewritten" in rep.summary()
     onnx.checker.check_model(pruned, full_check=True)
     _run(pruned, x[:3])
 
@@ -137,7 +137,7 @@ def test_cli_srn_plan_round_trip(tmp_path: Path) -> None:
     res = run(main, [str(m), "--target-macs", "0.7", "--calib", str(c), "--residual", "srn", "-o",
                      str(tmp_path / "a.onnx"), "--save-plan", str(tmp_path / "p.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "residual block(s) serialised" in res.output
+    assert "2 residual block(s) rewritten (serialised into chains), 0 left" in res.output
     res = run(main, [str(m), "--apply-plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "b.onnx")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
@@ -145,3 +145,35 @@ def test_cli_srn_plan_round_trip(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--prune-residual means --residual stream" in res.output
     res = run(main, ["inspect", str(m), "--residual", "srn"])
     assert res.exit_code == 0 and "2 residual blocks serialised, 0 left" in res.output
+
+
+def test_auto_keeps_the_policy_whose_outputs_are_closest() -> None:
+    """--residual auto prunes with internal and stream and keeps the one closer to the original on the selection
+    samples: the same bytes as a run with that policy given."""
+    model = resnet_option_a()
+    x = inputs_for(model, 128)
+    pruned, rep = prune(model, target_macs=0.6, calib=x, residual="auto")
+    assert set(rep.residual_auto) == {"internal", "stream"}
+    assert rep.residual == min(rep.residual_auto, key=rep.residual_auto.__getitem__)
+    fixed, _ = prune(model, target_macs=0.6, calib=x, residual=rep.residual)
+    assert pruned.SerializeToString() == fixed.SerializeToString()
+    assert f"auto chose {rep.residual}" in rep.summary()
+
+
+def test_auto_without_residual_streams_tries_internal_only() -> None:
+    from models import conv_chain
+
+    model = conv_chain()
+    _, rep = prune(model, ratio=0.5, calib=inputs_for(model, 64), residual="auto")
+    assert list(rep.residual_auto) == ["internal"] and rep.residual == "internal"
+
+
+def test_auto_refuses_dry_runs_and_families() -> None:
+    from onnx_poem.api import run, run_family
+
+    model = resnet_option_a()
+    x = inputs_for(model, 32)
+    with pytest.raises(UsageError, match="dry run"):
+        run(model, ratio=0.5, calib=x, residual="auto", dry_run=True)
+    with pytest.raises(UsageError, match="family"):
+        run_family(model, [0.3, 0.5], calib=x, residual="auto")

@@ -1,8 +1,8 @@
 """Benchmark onnx-poem on the protocol of ../shared/docs/BENCHMARK.md.
 
 Methods are onnx-poem's ``--method`` names, optionally suffixed ``+res`` to
-prune residual streams too (``poem+res``), ``+srn`` / ``+project`` for
-``--residual srn`` / ``project``, and ``+pro`` for PRO per-group
+prune residual streams too (``poem+res``), ``+srn`` / ``+project`` / ``+auto`` for
+``--residual srn`` / ``project`` / ``auto``, and ``+pro`` for PRO per-group
 allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
 ``--damping X`` (else the default, 0.01), ``+aug1`` (any ``+augN``) for ``--augment N``, and ``+r8``
 (any ``+rK``) for ``--round-to K``;
@@ -54,7 +54,7 @@ FIELDS = [
     "seed",
 ]
 PEERS = ("onnxsim-l2", "onnxsim-wanda")
-RESIDUAL = {"res": "stream", "srn": "srn", "project": "project"}  # method suffix → --residual
+RESIDUAL = {"res": "stream", "srn": "srn", "project": "project", "auto": "auto"}  # method suffix → --residual
 
 
 def _latency(orig: bytes, pruned: bytes, feed1: dict, feed32: dict, runs: int) -> tuple[float, float]:

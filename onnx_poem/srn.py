@@ -180,8 +180,11 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
 
 
 def _value_range(tensor: str, net: _Net) -> tuple[float, float]:
-    """The interval the values of ``tensor`` lie in, from the op that produces it."""
+    """The interval the values of ``tensor`` lie in, from the op that produces it (through max pooling, whose
+    values are some of its input's)."""
     n = net.producer.get(tensor)
+    while n is not None and n.op_type in ("MaxPool", "GlobalMaxPool"):
+        n = net.producer.get(n.input[0])
     if n is None:
         return -math.inf, math.inf
     if n.op_type == "Relu":
@@ -339,9 +342,9 @@ def _shortcut(short: str, net: _Net) -> _Shortcut:
 
 
 def _channels(tensor: str, net: _Net) -> int | None:
-    """The channel count of ``tensor``: its producing conv's (through per-channel activations and Adds)."""
+    """The channel count of ``tensor``: its producing conv's (through per-channel activations, Adds, pooling)."""
     n = net.producer.get(tensor)
-    while n is not None and n.op_type in (*_IDENTITY_ON, "Clip", "Add"):
+    while n is not None and n.op_type in (*_IDENTITY_ON, "Clip", "Add", "MaxPool", "AveragePool"):
         n = net.producer.get(n.input[0])
     if n is not None and n.op_type == "Conv" and n.input[1] in net.inits:
         return int(net.inits[n.input[1]].dims[0])

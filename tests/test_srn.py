@@ -177,3 +177,17 @@ def test_auto_refuses_dry_runs_and_families() -> None:
         run(model, ratio=0.5, calib=x, residual="auto", dry_run=True)
     with pytest.raises(UsageError, match="family"):
         run_family(model, [0.3, 0.5], calib=x, residual="auto")
+
+
+def test_block_after_max_pooling_of_a_relu_is_carried() -> None:
+    """Max pooling keeps some of its input's values: a block reading a pooled Relu output is non-negative too
+    (torchvision's ResNets: stem → relu → maxpool → the first block)."""
+    from models import _B
+
+    b = _B(0)
+    x0 = b.node("MaxPool", [b.node("Relu", [b.conv("x", 3, 8)])], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+    t = b.node("Relu", [b.conv(x0, 8, 6)])
+    t = b.node("Relu", [b.node("Add", [b.conv(t, 6, 8), x0])])
+    model = b.model([("x", ["N", 3, 8, 8])], [b.node("GlobalAveragePool", [t])])
+    assert len(serialise(model, "dirac").blocks) == 1
+    _exact(model, "dirac", inputs_for(model, 2))

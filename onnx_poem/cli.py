@@ -610,7 +610,7 @@ PROBE_DIM = 16
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--residual",
-    type=click.Choice(RESIDUALS),
+    type=click.Choice([r for r in RESIDUALS if r != "auto"]),
     default="internal",
     show_default=True,
     help="Analyse as the prune command would (stream: residual streams as groups; srn: serialised blocks).",

@@ -140,6 +140,34 @@ def verify(
     return Agreement(source, len(idx), {n: acc[n].result(labels) for n in names})
 
 
+def sample_errors(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    data: CalibrationData,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    batch_size: int,
+) -> np.ndarray:
+    """Per sample of ``indices``: ``‖y_p − y‖² / ‖y‖²`` of each graph output (its rows: axis 0 is the batch),
+    averaged over the outputs; shape ``[len(indices)]``.  Outputs without a batch axis are not counted."""
+    names = [o.name for o in original.graph.output]
+    idx = np.asarray(indices, dtype=np.int64)
+    out = np.zeros(len(idx))
+    start = 0
+    for ref, got in _both_outputs(original, pruned, names, lambda: data.batches(idx, batch_size)):
+        n = min(batch_size, len(idx) - start)
+        per = [
+            ((np.asarray(o, np.float64) - np.asarray(r, np.float64)).reshape(n, -1) ** 2).sum(1)
+            / ((np.asarray(r, np.float64).reshape(n, -1) ** 2).sum(1) + 1e-30)
+            for r, o in zip(ref, got, strict=True)
+            if np.ndim(r) and np.shape(r)[0] == n and np.shape(o) == np.shape(r)
+        ]
+        if per:
+            out[start : start + n] = np.mean(per, axis=0)
+        start += n
+    return out
+
+
 def _both_outputs(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,

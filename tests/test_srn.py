@@ -148,13 +148,14 @@ def test_cli_srn_plan_round_trip(tmp_path: Path) -> None:
 
 
 def test_auto_keeps_the_policy_whose_outputs_are_closest() -> None:
-    """--residual auto prunes with internal and stream and keeps the one closer to the original on the selection
-    samples: the same bytes as a run with that policy given."""
+    """--residual auto prunes with internal and stream and keeps stream only when it is clearly closer to the
+    original on the selection samples: the same bytes as a run with the kept policy given."""
     model = resnet_option_a()
     x = inputs_for(model, 128)
     pruned, rep = prune(model, target_macs=0.6, calib=x, residual="auto")
     assert set(rep.residual_auto) == {"internal", "stream"}
-    assert rep.residual == min(rep.residual_auto, key=rep.residual_auto.__getitem__)
+    if rep.residual == "stream":
+        assert rep.residual_auto["stream"] < rep.residual_auto["internal"]
     fixed, _ = prune(model, target_macs=0.6, calib=x, residual=rep.residual)
     assert pruned.SerializeToString() == fixed.SerializeToString()
     assert f"auto chose {rep.residual}" in rep.summary()

@@ -159,3 +159,23 @@ def test_agreement_is_the_same_with_outputs_kept_or_run_side_by_side(monkeypatch
     monkeypatch.setattr(verify, "REFERENCE_BYTES", 0)
     side_by_side = prune(model, calib=calib, ratio=0.5, batch_size=8)[1]
     assert kept.verification_samples > 8 and kept.agreement and kept.agreement == side_by_side.agreement
+
+
+def test_sample_errors_per_sample_relative_squared_error() -> None:
+    """Zero for the same model; for the last conv's weights and bias scaled by 1.1, exactly 0.01 per sample."""
+    from onnx_poem.calibration.sources import load_calibration
+    from onnx_poem.verify import sample_errors
+
+    model = BUILDERS["conv_chain"]()
+    x = inputs_for(model, 37)
+    data = load_calibration(model, x, samples=37, seed=0)
+    np.testing.assert_array_equal(sample_errors(model, model, data, np.arange(37), batch_size=8), np.zeros(37))
+    scaled = onnx.ModelProto()
+    scaled.CopyFrom(model)
+    last = scaled.graph.node[-1]
+    for t in scaled.graph.initializer:
+        if t.name in last.input[1:]:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * np.float32(1.1), t.name))
+    e = sample_errors(model, scaled, data, np.arange(37), batch_size=8)
+    assert e.shape == (37,)
+    np.testing.assert_allclose(e, 0.01, rtol=1e-4)

@@ -212,12 +212,13 @@ def main() -> None:
     type=click.Choice(RESIDUALS),
     default="internal",
     show_default=True,
-    help="Residual streams: internal prunes inside the blocks only; stream also the channels residual adds "
-    "join (one set per stream: measured better on MobileNetV2/EfficientNet-style networks, worse on CIFAR "
-    "ResNets); srn serialises each block first (its input carried through as channels, ALGORITHMS.md 8) so "
-    "every block's channels, the residual ones included, are pruned on their own; project turns every "
-    "identity or strided shortcut into a 1x1 conv so each block's output width is pruned on its own. With srn "
-    "and project, budgets stay against the original's MACs.",
+    help="Residual streams: internal prunes inside the blocks only (measured best with PRO on the CIFAR "
+    "ResNets and EfficientNet-Lite0); stream also the channels residual adds join (one set per stream); srn "
+    "serialises each block first (its input carried through as channels, ALGORITHMS.md 8) so every block's "
+    "channels, the residual ones included, are pruned on their own; project turns every identity or strided "
+    "shortcut into a 1x1 conv so each block's output width is pruned on its own (srn and project raise the MACs "
+    "first; budgets stay against the original's); auto prunes with internal and stream and keeps stream only "
+    "when it is clearly closer to the original on the selection samples (twice the time).",
 )
 @click.option("--prune-residual", is_flag=True, hidden=True, help="Same as --residual stream (older name).")
 @click.option(

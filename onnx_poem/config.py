@@ -19,7 +19,8 @@ ALLOCATIONS = ("uniform", "pro")
 #: selection samples are closest to the original's
 RESIDUALS = ("internal", "stream", "srn", "project", "auto")
 
-#: the policies ``--residual auto`` tries (srn and project measured worse on every benchmark model: not tried)
+#: the policies ``--residual auto`` tries (srn measured 5-12 points worse everywhere; project won on ResNet-20 at
+#: half the MACs but lost on ResNet-56 and EfficientNet-Lite0, and is not tried yet: benchmarks/residual_srn.md)
 AUTO_CANDIDATES = ("internal", "stream")
 
 

@@ -32,7 +32,7 @@ from .calibration.augment import augment_fit
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.split import Split, split_samples
 from .cascade import Stream, cut_position
-from .config import ALLOCATIONS, AUTO_CANDIDATES, PruneConfig
+from .config import ALLOCATIONS, AUTO_CANDIDATES, SERIALISED_FORMS, PruneConfig
 from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
@@ -256,13 +256,15 @@ def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
     margin, the mean error alone chose streams on EfficientNet-Lite0 in two seeds of three, 1 and 2 points below
     internal in accuracy (benchmarks/residual_srn.md).
     """
+    assert not any(p in SERIALISED_FORMS for p in AUTO_CANDIDATES)  # they share one context
     candidates = [p for p in AUTO_CANDIDATES if p != "stream" or _has_streams(inputs)]
     tried: list[tuple[np.ndarray, str, RunContext, Analysis, Allocation, Solved]] = []
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
+        base = _context(inputs, Path(tmp))  # split, augmented copies, view: shared (no candidate rewrites the model)
         for policy in candidates:
-            workdir = Path(tmp) / policy
+            workdir = base.workdir / policy  # each solve's cached frontiers in a folder of its own
             workdir.mkdir()
-            ctx = _context(replace(inputs, cfg=replace(inputs.cfg, residual=policy)), workdir)
+            ctx = replace(base, cfg=replace(base.cfg, residual=policy), workdir=workdir)
             analysis = _analyse(ctx)
             allocation = _allocate(ctx, analysis, progress)
             solved = _solve(ctx, analysis, allocation, progress)
@@ -407,7 +409,8 @@ def _analyse(ctx: RunContext) -> Analysis:
         step = cfg.round_to or (lat_table.step if lat_table is not None else 1)
     ratio, target = cfg.ratio, cfg.target_macs
     macs = sum(per_node.values())
-    macs_original = macs if ctx.serialised is None else sum(node_macs(ctx.original, sample).values())
+    original_nodes = per_node if ctx.serialised is None else node_macs(ctx.original, sample)
+    macs_original = sum(original_nodes.values())
     if lat_table is not None and timing is not None:
         lat_target = cfg.target_latency or 1e-3 * float(cfg.target_latency_ms or 0.0) / timing.original_seconds
         # where PRO probes its curves and the uniform starting point: the MACs fraction equal to the latency
@@ -416,7 +419,7 @@ def _analyse(ctx: RunContext) -> Analysis:
         ratio = ratio_for_macs(free, table, probe_at, step) if free and probe_at < 1.0 else 0.0
     elif ratio is None or ctx.serialised is not None:
         if target is None:  # --residual srn with --ratio: the MACs that ratio leaves on the original's blocks
-            target = _original_fraction(ctx, float(ratio or 0.0), sample)
+            target = _original_fraction(ctx, float(ratio or 0.0), original_nodes)
         # a fraction of the analysed model (serialised: more MACs); nothing asked, nothing pruned
         if ctx.serialised is not None:
             target = target * macs_original / macs if target < 1.0 else 1.0
@@ -427,14 +430,14 @@ def _analyse(ctx: RunContext) -> Analysis:
     )  # fmt: skip
 
 
-def _original_fraction(ctx: RunContext, ratio: float, sample: dict[str, np.ndarray]) -> float:
+def _original_fraction(ctx: RunContext, ratio: float, original_nodes: Mapping[int, int]) -> float:
     """The MACs fraction of the original that removing ``ratio`` of every block-internal group's units leaves
     (how ``--ratio`` reads with ``--residual srn``, whose serialised model has more MACs and other groups)."""
     if ratio <= 0:
         return 1.0
     view = GraphView.build(ctx.original, input_shapes=ctx.data.sample_shapes())
     groups = find_groups(view, residual=False).groups
-    return MacsTable.build(groups, node_macs(ctx.original, sample)).predict(groups, keep_counts(groups, ratio))
+    return MacsTable.build(groups, original_nodes).predict(groups, keep_counts(groups, ratio))
 
 
 def _latency(

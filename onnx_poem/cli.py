@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 from . import __version__, planfile
 from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
-from .config import RESIDUALS
+from .config import RESIDUALS, SERIALISED_FORMS, STREAM_GROUPS
 from .errors import ModelError, PoemError, UsageError
 from .external import encode
 from .graph import GraphView, declared_shape, input_files, load_model
@@ -629,12 +629,12 @@ def inspect_cmd(model: Path, residual: str, prune_residual: bool, debug: bool) -
     residual = "stream" if prune_residual else residual
     try:
         loaded = fold_constants(load_model(model))
-        form = {"srn": "dirac", "project": "1x1"}.get(residual)
+        form = SERIALISED_FORMS.get(residual)
         serialised = serialise(loaded, form) if form is not None else None
         if serialised is not None:
             loaded = serialised.model
         view = GraphView.build(loaded, input_shapes=_probe_shapes(loaded))
-        coupling = find_groups(view, residual=residual in ("stream", "project"))
+        coupling = find_groups(view, residual=residual in STREAM_GROUPS)
     except PoemError as e:
         _fail(e, debug)
         return

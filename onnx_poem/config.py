@@ -19,6 +19,12 @@ ALLOCATIONS = ("uniform", "pro")
 #: selection samples are closest to the original's
 RESIDUALS = ("internal", "stream", "srn", "project", "auto")
 
+#: the policies that rewrite the model before the analysis → their :func:`onnx_poem.srn.serialise` form
+SERIALISED_FORMS = {"srn": "dirac", "project": "1x1"}
+
+#: the policies whose analysis makes channels joined by residual adds groups (``project``: one per block)
+STREAM_GROUPS = ("stream", "project")
+
 #: the policies ``--residual auto`` tries (srn measured 5-12 points worse everywhere; project won on ResNet-20 at
 #: half the MACs but lost on ResNet-56 and EfficientNet-Lite0, and is not tried yet: benchmarks/residual_srn.md)
 AUTO_CANDIDATES = ("internal", "stream")
@@ -65,12 +71,12 @@ class PruneConfig:
     @property
     def stream(self) -> bool:
         """Channels joined by residual adds are analysed as groups (``stream``, and ``project``'s per block)."""
-        return self.residual in ("stream", "project")
+        return self.residual in STREAM_GROUPS
 
     @property
     def serialised_form(self) -> str | None:
         """The :func:`onnx_poem.srn.serialise` form this run prunes (``None``: the model as it is)."""
-        return {"srn": "dirac", "project": "1x1"}.get(self.residual)
+        return SERIALISED_FORMS.get(self.residual)
 
     @property
     def latency_target(self) -> bool:

@@ -5,7 +5,7 @@
     {"format": "onnx-poem-plan", "version": 1,
      "model": {"name": ..., "sha256": <of the constant-folded (with srn: serialised) model's serialisation>},
      "input_shapes": {input: [1, dims...]},   # one sample (batch 1): the shapes the graph was analysed with
-     "residual": "internal" | "stream" | "srn",       # the analysis (older plans: "prune_residual": bool)
+     "residual": "internal" | "stream" | "srn" | "project",  # the analysis (older plans: "prune_residual": bool)
      "settings": {...},                               # settings: informational
      "decisions": [{"group": id, "channels": C, "keep": [atoms],
                     "updates": [{"node": i, "weight": name, "bias": name | null,

@@ -11,6 +11,7 @@ import onnx
 
 from . import planfile
 from .calibration.sources import ImageOptions, load_calibration
+from .config import SERIALISED_FORMS, STREAM_GROUPS
 from .coupling import find_groups
 from .errors import UsageError
 from .fold import fold_constants
@@ -47,13 +48,13 @@ def apply_saved_plan(
         with stage("load"):
             model, name = load_checked(model)
             original = model = fold_constants(model)
-            form = {"srn": "dirac", "project": "1x1"}.get(ctx.residual)
+            form = SERIALISED_FORMS.get(ctx.residual)
             if form is not None:
                 model = serialise(original, form).model
             if digest(model) != ctx.model_sha256:
                 raise UsageError(f"{plan_file} was computed for another model ({ctx.model_name}), not {name}")
             view = GraphView.build(model, input_shapes=ctx.input_shapes)
-            groups = {g.id: g for g in find_groups(view, residual=ctx.residual in ("stream", "project")).groups}
+            groups = {g.id: g for g in find_groups(view, residual=ctx.residual in STREAM_GROUPS).groups}
         for d in plan.decisions:
             if d.group_id not in groups or groups[d.group_id].channels != d.channels:
                 raise UsageError(f"{plan_file}: group {d.group_id} ({d.channels} channels) is not in this model")

@@ -141,8 +141,8 @@ class PruneReport:
     #: prediction for the allocation), ``step``, ``table_seconds`` (0: cached), ``loop`` ([predicted target,
     #: measured] per timed allocation)
     latency: dict[str, Any] = field(default_factory=dict)
-    residual: str = "internal"  # --residual: internal, stream or srn
-    #: --residual srn: ``blocks`` serialised (their Add outputs) and the residual joins ``left`` as they were
+    residual: str = "internal"  # --residual (:data:`onnx_poem.config.RESIDUALS`; with auto, the policy kept)
+    #: --residual srn / project: ``blocks`` rewritten (their Add outputs) and the residual joins ``left`` as they were
     #: (tensor → why); MACs before are the original's, not the serialised model's
     serialised: dict[str, Any] = field(default_factory=dict)
     #: --residual auto: each policy tried → its mean relative squared output error on the selection samples
@@ -224,14 +224,14 @@ class PruneReport:
             f"{'params':13}{self.params_before:>14,}{self.params_after:>14,}{self.params_ratio:>9.3f}",
             f"groups       {pruned} of {len(self.groups)} pruned; {len(self.unprunable)} parts left unpruned",
         ]
-        lines += self._srn_lines()
+        lines += self._residual_lines()
         lines += self._latency_lines()
         lines += self._agreement_lines()
         lines += [f"warning      {w}" for w in self.warnings]
         lines.append(f"time         {self.timings.get('total', 0.0):.1f} s{self._breakdown()}")
         return "\n".join(lines)
 
-    def _srn_lines(self) -> list[str]:
+    def _residual_lines(self) -> list[str]:
         lines = []
         if self.residual_auto:
             tried = ", ".join(f"{p} {e:.4f}" for p, e in self.residual_auto.items())

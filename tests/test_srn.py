@@ -192,3 +192,15 @@ def test_block_after_max_pooling_of_a_relu_is_carried() -> None:
     model = b.model([("x", ["N", 3, 8, 8])], [b.node("GlobalAveragePool", [t])])
     assert len(serialise(model, "dirac").blocks) == 1
     _exact(model, "dirac", inputs_for(model, 2))
+
+
+def test_cli_unknown_residual_policy_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    model = resnet_option_a()
+    m, c, out = tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "o.onnx"
+    onnx.save(model, m)
+    np.savez(c, x=inputs_for(model, 32))
+    res = CliRunner().invoke(main, [str(m), "--ratio", "0.5", "--calib", str(c), "--residual", "chain", "-o", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "chain" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(main, [str(m), "--ratio", "0.5", "--calib", str(c), "--residual", "auto", "--dry-run"])
+    assert res.exit_code != 0 and "--residual auto" in res.output and "Traceback" not in res.output

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -246,7 +246,8 @@ def _prune(
 
 def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
     """``--residual auto``: the model pruned with each policy of :data:`AUTO_CANDIDATES` that applies (``stream``
-    only where residual adds join prunable channels); a later candidate replaces the one kept so far only when its
+    only where residual adds join prunable channels, ``project`` only where a shortcut can become a 1x1 conv, at
+    the same budget against the original's MACs); a later candidate replaces the one kept so far only when its
     relative output error on the selection samples is lower by more than two standard errors of the paired
     per-sample difference (``internal``, the measured default, needs no evidence); the kept model is then verified
     on the verification samples as usual.
@@ -256,15 +257,11 @@ def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
     margin, the mean error alone chose streams on EfficientNet-Lite0 in two seeds of three, 1 and 2 points below
     internal in accuracy (benchmarks/residual_srn.md).
     """
-    assert not any(p in SERIALISED_FORMS for p in AUTO_CANDIDATES)  # they share one context
-    candidates = [p for p in AUTO_CANDIDATES if p != "stream" or _has_streams(inputs)]
     tried: list[tuple[np.ndarray, str, RunContext, Analysis, Allocation, Solved]] = []
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
-        base = _context(inputs, Path(tmp))  # split, augmented copies, view: shared (no candidate rewrites the model)
-        for policy in candidates:
-            workdir = base.workdir / policy  # each solve's cached frontiers in a folder of its own
-            workdir.mkdir()
-            ctx = replace(base, cfg=replace(base.cfg, residual=policy), workdir=workdir)
+        base = _context(inputs, Path(tmp))  # split, augmented copies, view: shared by the candidates
+        for policy, ctx in _auto_contexts(inputs, base):
+            ctx.workdir.mkdir()
             analysis = _analyse(ctx)
             allocation = _allocate(ctx, analysis, progress)
             solved = _solve(ctx, analysis, allocation, progress)
@@ -281,6 +278,23 @@ def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
     report = _report(ctx, analysis, allocation, verified)
     report.residual_auto = {policy: float(errors.mean()) for errors, policy, *_ in tried}
     return PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
+
+
+def _auto_contexts(inputs: _Inputs, base: RunContext) -> Iterator[tuple[str, RunContext]]:
+    """Each policy of :data:`AUTO_CANDIDATES` that changes what is pruned, with its run context: ``stream`` where
+    residual adds join prunable channels, a serialised form where it rewrites at least one block (its own model
+    and view; the split, the calibration data and its augmented copies are the shared ones)."""
+    for policy in AUTO_CANDIDATES:
+        cfg = replace(base.cfg, residual=policy)
+        workdir = base.workdir / policy  # each solve's cached frontiers in a folder of its own
+        form = SERIALISED_FORMS.get(policy)
+        if form is not None:
+            ser = serialise(inputs.original, form)
+            if ser.blocks:
+                view = GraphView.build(ser.model, input_shapes=base.data.sample_shapes())
+                yield policy, replace(base, cfg=cfg, model=ser.model, serialised=ser, view=view, workdir=workdir)
+        elif policy != "stream" or _has_streams(inputs):
+            yield policy, replace(base, cfg=cfg, workdir=workdir)
 
 
 def _has_streams(inputs: _Inputs) -> bool:

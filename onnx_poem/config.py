@@ -25,9 +25,10 @@ SERIALISED_FORMS = {"srn": "dirac", "project": "1x1"}
 #: the policies whose analysis makes channels joined by residual adds groups (``project``: one per block)
 STREAM_GROUPS = ("stream", "project")
 
-#: the policies ``--residual auto`` tries (srn measured 5-12 points worse everywhere; project won on ResNet-20 at
-#: half the MACs but lost on ResNet-56 and EfficientNet-Lite0, and is not tried yet: benchmarks/residual_srn.md)
-AUTO_CANDIDATES = ("internal", "stream")
+#: the policies ``--residual auto`` tries, in this order (srn measured 5-12 points worse everywhere and is not
+#: tried; project won on ResNet-20 at half the MACs and lost on ResNet-56 and EfficientNet-Lite0:
+#: benchmarks/residual_srn.md)
+AUTO_CANDIDATES = ("internal", "stream", "project")
 
 
 @dataclass(frozen=True)

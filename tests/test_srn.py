@@ -148,17 +148,41 @@ def test_cli_srn_plan_round_trip(tmp_path: Path) -> None:
 
 
 def test_auto_keeps_the_policy_whose_outputs_are_closest() -> None:
-    """--residual auto prunes with internal and stream and keeps stream only when it is clearly closer to the
-    original on the selection samples: the same bytes as a run with the kept policy given."""
+    """--residual auto prunes with internal, stream and project and keeps another policy than internal only when
+    it is clearly closer to the original on the selection samples: the same bytes as a run with the kept policy
+    given, at the same MACs against the original."""
     model = resnet_option_a()
     x = inputs_for(model, 128)
     pruned, rep = prune(model, target_macs=0.6, calib=x, residual="auto")
-    assert set(rep.residual_auto) == {"internal", "stream"}
-    if rep.residual == "stream":
-        assert rep.residual_auto["stream"] < rep.residual_auto["internal"]
-    fixed, _ = prune(model, target_macs=0.6, calib=x, residual=rep.residual)
+    assert list(rep.residual_auto) == ["internal", "stream", "project"]
+    if rep.residual != "internal":
+        assert rep.residual_auto[rep.residual] < rep.residual_auto["internal"]
+    fixed, fixed_rep = prune(model, target_macs=0.6, calib=x, residual=rep.residual)
     assert pruned.SerializeToString() == fixed.SerializeToString()
     assert f"auto chose {rep.residual}" in rep.summary()
+    assert rep.macs_after / rep.macs_before == pytest.approx(fixed_rep.macs_after / fixed_rep.macs_before)
+
+
+def test_auto_keeps_project_when_it_is_clearly_closer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The choice rule itself: with the selection errors forced, a candidate whose paired error is lower by more
+    than two standard errors is kept (here project), and the model is the one a fixed --residual project writes."""
+    import onnx_poem.api as api
+
+    model = resnet_option_a()
+    x = inputs_for(model, 96)
+    errors = {"internal": 0.30, "stream": 0.29, "project": 0.10}
+    rng = np.random.default_rng(0)
+
+    def fake(ctx: api.RunContext, pruned: onnx.ModelProto) -> np.ndarray:
+        n = len(ctx.split.select) or len(ctx.split.fit)
+        return errors[ctx.cfg.residual] + 0.01 * rng.standard_normal(n)
+
+    monkeypatch.setattr(api, "_selection_errors", fake)
+    pruned, rep = prune(model, target_macs=0.6, calib=x, residual="auto")
+    assert rep.residual == "project" and rep.serialised is not None
+    monkeypatch.undo()
+    fixed, _ = prune(model, target_macs=0.6, calib=x, residual="project")
+    assert pruned.SerializeToString() == fixed.SerializeToString()
 
 
 def test_auto_without_residual_streams_tries_internal_only() -> None:

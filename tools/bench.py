@@ -96,6 +96,7 @@ def run_one(args: argparse.Namespace) -> dict:
         so.run(None, {k: v[s : s + 32] for k, v in calib.items()})
     fwd = time.perf_counter() - t
     t = time.perf_counter()
+    chosen: dict = {}  # --residual auto: the policy kept and each candidate's selection error
     if args.method == "original":
         pruned = original
     elif args.method in PEERS:
@@ -109,7 +110,7 @@ def run_one(args: argparse.Namespace) -> dict:
     else:
         method, *variants = args.method.split("+")
         amount = {"target_macs": args.ratio} if args.target else {"ratio": args.ratio}
-        pruned, _ = prune(
+        pruned, rep = prune(
             original,
             calib=calib,
             method=method,
@@ -122,6 +123,8 @@ def run_one(args: argparse.Namespace) -> dict:
             augment=next((int(v[3:]) for v in variants if v.startswith("aug")), 0),
             **amount,
         )
+        if rep.residual_auto:
+            chosen = {"residual": rep.residual, "residual_auto": rep.residual_auto}
     prune_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out = Path(args.work) / f"{args.model}.{args.method}.{args.ratio}.{args.seed}.onnx"
@@ -147,6 +150,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "peak_rss_mb": rss,
         "calib_samples": args.samples,
         "seed": args.seed,
+        **chosen,
     }
 
 

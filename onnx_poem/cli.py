@@ -652,6 +652,11 @@ def inspect_cmd(model: Path, residual: str, prune_residual: bool, debug: bool) -
         size = f"{g.channels} channels" if g.block == 1 else f"{g.channels} conv groups of {g.block} channels"
         if g.heads:
             size = f"{g.channels} attention heads of {g.block} channels (q, k, v: {len(g.producers)} producers)"
+            if g.repeat > 1:
+                size = (
+                    f"{g.channels} key/value heads of {g.block} channels, each shared by {g.repeat} query heads "
+                    f"(grouped-query attention; q, k, v: {len(g.producers)} producers)"
+                )
             kind = ""
         click.echo(f"  {g.id}:{kind} {size} -> {cons}")
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")

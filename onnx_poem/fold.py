@@ -14,6 +14,11 @@ Exporters write constants in forms the channel analysis cannot read as weights:
   longer than 1 (a vector, or ``[1, C, 1, 1]``) that several nodes read gets its own
   copy per reader (the first keeps the name), so each copy can be sliced for its
   own group.
+* shared shapes: a head count is rewritten where it is stored, so a ``Reshape`` or
+  ``Expand`` shape must be its own.  A shape ``Concat`` read by several of them (dynamo
+  computes grouped-query attention's ``Expand`` shape once for every layer) is
+  repeated per reader, and an integer constant such a shape is made of, or a shape
+  constant itself, gets a copy per reader.
 
 The folded model computes the same outputs (the ops are evaluated exactly, by
 ``onnx.reference``); an input without such constants is returned as it is.
@@ -43,12 +48,12 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`).
     """
     model = fold_shapes(model)
-    if not _foldable(model) and not _shared(model):
+    if not _foldable(model) and not _shared(model) and not _shared_concats(model.graph):
         return model
     m = onnx.ModelProto()
     m.CopyFrom(model)
     folded = _fold(m)
-    copied = _unshare(m)
+    copied = _unshare_concats(m.graph) + _unshare(m)
     if folded or copied:
         logger.info("folded %d constant-only nodes, copied %d shared constants", folded, copied)
     return m
@@ -161,8 +166,13 @@ def _shared(model: onnx.ModelProto) -> dict[str, int]:
     for n in g.node:
         for t in n.input:
             uses[t] = uses.get(t, 0) + 1
-        if n.op_type == "Reshape" and len(n.input) > 1:
+        if n.op_type in ("Reshape", "Expand") and len(n.input) > 1:
             shapes.add(n.input[1])
+    producer = {o: n for n in g.node for o in n.output}
+    for t in list(shapes):  # the constant pieces of computed shapes
+        p = producer.get(t)
+        if p is not None and p.op_type == "Concat":
+            shapes.update(p.input)
     inputs = {i.name for i in g.input}
     out = {}
     for t in g.initializer:
@@ -173,6 +183,52 @@ def _shared(model: onnx.ModelProto) -> dict[str, int]:
         if uses.get(t.name, 0) > 1 and (per_channel or shape) and t.name not in inputs:
             out[t.name] = uses[t.name]
     return out
+
+
+def _shared_concats(g: onnx.GraphProto) -> dict[str, list[int]]:
+    """Outputs of ``Concat`` nodes read as the shape of more than one ``Reshape``/``Expand`` → those readers."""
+    concats = {n.output[0] for n in g.node if n.op_type == "Concat"}
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(g.node):
+        if n.op_type in ("Reshape", "Expand") and len(n.input) > 1 and n.input[1] in concats:
+            readers.setdefault(n.input[1], []).append(i)
+    return {t: r for t, r in readers.items() if len(r) > 1}
+
+
+def _unshare_concats(g: onnx.GraphProto) -> int:
+    """Every reader of a shared shape ``Concat`` gets a copy of it placed right before the reader (the original
+    goes): the cascade caches tensors by position, and a shape computed far upstream of its reader would be
+    read from a cache made before the reader's group was pruned."""
+    shared = _shared_concats(g)
+    if not shared:
+        return 0
+    names = {t for n in g.node for t in (*n.input, *n.output)}
+    producer = {n.output[0]: n for n in g.node if n.op_type == "Concat"}
+    before: dict[int, onnx.NodeProto] = {}  # reader → its copy
+    for t, readers in shared.items():
+        for i in readers:
+            k = i
+            while f"{t}__copy{k}" in names:
+                k += 1
+            out = f"{t}__copy{k}"
+            names.add(out)
+            c = onnx.NodeProto()
+            c.CopyFrom(producer[t])
+            c.output[0] = out
+            c.name = f"{c.name}__{out}" if c.name else ""
+            g.node[i].input[1] = out
+            before[i] = c
+    read = {t for n in g.node for t in n.input} | {o.name for o in g.output} | subgraph_reads(g)
+    nodes = []
+    for i, n in enumerate(g.node):
+        if i in before:
+            nodes.append(before[i])
+        if n.op_type != "Concat" or n.output[0] not in shared or n.output[0] in read:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    drop_unused(g)
+    return len(before)
 
 
 def _unshare(m: onnx.ModelProto) -> int:

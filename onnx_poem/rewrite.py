@@ -53,14 +53,14 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
         g = groups[dec.group_id]
         keep = np.asarray(dec.keep, dtype=np.int64)
         for p in g.params:
-            arrays[p.name] = np.take(get(p.name), g.positions(p.index, keep), axis=p.axis)
+            arrays[p.name] = np.take(get(p.name), g.positions(p.index, keep, p.unit), axis=p.axis)
         for prod in g.producers:
             if prod in new_bias:
-                index = next(p.index for p in g.params if p.name == view.nodes[prod].input[1])
-                arrays[new_bias[prod]] = np.take(arrays[new_bias[prod]], g.positions(index, keep), axis=0)
+                wp = next(p for p in g.params if p.name == view.nodes[prod].input[1])
+                arrays[new_bias[prod]] = np.take(arrays[new_bias[prod]], g.positions(wp.index, keep, wp.unit), axis=0)
         for r in g.reshapes:
             shape = shape_fix.get(r.shape, get(r.shape)).copy()
-            shape.reshape(-1)[r.position] = len(g.positions(r.index, keep)) * r.cols_per_channel // r.per
+            shape.reshape(-1)[r.position] = len(g.positions(r.index, keep, r.unit)) * r.cols_per_channel // r.per
             shape_fix[r.shape] = arrays[r.shape] = shape
         for gr in g.grouped:
             group_attr[gr.node] = len(g.positions(gr.index, keep)) // gr.per_group

@@ -111,8 +111,8 @@ def _reconstruct_group(
 def consumer_update(view: GraphView, g: ChannelGroup, c: Consumer, W: np.ndarray, own: np.ndarray) -> ConsumerUpdate:
     """The stored weight and bias of consumer ``c`` for effective weights ``W`` on its kept channels ``own``
     (in the group's blocks: ``W``'s columns run over the kept blocks' channels in order)."""
-    channels = positions(None, own, g.block)
-    w, b = stored_arrays(view, c, W, channels, (c.in_channels or g.channels) * g.block)
+    channels = positions(None, own, g.block * c.unit)
+    w, b = stored_arrays(view, c, W, channels, (c.in_channels or g.channels) * g.block * c.unit)
     return ConsumerUpdate(c.node, c.weight, w, c.bias, b)
 
 
@@ -122,7 +122,7 @@ def _filters(view: GraphView, g: ChannelGroup) -> np.ndarray:
     for prod in g.producers or (g.producer,):
         p = next(p for p in g.params if p.name == view.nodes[prod].input[1])
         w = np.moveaxis(np.asarray(view.const(p.name), dtype=np.float64), p.axis, 0)
-        w = w.reshape(w.shape[0] // g.block, -1)  # one row per atom (a block's channels side by side)
+        w = w.reshape(w.shape[0] // (g.block * p.unit), -1)  # one row per atom (a block's channels side by side)
         idx = np.arange(g.channels) if p.index is None else np.asarray(p.index)
         block = np.zeros((g.channels, w.shape[1]))
         block[idx >= 0] = w[idx[idx >= 0]]

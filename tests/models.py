@@ -653,7 +653,13 @@ BUILDERS |= {"keras_se": keras_se}
 
 
 def attention(
-    seed: int = 0, *, style: str = "const", heads: int = 4, size: int = 4, dead: int | None = None
+    seed: int = 0,
+    *,
+    style: str = "const",
+    heads: int = 4,
+    size: int = 4,
+    dead: int | None = None,
+    kv_heads: int | None = None,
 ) -> onnx.ModelProto:
     """One encoder attention block on ``x: (N, T, E)`` (``E = heads·size``, ``T`` symbolic) with an
     ``attention_mask: (N, T)`` input, as exporters write it::
@@ -665,16 +671,21 @@ def attention(
     ``Concat`` of ``Shape``-gathered dims and one constant per piece), ``channel_read`` (the merge's
     ``H·d`` computed from the context's shape: the head count read at run time), ``rotary`` (const
     shapes, and q and k rotated as Llama does: halves of the head size sliced, negated, concatenated
-    along it and mixed by per-position factors).  ``dead``: a head
+    along it and mixed by per-position factors).  ``dead``: a (key/value) head
     whose value weights and bias are zero (its context is 0: removing it changes nothing).
+    ``kv_heads``: grouped-query attention, ``kv_heads`` key/value heads each repeated for
+    ``heads / kv_heads`` query heads as Hugging Face's ``repeat_kv`` exports (dynamo)::
+
+        k (N, G, T, d) → Unsqueeze(2) → Expand(Concat[N, G, r, T, d], shared by k and v) → Reshape [0, H, -1, d]
     """
     b = _B(seed)
     e = heads * size
     r = b.rng
+    kvh = kv_heads or heads
 
-    def proj(x: str, zero: int | None = None) -> str:
-        w = (r.standard_normal((e, e)) / np.sqrt(e)).astype(np.float32)
-        bias = (0.1 * r.standard_normal(e)).astype(np.float32)
+    def proj(x: str, zero: int | None = None, out: int = e) -> str:
+        w = (r.standard_normal((e, out)) / np.sqrt(e)).astype(np.float32)
+        bias = (0.1 * r.standard_normal(out)).astype(np.float32)
         if zero is not None:
             w[:, zero * size : (zero + 1) * size] = 0
             bias[zero * size : (zero + 1) * size] = 0
@@ -688,12 +699,24 @@ def attention(
             "Unsqueeze", [b.node("Gather", [b.node("Shape", [t]), b.const(np.array(i, np.int64), "i")]), ints([0])]
         )
 
-    def split(t: str) -> str:
+    def split(t: str, h: int = heads) -> str:
         if style in ("const", "rotary"):
-            shape = ints([0, 0, heads, size])
+            shape = ints([0, 0, h, size])
         else:
-            shape = b.node("Concat", [dim("x", 0), ints([-1]), ints([heads]), ints([size])], axis=0)
+            shape = b.node("Concat", [dim("x", 0), ints([-1]), ints([h]), ints([size])], axis=0)
         return b.node("Reshape", [t, shape])
+
+    expand = ""
+
+    def repeat(t: str) -> str:  # (N, G, T, d) → (N, H, T, d), key/value head j for query heads j·r … j·r + r - 1
+        nonlocal expand
+        if kv_heads is None:
+            return t
+        if not expand:
+            pieces = [dim("x", 0), ints([kvh]), ints([heads // kvh]), dim("x", 1), ints([size])]
+            expand = b.node("Concat", pieces, axis=0)
+        wide = b.node("Expand", [b.node("Unsqueeze", [t, ints([2])]), expand])
+        return b.node("Reshape", [wide, ints([0, heads, -1, size])])
 
     def rotary(t: str) -> str:  # t · cos + rotate_half(t) · sin over the head size (last axis)
         half = size // 2
@@ -705,12 +728,12 @@ def attention(
         return b.node("Add", [b.node("Mul", [t, cos]), b.node("Mul", [rot, sin])])
 
     q = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 1, 3])
-    k = b.node("Transpose", [split(proj("x"))], perm=[0, 2, 1, 3])
+    k = b.node("Transpose", [split(proj("x", out=kvh * size), kvh)], perm=[0, 2, 1, 3])
     if style == "rotary":
         q = rotary(q)
         k = rotary(k)
-    k = b.node("Transpose", [k], perm=[0, 1, 3, 2])
-    v = b.node("Transpose", [split(proj("x", dead))], perm=[0, 2, 1, 3])
+    k = b.node("Transpose", [repeat(k)], perm=[0, 1, 3, 2])
+    v = repeat(b.node("Transpose", [split(proj("x", dead, out=kvh * size), kvh)], perm=[0, 2, 1, 3]))
     scores = b.node("Div", [b.node("MatMul", [q, k]), b.const(np.array(np.sqrt(size), np.float32), "c")])
     m = b.node("Cast", [b.node("Unsqueeze", ["attention_mask", ints([1, 2])])], to=TensorProto.FLOAT)
     m = b.node("Mul", [b.node("Sub", [b.const(np.array(1, np.float32), "c"), m]), b.const(np.array(-1e4, np.float32))])

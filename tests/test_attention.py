@@ -175,3 +175,68 @@ def test_concat_along_another_axis_joins_its_inputs() -> None:
     model = finish(helper.make_graph(nodes, "cat", [x], [out], [w1, w2]))
     groups = find_groups(GraphView.build(model, input_shapes={"x": (2, 3, 8)})).groups
     assert [(g.channels, len(g.consumers), g.residual) for g in groups] == [(8, 1, False)]
+
+
+GQA_STYLES = ("const", "computed", "rotary")
+
+
+@pytest.mark.parametrize("style", GQA_STYLES)
+def test_grouped_query_heads_are_one_group_of_kv_heads_with_their_query_heads(style: str) -> None:
+    """Two key/value heads, each repeated for two of four query heads: an atom is one key/value head with its
+    query heads (q's and Wo's positions count pairs of heads); the Expand shape (computed once, read by k and v)
+    is given to each reader before the analysis."""
+    from onnx_poem.fold import fold_constants
+
+    model = fold_constants(attention(style=style, kv_heads=2))
+    view = _view(model)
+    heads = [g for g in find_groups(view).groups if g.heads]
+    assert len(heads) == 1
+    g = heads[0]
+    assert (g.channels, g.block, g.repeat) == (2, 4, 2)
+    assert g.consumers[0].in_channels == 2 and g.consumers[0].unit == 2
+    units = {view.const(p.name).shape[-1]: p.unit for p in g.params if view.const(p.name).ndim == 2}
+    assert units == {16: 2, 8: 1}  # Wq (4 heads): pairs of heads; Wk, Wv (2 heads): one head
+    expands = [n for n in view.nodes if n.op_type == "Expand"]
+    assert len(expands) == 2 and expands[0].input[1] != expands[1].input[1]
+
+
+@pytest.mark.parametrize("style", GQA_STYLES)
+def test_grouped_query_attention_pruned_runs_at_every_batch_and_length(style: str) -> None:
+    model = attention(style=style, kv_heads=2)
+    calib = attention_inputs(128, 6)
+    same, _ = prune(model, ratio=0.0, calib=calib, samples=128)
+    feed = attention_inputs(3, 9, seed=1)
+    np.testing.assert_allclose(_run(same, feed), _run(model, feed), rtol=0, atol=1e-5)
+    pruned, _ = prune(model, ratio=0.5, calib=calib, samples=128, allocation="uniform")
+    onnx.checker.check_model(pruned, full_check=True)
+    for n, tokens in ((1, 1), (2, 7), (5, 3)):
+        assert _run(pruned, attention_inputs(n, tokens, seed=n)).shape == (n, tokens, 16)
+    dims = sorted(tuple(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2)
+    assert dims == [(8, 16), (16, 4), (16, 4), (16, 8)]  # Wo rows, Wk, Wv, Wq: one key/value head, two query
+    sample = {k: v[:1] for k, v in calib.items()}
+    from onnx_poem.fold import fold_constants
+
+    folded = fold_constants(model)
+    groups = [g for g in find_groups(_view(folded)).groups if g.heads]
+    predicted = MacsTable.build(groups, node_macs(folded, sample)).predict(groups, {groups[0].id: 1})
+    assert predicted == pytest.approx(count_macs(pruned, sample) / count_macs(model, sample), rel=1e-9)
+
+
+def test_a_dead_key_value_head_goes_with_its_query_heads_exactly() -> None:
+    """Key/value head 1 has zero value weights: the context of query heads 2 and 3 is 0, so removing the three
+    together (and refitting Wo on heads 0 and 1) changes nothing, and the selection picks that group."""
+    model = attention(style="computed", kv_heads=2, dead=1)
+    pruned, _ = prune(model, ratio=0.5, calib=attention_inputs(128, 6), samples=128, allocation="uniform")
+    for tokens in (1, 4, 11):
+        feed = attention_inputs(3, tokens, seed=tokens)
+        np.testing.assert_allclose(_run(pruned, feed), _run(model, feed), rtol=0, atol=2e-4)
+
+
+def test_inspect_names_grouped_query_heads(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "gqa.onnx"
+    onnx.save(attention(style="computed", kv_heads=2), str(path))
+    out = CliRunner().invoke(main, ["inspect", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "2 key/value heads of 4 channels, each shared by 2 query heads" in out.output

@@ -64,3 +64,27 @@ def test_exporter_forms_are_pruned_like_plain_ones(name: str) -> None:
     assert [u["reason"] for u in rep.unprunable] == [f"channels reach graph output '{model.graph.output[0].name}'"]
     same, _ = prune(model, ratio=0.0, calib=x, positions=8)
     np.testing.assert_allclose(_run(same, x[:4]), _run(model, x[:4]), rtol=1e-6, atol=1e-6)
+
+
+def test_a_shape_concat_read_by_several_nodes_is_given_to_each_right_before_it() -> None:
+    """dynamo computes grouped-query attention's Expand shape once for k and v (and for every layer): each
+    reader gets its own copy, placed right before it (the cascade caches tensors by position), with its own
+    integer constants; the outputs stay the same."""
+    from models import attention, attention_inputs
+
+    model = attention(style="computed", kv_heads=2)
+    folded = fold_constants(model)
+    nodes = list(folded.graph.node)
+    expands = [i for i, n in enumerate(nodes) if n.op_type == "Expand"]
+    assert len(expands) == 2
+    shapes = [nodes[i].input[1] for i in expands]
+    assert len(set(shapes)) == 2
+    for i in expands:
+        assert nodes[i - 1].op_type == "Concat" and nodes[i - 1].output[0] == nodes[i].input[1]
+    pieces = [set(nodes[i - 1].input) for i in expands]
+    consts = {t.name for t in folded.graph.initializer}
+    assert not (pieces[0] & pieces[1] & consts)  # no constant piece shared
+    assert sum(n.op_type == "Concat" for n in nodes) == sum(n.op_type == "Concat" for n in model.graph.node) + 1
+    feed = attention_inputs(3, 5)
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, feed)[0] for m in (model, folded)]
+    np.testing.assert_array_equal(run[0], run[1])

@@ -26,7 +26,14 @@ The generic tracer (:mod:`onnx_poem.coupling.trace`) finds such a group with the
 * ``Softmax`` over another axis, and ``Shape`` of a channel tensor whose readers take only other
   dimensions (the exporters' computed reshapes), pass them;
 * a computed operand broadcast along the channel axis (the attention mask, ``(N, 1, 1, T)``) does
-  not carry the channels (:func:`carries`).
+  not carry the channels (:func:`carries`);
+* grouped-query attention repeats each of ``G`` key/value heads for ``r = H / G`` query heads
+  (Hugging Face's ``repeat_kv``: ``Unsqueeze`` after the head axis → ``Expand`` to ``r`` copies →
+  ``Reshape`` merging the two axes, :func:`repeat_at` / :func:`repeat_ending_at`).  Key/value head
+  ``j`` is read by query heads ``j·r … j·r + r - 1`` only, so an atom is one key/value head with its
+  ``r`` query heads: ``d`` channels of ``Wk``/``Wv`` and ``r·d`` of ``Wq`` and ``Wo``'s inputs (the
+  query side's spaces count *units* of ``r`` heads).  Removing it keeps every other head exact; the
+  ``Expand`` shape's ``G`` and the merged ``H`` are rewritten.
 """
 
 from __future__ import annotations
@@ -272,3 +279,93 @@ def batched_matmul(view: GraphView, node: int, edge: Edge) -> tuple[Edge, ...] |
             return Stop("MatMul of two computed tensors broadcast along the channel axis")
         edges.append(Edge(x, a, len(sh), per=edge.per))
     return tuple(edges)
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """Grouped-query attention's key/value heads repeated for their query heads (module docstring).
+
+    ``nodes`` are the ``Unsqueeze``, ``Expand`` and ``Reshape``; ``source`` holds ``heads`` key/value heads
+    of ``size`` channels on ``axis`` (of ``rank``), ``target`` the ``heads·rep`` query-ordered copies;
+    ``expand`` is the Expand shape's entry of ``heads``, ``merged`` the Reshape shape's entry of
+    ``heads·rep``."""
+
+    nodes: tuple[int, int, int]
+    source: str
+    target: str
+    axis: int
+    rank: int
+    heads: int
+    rep: int
+    size: int
+    expand: Entry
+    merged: Entry
+
+
+def _only_user(view: GraphView, tensor: str, op: str) -> int | None:
+    uses = view.users(tensor)
+    if len(uses) != 1 or uses[0].slot != 0 or view.nodes[uses[0].node].op_type != op or tensor in view.outputs:
+        return None
+    return uses[0].node
+
+
+def repeat_at(view: GraphView, node: int, edge: Edge) -> Repeat | None:
+    """The key/value head repeat that starts at ``Unsqueeze`` ``node``, whose input carries heads as ``edge``
+    (``edge.per`` channels each), or ``None`` if it is not one."""
+    n = view.nodes[node]
+    if n.op_type != "Unsqueeze" or edge.rank is None or edge.per == 1 or edge.cols != 1:
+        return None
+    ax, rank = edge.axis % edge.rank, edge.rank
+    axes = view.attr(node, "axes")
+    if axes is None and len(n.input) > 1:
+        value = view.const(n.input[1])
+        axes = None if value is None else np.reshape(value, -1).tolist()
+    if axes is None or [int(a) % (rank + 1) for a in axes] != [ax + 1]:
+        return None
+    e = _only_user(view, n.output[0], "Expand")
+    s = None if e is None else _only_user(view, view.nodes[e].output[0], "Reshape")
+    if e is None or s is None:
+        return None
+    src, mid, out = (view.shapes.get(t) for t in (n.input[0], view.nodes[e].output[0], view.nodes[s].output[0]))
+    expand = shape_entries(view, view.nodes[e].input[1])
+    merged = shape_entries(view, view.nodes[s].input[1])
+    if src is None or mid is None or out is None or expand is None or merged is None:
+        return None
+    if len(src) != rank or len(mid) != rank + 1 or len(out) != rank or len(expand) != rank + 1 or len(merged) != rank:
+        return None
+    heads, rep = mid[ax], mid[ax + 1]
+    if heads is None or rep is None or rep < 2 or src[ax] not in (None, heads) or out[ax] not in (None, heads * rep):
+        return None
+    if not _same_lead(src[:ax], out[:ax]) or not _same_lead(src[ax + 1 :], out[ax + 1 :]):
+        return None
+    return Repeat((node, e, s), n.input[0], view.nodes[s].output[0], ax, rank, int(heads), int(rep), edge.per,
+                  expand[ax], merged[ax])  # fmt: skip
+
+
+def repeat_ending_at(view: GraphView, node: int, edge: Edge) -> Repeat | None:
+    """The key/value head repeat whose ``Reshape`` is ``node``, its output carrying heads as ``edge``."""
+    n = view.nodes[node]
+    e = view.producer.get(n.input[0]) if n.op_type == "Reshape" else None
+    if e is None or view.nodes[e].op_type != "Expand" or edge.rank is None:
+        return None
+    u = view.producer.get(view.nodes[e].input[0])
+    if u is None or view.nodes[u].op_type != "Unsqueeze":
+        return None
+    rp = repeat_at(view, u, Edge(view.nodes[u].input[0], edge.axis % edge.rank, edge.rank, per=edge.per))
+    return rp if rp is not None and rp.nodes[2] == node else None
+
+
+def repeat_fixes(view: GraphView, rp: Repeat) -> tuple[ReshapeFix | None, ReshapeFix | None] | Stop:
+    """The rewrites of the Expand shape's key/value head count and the merged query head count (``None``:
+    nothing to rewrite, the entry is 1 or -1)."""
+    e, s = rp.nodes[1], rp.nodes[2]
+    if rp.expand.value == 1:
+        fix_e: ReshapeFix | Stop | None = None
+    else:
+        fix_e = _fix(view, e, rp.expand, rp.heads, rp.size)
+    fix_s = _fix(view, s, rp.merged, rp.heads * rp.rep, rp.size)
+    for f in (fix_e, fix_s):
+        if isinstance(f, Stop):
+            return Stop(f"grouped-query attention: {f.reason}")
+    assert not isinstance(fix_e, Stop) and not isinstance(fix_s, Stop)
+    return fix_e, fix_s

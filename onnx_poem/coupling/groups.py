@@ -33,6 +33,7 @@ class ParamSlice:
     name: str
     axis: int
     index: tuple[int, ...] | None = None
+    unit: int = 1  # the group's blocks per position (see ChannelGroup.repeat)
 
 
 Index = tuple[int, ...] | None
@@ -117,6 +118,7 @@ class Consumer:
     bias_add: int | None = None
     index: tuple[int, ...] | None = None
     in_channels: int = 0
+    unit: int = 1  # the group's blocks per input position (see ChannelGroup.repeat)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class ReshapeFix:
     cols_per_channel: int
     index: tuple[int, ...] | None = None
     per: int = 1
+    unit: int = 1  # the group's blocks per position (see ChannelGroup.repeat)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,9 @@ class ChannelGroup:
             head and the output projection's inputs of that head; :mod:`onnx_poem.coupling.attention`).
         scaled: MatMul nodes of two computed operands (``q·kᵀ``, ``p·v``) whose MACs scale with the
             kept fraction of the group's atoms.
+        repeat: query heads per key/value head of grouped-query attention (1 elsewhere): an atom is a
+            key/value head with its ``repeat`` query heads, and the query side's members (``unit`` =
+            ``repeat``) hold ``repeat`` blocks per position (their ``index`` and ``in_channels`` count them).
     """
 
     id: str
@@ -240,10 +246,12 @@ class ChannelGroup:
     shuffles: tuple[ShuffleFix, ...] = ()
     heads: bool = False
     scaled: tuple[int, ...] = ()
+    repeat: int = 1
 
-    def positions(self, index: Index, keep: np.ndarray) -> np.ndarray:
-        """Channel positions of the kept atoms ``keep`` in a member with ``index`` (blocks expanded)."""
-        return positions(index, keep, self.block)
+    def positions(self, index: Index, keep: np.ndarray, unit: int = 1) -> np.ndarray:
+        """Channel positions of the kept atoms ``keep`` in a member with ``index`` and ``unit`` blocks per
+        position (blocks expanded)."""
+        return positions(index, keep, self.block * unit)
 
 
 @dataclass(frozen=True)

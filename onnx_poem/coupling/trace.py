@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..graph import GraphView
-from .attention import batched_matmul, carries
+from .attention import Repeat, batched_matmul, carries, repeat_at, repeat_ending_at, repeat_fixes
 from .groups import (
     ChannelGroup,
     Consumer,
@@ -218,6 +218,8 @@ class _Component:
     shuffles: list[_ShuffleAt] = field(default_factory=list)
     heads: bool = False  # the atoms are attention heads (see ChannelGroup.heads)
     scaled: set[int] = field(default_factory=set)  # MatMuls of two computed operands the channels pass
+    units: dict[int, int] = field(default_factory=dict)  # space → atoms' blocks per position (query side of GQA)
+    repeats: list[tuple[int, int, int]] = field(default_factory=list)  # (key/value space, query space, heads)
 
     def space(self, size: int) -> int:
         self.sizes.append(size)
@@ -305,6 +307,9 @@ class _Component:
         if _both_computed(view, node):
             self._batched(node, space, edge)
             return
+        if n.op_type == "Reshape" and (rp := repeat_ending_at(view, node, edge)) is not None:
+            self._repeat(rp)
+            return
         self._heads_pass(node, edge)
         if n.op_type == "Pad" and (cp := self._channel_pads(node, edge)) is not None:
             self._pad(node, *cp, edge)
@@ -345,6 +350,9 @@ class _Component:
         if _both_computed(view, node):
             self._batched(node, space, edge)
             return
+        if n.op_type == "Unsqueeze" and slot == 0 and (rp := repeat_at(view, node, edge)) is not None:
+            self._repeat(rp)
+            return
         self._heads_pass(node, edge)
         if n.op_type == "Pad" and slot == 0 and (cp := self._channel_pads(node, edge)) is not None:
             self._pad(node, *cp, edge)
@@ -379,6 +387,29 @@ class _Component:
         self.scaled.add(node)
         for e in edges:
             self.join(e.tensor, space, e, via=node)
+
+    def _repeat(self, rp: Repeat) -> None:
+        """Grouped-query attention: the key/value heads of ``rp.source`` repeated for their query heads in
+        ``rp.target``; the query side counts units of ``rp.rep`` heads (:meth:`_blocks`)."""
+        u, e, s = rp.nodes
+        edge = Edge(rp.source, rp.axis, rp.rank, per=rp.size)
+        kv = self._space_for(u, rp.source, rp.heads * rp.size, edge)
+        q = self._space_for(s, rp.target, rp.heads * rp.rep * rp.size, replace(edge, tensor=rp.target))
+        if self.sizes[kv] != rp.heads * rp.size or self.sizes[q] != rp.heads * rp.rep * rp.size:
+            raise _Stop(f"stopped at {self._where(u)}: grouped-query attention of unexpected head counts")
+        if self.block not in (1, rp.size) or (self.block > 1 and not self.heads):
+            raise _Stop(f"attention heads of {rp.size} channels where atoms have {self.block}")
+        self.block, self.heads = rp.size, True
+        if self.units.setdefault(q, rp.rep) != rp.rep or self.units.get(kv, 1) != 1:
+            raise _Stop(f"stopped at {self._where(u)}: key/value heads repeated twice")
+        self.repeats.append((kv, q, rp.heads))
+        fixes = repeat_fixes(self.view, rp)
+        if isinstance(fixes, Stop):
+            raise _Stop(f"stopped at {self._where(e)}: {fixes.reason}")
+        for fix, space in zip(fixes, (kv, q), strict=True):
+            if fix is not None:
+                self.reshapes.append((fix, space))
+        self.visited.update({(e, self.view.nodes[u].output[0]), (s, self.view.nodes[e].output[0])})
 
     def _heads_pass(self, node: int, edge: Edge) -> None:
         """Stop where attention heads (``edge.per > 1``) reach an op whose rule does not keep them (Concat,
@@ -548,18 +579,39 @@ class _Component:
         self.links.extend(Link(inner, outer, c, sh.target(c), 1) for c in range(sh.channels))
         self.shuffles.append(_ShuffleAt(sh.nodes, inner, outer))
 
+    def _units(self) -> list[int]:
+        """Per space: the blocks of :attr:`block` channels one position holds (``rep`` on the query side of
+        grouped-query attention, carried along the links between spaces; 1 elsewhere)."""
+        unit = dict(self.units)
+        changed = True
+        while changed:
+            changed = False
+            for k in self.links:
+                a, b = unit.get(k.a), unit.get(k.b)
+                if a is not None and b is not None and a != b:
+                    raise _Stop("query heads of grouped-query attention meet other channels")
+                if (a is None) != (b is None):
+                    unit[k.b if b is None else k.a] = a or b or 1
+                    changed = True
+        return [unit.get(s, 1) for s in range(len(self.sizes))]
+
     def _blocks(self) -> tuple[list[int], list[Link]]:
-        """Space sizes and links in units of :attr:`block` channels (every offset must be aligned)."""
+        """Space sizes and links in positions of :meth:`_units` blocks of :attr:`block` channels (every offset
+        must be aligned); a key/value repeat links head ``j`` to query unit ``j``."""
         b = self.block
         if b == 1:
             return self.sizes, self.links
         if self.shuffles:
             raise _Stop("a channel shuffle inside a group pruned by whole conv groups")
-        if any(s % b for s in self.sizes) or any(x % b for k in self.links for x in (k.start_a, k.start_b, k.length)):
+        unit = self._units()
+        w = [b * u for u in unit]
+        if any(s % w[i] for i, s in enumerate(self.sizes)) or any(
+            x % w[k.a] for k in self.links for x in (k.start_a, k.start_b, k.length)
+        ):
             raise _Stop(f"channel offsets not aligned with the conv groups of {b} channels")
-        return [s // b for s in self.sizes], [
-            Link(k.a, k.b, k.start_a // b, k.start_b // b, k.length // b) for k in self.links
-        ]
+        links = [Link(k.a, k.b, k.start_a // w[k.a], k.start_b // w[k.a], k.length // w[k.a]) for k in self.links]
+        links += [Link(kv, q, 0, 0, heads) for kv, q, heads in self.repeats]
+        return [s // w[i] for i, s in enumerate(self.sizes)], links
 
     def atoms(self) -> tuple[int, list[np.ndarray]]:
         """Union-find over all positions (blocks): the atom count and, per space, atom → position (-1 absent)."""
@@ -597,8 +649,17 @@ class _Component:
         return count, index
 
     def group(self) -> ChannelGroup:
+        fixed = {r.node for r, _ in self.reshapes}
+        for r, _ in self.reshapes:  # a computed shape read elsewhere too would change there as well
+            shape = self.view.nodes[r.node].input[1]
+            if not self.view.is_const(shape) and any(u.node not in fixed for u in self.view.users(shape)):
+                raise _Stop(f"stopped at {self._where(r.node)}: its shape is computed for other nodes too")
         count, index = self.atoms()
-        units = [size // self.block for size in self.sizes]  # sizes in atoms' units (blocks)
+        unit = self._units() if self.block > 1 else [1] * len(self.sizes)
+        units = [size // (self.block * u) for size, u in zip(self.sizes, unit, strict=True)]  # sizes in positions
+        if any(unit[s] != 1 for s in [gr.space for gr in self.grouped] + [p.space for p in self.pads]
+               + [r.space for r in self.ranges]):  # fmt: skip
+            raise _Stop("grouped convs, channel pads or splits of grouped-query attention's query heads")
 
         def ix(space: int) -> tuple[int, ...] | None:
             idx = index[space]
@@ -612,14 +673,16 @@ class _Component:
         where = np.stack([index[s] >= 0 for s in range(len(self.sizes))], axis=1)  # (atoms, spaces)
         _, first_seen, region = np.unique(where, axis=0, return_index=True, return_inverse=True)
         region = np.argsort(np.argsort(first_seen, kind="stable"), kind="stable")[region.reshape(-1)]
-        consumers = tuple(replace(c, index=ix(s), in_channels=units[s]) for _, (c, s) in sorted(self.consumers.items()))
+        consumers = tuple(
+            replace(c, index=ix(s), in_channels=units[s], unit=unit[s]) for _, (c, s) in sorted(self.consumers.items())
+        )
         return ChannelGroup(
             id=self.view.node_label(first),
             producer=first,
             channels=count,
-            params=tuple(replace(p, index=ix(s)) for p, s in self.params),
+            params=tuple(replace(p, index=ix(s), unit=unit[s]) for p, s in self.params),
             consumers=consumers,
-            reshapes=tuple(replace(r, index=ix(s)) for r, s in self.reshapes),
+            reshapes=tuple(replace(r, index=ix(s), unit=unit[s]) for r, s in self.reshapes),
             grouped=tuple(Grouped(gr.node, ix(gr.space), gr.per_group) for gr in self.grouped),
             tensors=tuple(self.member),
             producers=tuple(sorted(self.producers)),
@@ -637,6 +700,7 @@ class _Component:
             ),
             heads=self.heads,
             scaled=tuple(sorted(self.scaled)),
+            repeat=max(unit),
         )
 
 

@@ -330,15 +330,24 @@ def _finite(x: Any) -> Any:
     return x
 
 
+def _unit(g: ChannelGroup) -> str:
+    """What one atom of ``g`` is, for the report."""
+    if g.heads:
+        return "key/value head" if g.repeat > 1 else "head"
+    return "conv group" if g.block > 1 else "channel"
+
+
 def group_rows(view: GraphView, groups: Sequence[ChannelGroup], keeps: Mapping[str, int]) -> list[dict[str, Any]]:
-    """The report's table of groups: size, kept count, members."""
+    """The report's table of groups: size, kept count, members (grouped-query attention: the key/value heads'
+    channels, each unit a key/value head with ``query_heads_per_unit`` query heads)."""
     return [
         {
             "group": g.id,
             "channels": g.channels * g.block,
             "kept": keeps[g.id] * g.block,
             "channels_per_unit": g.block,
-            "unit": "head" if g.heads else "conv group" if g.block > 1 else "channel",
+            "unit": _unit(g),
+            "query_heads_per_unit": g.repeat,
             "residual": g.residual,
             "producers": [view.node_label(p) for p in g.producers],
             "consumers": [c.label for c in g.consumers],

@@ -226,7 +226,9 @@ def test_a_dead_key_value_head_goes_with_its_query_heads_exactly() -> None:
     """Key/value head 1 has zero value weights: the context of query heads 2 and 3 is 0, so removing the three
     together (and refitting Wo on heads 0 and 1) changes nothing, and the selection picks that group."""
     model = attention(style="computed", kv_heads=2, dead=1)
-    pruned, _ = prune(model, ratio=0.5, calib=attention_inputs(128, 6), samples=128, allocation="uniform")
+    pruned, rep = prune(model, ratio=0.5, calib=attention_inputs(128, 6), samples=128, allocation="uniform")
+    row = rep.to_dict()["groups"][0]
+    assert (row["unit"], row["channels"], row["kept"], row["query_heads_per_unit"]) == ("key/value head", 8, 4, 2)
     for tokens in (1, 4, 11):
         feed = attention_inputs(3, tokens, seed=tokens)
         np.testing.assert_allclose(_run(pruned, feed), _run(model, feed), rtol=0, atol=2e-4)

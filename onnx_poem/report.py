@@ -145,7 +145,7 @@ class PruneReport:
     #: --residual srn / project: ``blocks`` rewritten (their Add outputs) and the residual joins ``left`` as they were
     #: (tensor → why); MACs before are the original's, not the serialised model's
     serialised: dict[str, Any] = field(default_factory=dict)
-    #: --residual auto: each policy tried → its mean relative squared output error on the selection samples
+    #: --residual auto: each policy tried → its mean relative squared output error on the fitting and selection samples
     residual_auto: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -236,8 +236,8 @@ class PruneReport:
         if self.residual_auto:
             tried = ", ".join(f"{p} {e:.4f}" for p, e in self.residual_auto.items())
             lines.append(
-                f"residual     auto chose {self.residual} (relative squared output error on the selection samples: "
-                f"{tried}; another than internal only when lower by > 2 standard errors)"
+                f"residual     auto chose {self.residual} (relative squared output error on the fitting and selection "
+                f"samples: {tried}; another than internal only when lower by > 2 standard errors)"
             )
         if not self.serialised:
             return lines

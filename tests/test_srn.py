@@ -174,10 +174,10 @@ def test_auto_keeps_project_when_it_is_clearly_closer(monkeypatch: pytest.Monkey
     rng = np.random.default_rng(0)
 
     def fake(ctx: api.RunContext, pruned: onnx.ModelProto) -> np.ndarray:
-        n = len(ctx.split.select) or len(ctx.split.fit)
+        n = len(ctx.split.select) + len(ctx.split.fit)
         return errors[ctx.cfg.residual] + 0.01 * rng.standard_normal(n)
 
-    monkeypatch.setattr(api, "_selection_errors", fake)
+    monkeypatch.setattr(api, "_choice_errors", fake)
     pruned, rep = prune(model, target_macs=0.6, calib=x, residual="auto")
     assert rep.residual == "project" and rep.serialised is not None
     monkeypatch.undo()

@@ -2,7 +2,7 @@
 
 Development tool (issue 13).  For each model, MACs target and seed it runs ``prune(..., residual="auto")``
 (POEM + PRO, 512 calibration samples: the ``poem+auto+pro`` rows of ``tools/bench.py``) and, for every
-candidate policy auto prunes, records the per-sample relative output errors on the selection samples that
+candidate policy auto prunes, records the per-sample relative output errors (fitting and selection samples) that
 the choice reads and the candidate's metric on the BENCHMARK.md evaluation split.  Candidates are
 byte-identical to runs with that ``--residual`` given (``tests/test_srn.py``), so the metric is the fixed
 policy's.  Then it scores choice rules on the recorded errors::
@@ -29,67 +29,101 @@ from bench_data import session, tasks
 
 
 def record(model: str, target: float, seed: int, shared: Path, work: Path) -> dict:
-    """One auto run: per candidate, its selection errors and metric."""
+    """One auto run: per candidate, its per-sample errors on the fitting and on the selection samples, and its
+    metric."""
     import onnx
 
     import onnx_poem.api as api
+    from onnx_poem.verify import sample_errors
 
     task = tasks(shared)[model]()
     calib = task.calib(512)
     original = onnx.load(str(shared / "models" / task.model_file))
     seen: dict[str, dict] = {}
-    inner = api._selection_errors
+    inner = api._choice_errors
 
     def spy(ctx: api.RunContext, pruned: onnx.ModelProto) -> np.ndarray:
-        errors = inner(ctx, pruned)
         path = work / f"{model}.{target}.{seed}.{ctx.cfg.residual}.onnx"
         onnx.save(pruned, str(path))
-        seen[ctx.cfg.residual] = {"errors": errors.tolist(), "metric": task.evaluate(session(str(path), 2))}
-        return errors
+        seen[ctx.cfg.residual] = {
+            part: sample_errors(ctx.original, pruned, ctx.data, getattr(ctx.split, part), batch_size=32).tolist()
+            for part in ("fit", "select")
+        }
+        seen[ctx.cfg.residual]["metric"] = task.evaluate(session(str(path), 2))
+        return inner(ctx, pruned)
 
-    api._selection_errors = spy  # type: ignore[assignment]
+    api._choice_errors = spy  # type: ignore[assignment]
     try:
         _, rep = api.prune(original, calib=calib, target_macs=target, seed=seed, residual="auto")
     finally:
-        api._selection_errors = inner  # type: ignore[assignment]
+        api._choice_errors = inner  # type: ignore[assignment]
     return {"model": model, "target": target, "seed": seed, "chosen": rep.residual, "candidates": seen}
 
 
-def rules() -> dict[str, object]:
-    """Choice rules: candidate → replaces the kept one when the paired statistic clears the margin."""
+def rescore(runs: list[dict], shared: Path, work: Path) -> None:
+    """Fill in the fitting and selection errors of records made before they were kept (from the saved
+    candidates; the calibration data and split as ``prune`` makes them)."""
+    import onnx
 
-    def paired(z: float, log: bool):
-        def better(new: np.ndarray, old: np.ndarray) -> bool:
-            d = np.log(new + 1e-12) - np.log(old + 1e-12) if log else new - old
-            return bool(len(d) > 1 and d.mean() + z * d.std(ddof=1) / np.sqrt(len(d)) < 0)
+    from onnx_poem.calibration.sources import load_calibration
+    from onnx_poem.calibration.split import split_samples
+    from onnx_poem.fold import fold_constants
+    from onnx_poem.verify import sample_errors
 
-        return better
+    for r in runs:
+        if all("fit" in c for c in r["candidates"].values()):
+            continue
+        task = tasks(shared)[r["model"]]()
+        original = fold_constants(onnx.load(str(shared / "models" / task.model_file)))
+        data = load_calibration(original, task.calib(512), samples=512, seed=r["seed"])
+        split = split_samples(len(data), seed=r["seed"], verify=True)
+        for policy, c in r["candidates"].items():
+            pruned = onnx.load(str(work / f"{r['model']}.{r['target']}.{r['seed']}.{policy}.onnx"))
+            for part in ("fit", "select"):
+                c[part] = sample_errors(original, pruned, data, getattr(split, part), batch_size=32).tolist()
+            if "errors" in c:
+                assert np.allclose(c.pop("errors"), c["select"]), "the selection errors do not reproduce"
 
+
+def rules() -> dict[str, tuple[tuple[str, ...], float]]:
+    """Choice rules: the samples read and the margin (standard errors of the paired mean difference) by which a
+    candidate's mean error must be lower to replace the one kept so far."""
     return {
-        "mean, 2 SE (shipped)": paired(2.0, False),
-        "mean, 1 SE": paired(1.0, False),
-        "mean only": paired(0.0, False),
-        "log ratio, 2 SE": paired(2.0, True),
-        "log ratio, 1 SE": paired(1.0, True),
-        "log ratio only": paired(0.0, True),
+        "selection, 2 SE (session 11)": (("select",), 2.0),
+        "selection, 1 SE": (("select",), 1.0),
+        "selection, mean only": (("select",), 0.0),
+        "fitting + selection, 2 SE": (("fit", "select"), 2.0),
+        "fitting + selection, 1 SE": (("fit", "select"), 1.0),
+        "fitting only, 2 SE": (("fit",), 2.0),
     }
 
 
+def choose(candidates: dict[str, dict], parts: tuple[str, ...], z: float) -> str:
+    """The policy a rule keeps (candidates in the order auto tries them)."""
+    order = [p for p in ("internal", "stream", "project") if p in candidates]
+
+    def errors(p: str) -> np.ndarray:
+        return np.concatenate([np.asarray(candidates[p][part]) for part in parts])
+
+    best = order[0]
+    for p in order[1:]:
+        d = errors(p) - errors(best)
+        if len(d) > 1 and d.mean() + z * d.std(ddof=1) / np.sqrt(len(d)) < 0:
+            best = p
+    return best
+
+
 def score(runs: list[dict]) -> None:
-    for name, better in rules().items():
+    for name, (parts, z) in rules().items():
         lost = []
         for r in runs:
             cands = r["candidates"]
-            order = [p for p in ("internal", "stream", "project") if p in cands]
-            best = order[0]
-            for p in order[1:]:
-                if better(np.asarray(cands[p]["errors"]), np.asarray(cands[best]["errors"])):  # type: ignore[operator]
-                    best = p
+            best = choose(cands, parts, z)
             top = max(c["metric"] for c in cands.values())
             lost.append((r["model"], r["target"], r["seed"], best, top - cands[best]["metric"]))
         total = sum(x[-1] for x in lost)
         runs_text = "  ".join(f"{m[8:14]}@{t} s{s}:{p[:3]} -{d:.2f}" for m, t, s, p, d in lost)
-        print(f"{name:24s} total loss {total:6.2f}  {runs_text}")
+        print(f"{name:30s} total loss {total:6.2f}  {runs_text}")
 
 
 def main() -> None:
@@ -103,8 +137,10 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out + ".json")
     runs = json.loads(out.read_text()) if out.exists() else []
+    work = Path(a.out + "_models")
+    rescore(runs, Path(a.shared), work)
+    out.write_text(json.dumps(runs))
     if not a.score_only:
-        work = Path(a.out + "_models")
         work.mkdir(parents=True, exist_ok=True)
         done = {(r["model"], r["target"], r["seed"]) for r in runs}
         for model in a.models.split(","):

@@ -7,7 +7,9 @@ computed ``chunk`` bounds, MobileNetV3 with hardswish and SE, a U-Net with ConvT
 and the zoo's smallest models of the other families: ``--family paddle --only db_detector,crnn_recogniser``
 (paddle2onnx: ConvTranspose FPN, LSTM, squeezed height) and ``--family keras --only mha_encoder`` (tf2onnx:
 MultiHeadAttention).  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
-(Hugging Face BERT and ViT, TorchScript: attention heads) come from ``tools/export_models.py``.
+(Hugging Face BERT and ViT, TorchScript: attention heads) and ``llama_gqa_tiny.dynamo.onnx`` (Hugging Face Llama
+by dynamo: grouped-query attention, rotary positions, a causal mask; its external data stored inline) come from
+``tools/export_models.py``.
 """
 
 from __future__ import annotations
@@ -55,3 +57,20 @@ def test_zoo_model_prunes_at_ratio_0_3(path: Path) -> None:
     assert rep.macs_after < 0.95 * rep.macs_before  # every model of the subset loses MACs
     assert all(u["reason"] and "internal" not in u["reason"].lower() for u in rep.unprunable)
     assert not any("left unpruned:" in u["reason"] for u in rep.unprunable), rep.unprunable  # no group failed
+
+
+def test_llama_grouped_query_attention_loses_key_value_heads() -> None:
+    """Llama by dynamo (4 query heads sharing 2 key/value heads, rotary positions, causal mask): each layer's
+    key/value heads with their query heads are one group, pruned in the cascade without a failure (dynamo's
+    one Expand shape for every layer is given to each reader first), and the model runs at other batch sizes
+    and sequence lengths."""
+    model = onnx.load(str(ZOO / "llama_gqa_tiny.dynamo.onnx"))
+    x = random_inputs(model, 64)
+    pruned, rep = prune(model, ratio=0.5, calib=x, samples=64, allocation="uniform")
+    kv = [g for g in rep.groups if g["unit"] == "key/value head"]
+    assert len(kv) == 2 and all(g["kept"] < g["channels"] and g["query_heads_per_unit"] == 2 for g in kv), kv
+    assert not any("left unpruned:" in u["reason"] for u in rep.unprunable), rep.unprunable
+    sess = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n, t in ((1, 3), (3, 11)):
+        out = sess.run(None, {k: v[:n, :t] for k, v in x.items()})[0]
+        assert out.shape[0] == n and np.isfinite(out).all()

@@ -272,14 +272,20 @@ def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
             tried.append((errors, policy, ctx, analysis, allocation, solved))
     best = tried[0]
     for t in tried[1:]:
-        d = t[0] - best[0]  # paired: the same samples
-        if len(d) > 1 and d.mean() + 2.0 * d.std(ddof=1) / np.sqrt(len(d)) < 0:
+        if clearly_lower(t[0], best[0]):
             best = t
     _, _, ctx, analysis, allocation, solved = best
     verified = _verify(ctx, analysis, solved)
     report = _report(ctx, analysis, allocation, verified)
     report.residual_auto = {policy: float(errors.mean()) for errors, policy, *_ in tried}
     return PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
+
+
+def clearly_lower(new: np.ndarray, old: np.ndarray, margin: float = 2.0) -> bool:
+    """Per-sample errors ``new`` are lower than ``old`` (the same samples, paired) by more than ``margin``
+    standard errors of the mean difference: ``--residual auto``'s evidence for leaving the policy kept so far."""
+    d = new - old
+    return bool(len(d) > 1 and d.mean() + margin * d.std(ddof=1) / np.sqrt(len(d)) < 0)
 
 
 def _auto_contexts(inputs: _Inputs, base: RunContext) -> Iterator[tuple[str, RunContext]]:

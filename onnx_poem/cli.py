@@ -219,8 +219,8 @@ def main() -> None:
     "channels, the residual ones included, are pruned on their own; project turns every identity or strided "
     "shortcut into a 1x1 conv so each block's output width is pruned on its own (srn and project raise the MACs "
     "first; budgets stay against the original's); auto prunes with internal, stream and project (where they "
-    "apply) and keeps another than internal only when it is clearly closer to the original on the selection "
-    "samples (up to three times the time).",
+    "apply) and keeps another than internal only when it is clearly closer to the original on the fitting and "
+    "selection samples (up to three times the time).",
 )
 @click.option("--prune-residual", is_flag=True, hidden=True, help="Same as --residual stream (older name).")
 @click.option(

@@ -185,6 +185,14 @@ def _shared(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+def _fresh(names: set[str], t: str, k: int) -> str:
+    """``t__copy<k>`` with the first ``k`` from the given one that no tensor of ``names`` has (then added)."""
+    while f"{t}__copy{k}" in names:
+        k += 1
+    names.add(f"{t}__copy{k}")
+    return f"{t}__copy{k}"
+
+
 def _shared_concats(g: onnx.GraphProto) -> dict[str, list[int]]:
     """Outputs of ``Concat`` nodes read as the shape of more than one ``Reshape``/``Expand`` → those readers."""
     concats = {n.output[0] for n in g.node if n.op_type == "Concat"}
@@ -207,11 +215,7 @@ def _unshare_concats(g: onnx.GraphProto) -> int:
     before: dict[int, onnx.NodeProto] = {}  # reader → its copy
     for t, readers in shared.items():
         for i in readers:
-            k = i
-            while f"{t}__copy{k}" in names:
-                k += 1
-            out = f"{t}__copy{k}"
-            names.add(out)
+            out = _fresh(names, t, i)
             c = onnx.NodeProto()
             c.CopyFrom(producer[t])
             c.output[0] = out
@@ -227,7 +231,6 @@ def _unshare_concats(g: onnx.GraphProto) -> int:
             nodes.append(n)
     del g.node[:]
     g.node.extend(nodes)
-    drop_unused(g)
     return len(before)
 
 
@@ -247,12 +250,7 @@ def _unshare(m: onnx.ModelProto) -> int:
             seen[t] = seen.get(t, 0) + 1
             if seen[t] == 1:
                 continue  # the first reader keeps the original
-            k = seen[t]
-            copy = f"{t}__copy{k}"
-            while copy in names:
-                k += 1
-                copy = f"{t}__copy{k}"
-            names.add(copy)
+            copy = _fresh(names, t, seen[t])
             c = onnx.TensorProto()
             c.CopyFrom(stored[t])
             c.name = copy

@@ -105,10 +105,11 @@ def choose(candidates: dict[str, dict], parts: tuple[str, ...], z: float) -> str
     def errors(p: str) -> np.ndarray:
         return np.concatenate([np.asarray(candidates[p][part]) for part in parts])
 
+    from onnx_poem.api import clearly_lower
+
     best = order[0]
     for p in order[1:]:
-        d = errors(p) - errors(best)
-        if len(d) > 1 and d.mean() + z * d.std(ddof=1) / np.sqrt(len(d)) < 0:
+        if clearly_lower(errors(p), errors(best), z):
             best = p
     return best
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..graph import GraphView
 from .groups import ReshapeFix
-from .rules import INPUT_EDGES, RULES, Edge, Step, Stop, Through, coupling_rule
+from .rules import INPUT_EDGES, RULES, Edge, Step, Stop, Through, _axes, coupling_rule
 
 
 @dataclass(frozen=True)
@@ -316,11 +316,8 @@ def repeat_at(view: GraphView, node: int, edge: Edge) -> Repeat | None:
     if n.op_type != "Unsqueeze" or edge.rank is None or edge.per == 1 or edge.cols != 1:
         return None
     ax, rank = edge.axis % edge.rank, edge.rank
-    axes = view.attr(node, "axes")
-    if axes is None and len(n.input) > 1:
-        value = view.const(n.input[1])
-        axes = None if value is None else np.reshape(value, -1).tolist()
-    if axes is None or [int(a) % (rank + 1) for a in axes] != [ax + 1]:
+    axes = _axes(view, node)
+    if axes is None or [a % (rank + 1) for a in axes] != [ax + 1]:
         return None
     e = _only_user(view, n.output[0], "Expand")
     s = None if e is None else _only_user(view, view.nodes[e].output[0], "Reshape")
@@ -359,13 +356,10 @@ def repeat_fixes(view: GraphView, rp: Repeat) -> tuple[ReshapeFix | None, Reshap
     """The rewrites of the Expand shape's key/value head count and the merged query head count (``None``:
     nothing to rewrite, the entry is 1 or -1)."""
     e, s = rp.nodes[1], rp.nodes[2]
-    if rp.expand.value == 1:
-        fix_e: ReshapeFix | Stop | None = None
-    else:
-        fix_e = _fix(view, e, rp.expand, rp.heads, rp.size)
+    fix_e = None if rp.expand.value == 1 else _fix(view, e, rp.expand, rp.heads, rp.size)
     fix_s = _fix(view, s, rp.merged, rp.heads * rp.rep, rp.size)
     for f in (fix_e, fix_s):
         if isinstance(f, Stop):
             return Stop(f"grouped-query attention: {f.reason}")
-    assert not isinstance(fix_e, Stop) and not isinstance(fix_s, Stop)
+    assert not isinstance(fix_e, Stop) and not isinstance(fix_s, Stop)  # for the type checker
     return fix_e, fix_s

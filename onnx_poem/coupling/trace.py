@@ -397,9 +397,7 @@ class _Component:
         q = self._space_for(s, rp.target, rp.heads * rp.rep * rp.size, replace(edge, tensor=rp.target))
         if self.sizes[kv] != rp.heads * rp.size or self.sizes[q] != rp.heads * rp.rep * rp.size:
             raise _Stop(f"stopped at {self._where(u)}: grouped-query attention of unexpected head counts")
-        if self.block not in (1, rp.size) or (self.block > 1 and not self.heads):
-            raise _Stop(f"attention heads of {rp.size} channels where atoms have {self.block}")
-        self.block, self.heads = rp.size, True
+        self._heads_of(rp.size)
         if self.units.setdefault(q, rp.rep) != rp.rep or self.units.get(kv, 1) != 1:
             raise _Stop(f"stopped at {self._where(u)}: key/value heads repeated twice")
         self.repeats.append((kv, q, rp.heads))
@@ -456,9 +454,13 @@ class _Component:
                     raise _Stop(f"grouped convs with {self.block} and {step.per_group} channels per group")
                 self.block = step.per_group
         if step.heads > 1:
-            if self.block not in (1, step.heads) or (self.block > 1 and not self.heads):
-                raise _Stop(f"attention heads of {step.heads} channels where atoms have {self.block}")
-            self.block, self.heads = step.heads, True
+            self._heads_of(step.heads)
+
+    def _heads_of(self, size: int) -> None:
+        """The atoms are attention heads of ``size`` channels (unless atoms of another size came first)."""
+        if self.block not in (1, size) or (self.block > 1 and not self.heads):
+            raise _Stop(f"attention heads of {size} channels where atoms have {self.block}")
+        self.block, self.heads = size, True
 
     def _size_of(self, node: int, tensor: str, edge: Edge) -> int:
         """Channel count of ``tensor`` (its space's size if it has one, else from shape inference)."""

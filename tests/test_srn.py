@@ -228,3 +228,11 @@ def test_cli_unknown_residual_policy_is_one_line_and_writes_nothing(tmp_path: Pa
     assert not out.exists()
     res = CliRunner().invoke(main, [str(m), "--ratio", "0.5", "--calib", str(c), "--residual", "auto", "--dry-run"])
     assert res.exit_code != 0 and "--residual auto" in res.output and "Traceback" not in res.output
+
+
+def test_inspect_refuses_auto_in_one_line(tmp_path: Path) -> None:
+    """inspect analyses one policy: --residual auto (which prunes to choose) is a usage error, nothing else."""
+    m = tmp_path / "m.onnx"
+    onnx.save(resnet_option_a(), m)
+    res = CliRunner().invoke(main, ["inspect", str(m), "--residual", "auto"])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "auto" in res.output

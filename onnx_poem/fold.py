@@ -19,6 +19,9 @@ Exporters write constants in forms the channel analysis cannot read as weights:
   computes grouped-query attention's ``Expand`` shape once for every layer) is
   repeated per reader, and an integer constant such a shape is made of, or a shape
   constant itself, gets a copy per reader.
+* channel-last flattens: ``Transpose → Reshape(N, ·) → MatMul`` (tf2onnx's Keras
+  ``Flatten``) reads the channels ``C`` apart; it becomes a channel-first flatten with
+  the dense weight's rows permuted (:mod:`onnx_poem.flatten`).
 
 The folded model computes the same outputs (the ops are evaluated exactly, by
 ``onnx.reference``); an input without such constants is returned as it is.
@@ -33,6 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .flatten import flatten_channels_first
 from .shapefold import fold_shapes
 
 logger = logging.getLogger(__name__)
@@ -45,9 +49,10 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with constant-only :data:`FOLDABLE` nodes folded and shared per-channel constants copied.
 
     Returns ``model`` itself (not a copy) when there is nothing to change.  Shape arithmetic
-    that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`).
+    that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`),
+    then channel-last flattens are read channel-first (:func:`onnx_poem.flatten.flatten_channels_first`).
     """
-    model = fold_shapes(model)
+    model = flatten_channels_first(fold_shapes(model))
     if not _foldable(model) and not _shared(model) and not _shared_concats(model.graph):
         return model
     m = onnx.ModelProto()

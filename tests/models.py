@@ -358,6 +358,55 @@ def nhwc_layout(seed: int = 0) -> onnx.ModelProto:
     return b.model([("x", ["N", 3, 6, 6])], [b.gemm(t, 6, 4)])
 
 
+def keras_flatten(
+    seed: int = 0,
+    *,
+    flatten: str = "Reshape",
+    dense: str = "MatMul",
+    one_d: bool = False,
+    shared: str = "",
+    head: bool = True,
+) -> onnx.ModelProto:
+    """tf2onnx's Keras ``Flatten``: conv(3→6) → relu → maxpool → Transpose(channel last) → ``flatten``
+    (``Reshape`` to ``[-1, 96]`` or ``Flatten``) → ``dense`` (``MatMul`` + bias ``Add``, or ``Gemm`` with
+    ``transB``) (96→10) → tanh → MatMul(10→3).  ``one_d``: a 1-D conv on ``(N, 3, 32)`` (maxpool to 16).
+    ``shared``: ``transpose`` (the Transpose's output is a graph output too) or ``weight`` (the dense
+    weight is also added to a second output).  ``head=False``: the tanh is the output."""
+    b = _B(seed)
+    if one_d:
+        w = (b.rng.standard_normal((6, 3, 3)) / 3).astype(np.float32)
+        t = b.node(
+            "Conv", ["x", b.const(w), b.const((0.1 * b.rng.standard_normal(6)).astype(np.float32), "b")], pads=[1, 1]
+        )
+        t = b.node("MaxPool", [b.node("Relu", [t])], kernel_shape=[2], strides=[2])
+        t = b.node("Transpose", [t], perm=[0, 2, 1])
+    else:
+        t = b.node("MaxPool", [b.node("Relu", [b.conv("x", 3, 6)])], kernel_shape=[2, 2], strides=[2, 2])
+        t = b.node("Transpose", [t], perm=[0, 2, 3, 1])
+    transposed = t
+    if flatten == "Reshape":
+        t = b.node("Reshape", [t, b.const(np.array([-1, 96], dtype=np.int64), "shape")])
+    else:
+        t = b.node("Flatten", [t], axis=1)
+    w = (b.rng.standard_normal((96, 10)) / np.sqrt(96)).astype(np.float32)
+    bias = b.const((0.1 * b.rng.standard_normal(10)).astype(np.float32), "b")
+    if dense == "Gemm":
+        wname = b.const(np.ascontiguousarray(w.T))
+        t = b.node("Gemm", [t, wname, bias], transB=1)
+    else:
+        wname = b.const(w)
+        t = b.node("Add", [b.node("MatMul", [t, wname]), bias])
+    t = b.node("Tanh", [t])
+    w2 = (b.rng.standard_normal((10, 3)) / 3).astype(np.float32)
+    outputs = [b.node("MatMul", [t, b.const(w2)])] if head else [t]
+    if shared == "transpose":
+        outputs.append(transposed)
+    elif shared == "weight":
+        outputs.append(b.node("Add", [wname, wname]))
+    shape: list[object] = ["N", 3, 32] if one_d else ["N", 3, 8, 8]
+    return b.model([("x", shape)], outputs)
+
+
 def lone_conv(seed: int = 0) -> onnx.ModelProto:
     """conv(3→4) → relu → output: nothing to prune (its channels are the graph output)."""
     b = _B(seed)
@@ -389,6 +438,7 @@ BUILDERS = {
     "nhwc_layout": nhwc_layout,
     "reduce_mean_head": reduce_mean_head,
     "relu_mlp": relu_mlp,
+    "keras_flatten": keras_flatten,
 }
 
 

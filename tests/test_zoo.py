@@ -6,7 +6,8 @@ computed ``chunk`` bounds, MobileNetV3 with hardswish and SE, a U-Net with ConvT
 --tiny`` (ultralytics' own exporter: C2f blocks with and without shortcut, SPPF, nearest upsampling),
 and the zoo's smallest models of the other families: ``--family paddle --only db_detector,crnn_recogniser``
 (paddle2onnx: ConvTranspose FPN, LSTM, squeezed height) and ``--family keras --only mha_encoder`` (tf2onnx:
-MultiHeadAttention).  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
+MultiHeadAttention).  ``keras_branchy_cnn.tf2onnx.onnx`` (tf2onnx: NHWC transposes, GELU and swish, a
+concatenation, Keras ``Flatten`` before a dense layer) comes from ``tools/export_keras.py``.  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
 (Hugging Face BERT and ViT, TorchScript: attention heads) and ``llama_gqa_tiny.dynamo.onnx`` (Hugging Face Llama
 by dynamo: grouped-query attention, rotary positions, a causal mask; its external data stored inline) come from
 ``tools/export_models.py``.
@@ -33,6 +34,21 @@ MODELS = sorted(ZOO.glob("*.onnx"))
 
 def test_the_zoo_is_there() -> None:
     assert len(MODELS) >= 11
+
+
+def test_keras_flatten_is_pruned_through() -> None:
+    """tf2onnx's ``Flatten`` (``Transpose`` to channel-last, then ``Reshape``) before a ``MatMul``: the conv that
+    feeds it is pruned, with the dense layer's rows (it stopped at the ``Reshape`` before)."""
+    model = onnx.load(str(ZOO / "keras_branchy_cnn.tf2onnx.onnx"))
+    x = random_inputs(model, 64)
+    pruned, rep = prune(model, ratio=0.3, calib=x, samples=64, allocation="uniform")
+    flat = [g for g in rep.groups if g["consumers"] == ["functional_1_1/dense_2_1/MatMul"]]
+    assert len(flat) == 1 and flat[0]["kept"] < flat[0]["channels"], rep.groups
+    assert not any("Reshape" in u["reason"] for u in rep.unprunable), rep.unprunable
+    out = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {k: v[:5] for k, v in x.items()}
+    )[0]
+    assert out.shape == (5, 10) and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ["bert_tiny.ts.onnx", "vit_tiny.ts.onnx"])

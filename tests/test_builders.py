@@ -89,7 +89,7 @@ def test_residual_stream_is_one_group_with_option_a_offsets() -> None:
 
 def test_residual_policy_reports_the_stream() -> None:
     c = find_groups(GraphView.build(BUILDERS["residual"]()), residual=False)
-    assert any("residual stream" in u.reason and "--prune-residual" in u.reason for u in c.unprunable)
+    assert any("residual stream" in u.reason and "--residual stream" in u.reason for u in c.unprunable)
 
 
 def test_squeeze_excite_gate_prunes_with_the_main_path() -> None:

@@ -754,7 +754,7 @@ def find_groups(view: GraphView, *, residual: bool = False) -> Coupling:
                 Unprunable(
                     label,
                     f"residual stream joining {len(g.producers)} producers ({names}); "
-                    "pass --prune-residual to prune it",
+                    "pass --residual stream (or auto) to prune it",
                 )
             )
             continue

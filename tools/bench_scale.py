@@ -4,7 +4,9 @@ For each model (made by ``tools/export_scale_models.py``; EfficientNet-Lite0 is
 read from ``../shared/models``), in a fresh process: one forward pass of the
 calibration samples through the original model (onnxruntime, batch 32, the
 session options prune uses), then ``prune()`` with the given options on the same
-samples, in the same process, right after.  The row gives prune / forward, peak
+samples, in the same process, right after.  The samples are given as a file, as on
+the command line (written chunk by chunk: the process never holds them all, so
+its peak memory is the tool's).  The row gives prune / forward, peak
 RSS (the process's maximum resident set), peak temporary disk (the largest size
 of the run's temporary directory, polled every 0.2 s) and the report's stage
 timings.  Calibration data are seeded random: images ``N(0, 1)`` for image
@@ -66,6 +68,31 @@ def _calibration(model_path: Path, samples: int) -> dict[str, np.ndarray]:
     return feed
 
 
+def _write_calibration(model_path: Path, samples: int, work: Path) -> Path:
+    """The calibration samples in a file, as a CLI user gives them: one image input is written to an ``.npy``
+    chunk by chunk (the process never holds every sample, so its peak memory is the tool's), token inputs to
+    an ``.npz``."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    work.mkdir(parents=True, exist_ok=True)
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        out = work / f"calib_{model_path.stem}_{samples}.npz"
+        np.savez(out, **_calibration(model_path, samples))
+        return out
+    dims = tuple(d.dim_value if d.dim_value > 0 else 1 for d in inputs[0].type.tensor_type.shape.dim[1:])
+    out = work / f"calib_{model_path.stem}_{samples}.npy"
+    rng = np.random.default_rng(0)
+    with open(out, "wb") as fh:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(fh, {**header, "shape": (samples, *dims)})
+        for s in range(0, samples, 64):
+            fh.write(rng.standard_normal((min(64, samples - s), *dims)).astype(np.float32).tobytes())
+    return out
+
+
 class _DiskWatch:
     """Largest total size of files under ``onnx-poem-*`` directories in the temp dir, polled."""
 
@@ -103,6 +130,7 @@ def run_one(a: argparse.Namespace) -> dict:
     import onnx
 
     from onnx_poem import prune
+    from onnx_poem.calibration.sources import load_calibration
     from onnx_poem.report import count_macs, count_params
     from onnx_poem.verify import session
 
@@ -111,19 +139,21 @@ def run_one(a: argparse.Namespace) -> dict:
         if a.models in SHARED_MODELS
         else Path(a.dir) / f"{a.models}.onnx"
     )
-    calib = _calibration(path, a.samples)
+    calib = _write_calibration(path, a.samples, Path(a.work))
     model = onnx.load(str(path))
+    data = load_calibration(model, calib, samples=a.samples, seed=0)
     sess = session(model)
     t = time.perf_counter()
-    for s in range(0, a.samples, 32):
-        sess.run(None, {k: v[s : s + 32] for k, v in calib.items()})
+    for batch in data.batches(np.arange(a.samples), 32):
+        sess.run(None, batch)
     fwd = time.perf_counter() - t
     del sess
     t = time.perf_counter()
     with _DiskWatch() as disk:
         pruned, report = prune(model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples)
     prune_s = time.perf_counter() - t
-    one = {k: v[:1] for k, v in calib.items()}
+    one = data.feed([0])
+    calib.unlink()
     macs = count_macs(model, one)
     return {
         "model": a.models,

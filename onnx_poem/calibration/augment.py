@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from ..errors import UsageError
 from .sources import CalibrationData
+from .store import SCAN_ROWS, Array, open_npy
 
 #: largest shift, as a fraction of the image's height and width
 SHIFT = 0.125
@@ -90,16 +91,18 @@ def augment_fit(
         )
     n = len(data)
     sources = np.repeat(np.asarray(fit, dtype=np.int64), copies)
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Array] = {}
     for i, (k, v) in enumerate(data.arrays.items()):
         out = np.lib.format.open_memmap(
             workdir / f"augmented_{i}.npy", mode="w+", dtype=v.dtype, shape=(n + len(sources), *v.shape[1:])
         )
-        out[:n] = v
+        for s in range(0, n, SCAN_ROWS):
+            out[s : min(s + SCAN_ROWS, n)] = v[np.arange(s, min(s + SCAN_ROWS, n))]
         for j, src in enumerate(sources):
             # the same seed for every image input of a sample: the same draws, the same transform
             out[n + j] = transform(v[src], images[k], np.random.default_rng([seed, 11, j])) if k in images else v[src]
         out.flush()
-        arrays[k] = out
+        del out  # read back batch by batch (calibration.store), not through the mapping's resident pages
+        arrays[k] = open_npy(workdir / f"augmented_{i}.npy", min_bytes=0) or np.load(workdir / f"augmented_{i}.npy")
     labels = None if data.labels is None else np.concatenate([data.labels, data.labels[sources]])
     return replace(data, arrays=arrays, labels=labels), n + np.arange(len(sources))

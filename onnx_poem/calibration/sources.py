@@ -19,6 +19,8 @@ import onnx
 
 from ..errors import CalibrationError, UsageError
 from ..graph import declared_shape, dtype_of
+from . import store
+from .store import Array, DiskArray, all_finite, open_npy, open_npz, spill
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class CalibrationData:
             declared ``[2, batch, 128]``); its array holds the samples on axis 0 all the same.
     """
 
-    arrays: Mapping[str, np.ndarray]
+    arrays: Mapping[str, Array]
     synthetic: bool = False
     scalars: Mapping[str, np.ndarray] = field(default_factory=dict)
     labels: np.ndarray | None = None
@@ -126,24 +128,24 @@ def load_calibration(
             raise UsageError(NO_DATA)
         return CalibrationData(_synthetic(model, names, samples, seed), synthetic=True)
     if isinstance(source, np.ndarray):
-        raw: dict[str, np.ndarray] = {"": source}
+        raw: dict[str, Array] = {"": source}
     elif isinstance(source, Mapping):
         raw = {str(k): np.asarray(v) for k, v in source.items()}
     else:
         raw = _read_path(Path(source), model, names, samples, image_options or ImageOptions())
-    labels = raw.pop(LABELS) if LABELS in raw and LABELS not in names else None
+    labels = np.asarray(raw.pop(LABELS)) if LABELS in raw and LABELS not in names else None
     arrays = _match_names(raw, names)
     axes = {k: a for k in arrays if (a := _batch_axis(model, k, names)) and arrays[k].ndim > a}
     candidates = {k for k, v in arrays.items() if _rank(model, k) != 0 and _static_as_declared(model, k, v)}
     counts = {c for k, v in arrays.items() if k not in candidates and v.ndim for c in [v.shape[axes.get(k, 0)]]}
-    scalars = {
-        k: v
+    scalars = {  # fed whole with every batch: in memory
+        k: np.asarray(v)
         for k, v in arrays.items()
         if _rank(model, k) == 0 or (k in candidates and counts and v.shape[0] not in counts)
     }
     axes = {k: a for k, a in axes.items() if k not in scalars}
     arrays = {
-        k: np.moveaxis(v, axes.get(k, 0), 0)[:samples] if v.ndim else v for k, v in arrays.items() if k not in scalars
+        k: _samples_first(v, axes.get(k, 0))[:samples] if v.ndim else v for k, v in arrays.items() if k not in scalars
     }
     _validate(model, arrays, scalars, axes)
     if labels is not None:
@@ -205,9 +207,16 @@ def _labels(labels: np.ndarray, n: int, samples: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _samples_first(v: Array, axis: int) -> Array:
+    """``v`` with its batch axis ``axis`` moved first (a file-backed array is read into memory for that)."""
+    if axis == 0:
+        return v
+    return np.moveaxis(v[:] if not isinstance(v, DiskArray) else v.take(np.arange(len(v))), axis, 0)
+
+
 def _read_path(
     path: Path, model: onnx.ModelProto, names: list[str], samples: int, opts: ImageOptions
-) -> dict[str, np.ndarray]:
+) -> dict[str, Array]:
     if not path.exists():
         raise CalibrationError(f"calibration data not found: {path}")
     if path.is_dir():
@@ -223,16 +232,17 @@ def _read_path(
         raise CalibrationError(f"{path} is not an .npz archive (not a zip file; save it with numpy.savez)")
     if path.suffix == ".npy" and head != b"\x93NUMPY":
         raise CalibrationError(f"{path} is not an .npy file (no NumPy header; save it with numpy.save)")
-    try:
+    try:  # large uncompressed arrays stay in the file, read batch by batch (calibration.store)
         if path.suffix == ".npz":
+            on_disk = open_npz(path)
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        return {"": np.load(path, allow_pickle=False)}
+                return {k: on_disk[k] if k in on_disk else z[k] for k in z.files}
+        return {"": open_npy(path) or np.load(path, allow_pickle=False)}
     except Exception as e:
         raise CalibrationError(f"cannot read calibration file {path}: {e}") from e
 
 
-def _match_names(raw: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+def _match_names(raw: dict[str, Array], names: list[str]) -> dict[str, Array]:
     if not raw:
         raise CalibrationError("calibration data holds no arrays")
     if set(names) <= set(raw):
@@ -248,7 +258,7 @@ def _match_names(raw: dict[str, np.ndarray], names: list[str]) -> dict[str, np.n
     )
 
 
-def _static_as_declared(model: onnx.ModelProto, name: str, value: np.ndarray) -> bool:
+def _static_as_declared(model: onnx.ModelProto, name: str, value: Array) -> bool:
     """Input ``name`` declares a fully static shape and ``value`` has exactly it: given once, it is fed as it
     is with every batch when the per-sample inputs hold another number of samples (a recurrent state
     ``(1, 1, 128)``)."""
@@ -257,7 +267,7 @@ def _static_as_declared(model: onnx.ModelProto, name: str, value: np.ndarray) ->
 
 
 def _validate(
-    model: onnx.ModelProto, arrays: dict[str, np.ndarray], scalars: dict[str, np.ndarray], axes: Mapping[str, int]
+    model: onnx.ModelProto, arrays: dict[str, Array], scalars: dict[str, np.ndarray], axes: Mapping[str, int]
 ) -> None:
     for name, v in scalars.items():
         if v.ndim != 0 and _rank(model, name) == 0:
@@ -291,7 +301,7 @@ def _validate(
             raise CalibrationError(
                 f"calibration input {name!r} has dtype {arr.dtype}, model expects {dt} (convert it first)"
             )
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not all_finite(arr):
             raise CalibrationError(f"calibration input {name!r} holds NaN or Inf values")
 
 
@@ -333,9 +343,13 @@ def _image_files(path: Path, samples: int) -> tuple[list[Path], np.ndarray | Non
     return [f for f, _ in chosen], (np.array([lab for _, lab in chosen], dtype=np.int64) if chosen else None)
 
 
+#: images decoded at a time
+IMAGE_CHUNK = 256
+
+
 def _read_images(
     path: Path, model: onnx.ModelProto, name: str, samples: int, opts: ImageOptions
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[Array, np.ndarray | None]:
     from PIL import Image
 
     files, labels = _image_files(path, samples)
@@ -375,16 +389,25 @@ def _read_images(
             )
     if (std == 0).any():
         raise UsageError("std must not be 0")
-    out = np.empty((len(files), int(size[0]), int(size[1]), channels), dtype=np.float32)
-    for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                rgb = im.convert("L" if channels == 1 else "RGB")
-                im = rgb.resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32)
-        except Exception as e:
-            raise CalibrationError(f"cannot read image {f}: {e}") from e
-        out[i] = arr.reshape(out.shape[1:]) * opts.scale
-    out = (out - mean) / std
     dt = dtype_of(model, name) or np.dtype(np.float32)
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2) if layout == "NCHW" else out).astype(dt), labels
+    hwc = (int(size[0]), int(size[1]), channels)
+
+    def decoded(chunk: list[Path]) -> np.ndarray:
+        out = np.empty((len(chunk), *hwc), dtype=np.float32)
+        for i, f in enumerate(chunk):
+            try:
+                with Image.open(f) as im:
+                    rgb = im.convert("L" if channels == 1 else "RGB")
+                    im = rgb.resize((hwc[1], hwc[0]), Image.Resampling.BILINEAR)
+                    arr = np.asarray(im, dtype=np.float32)
+            except Exception as e:
+                raise CalibrationError(f"cannot read image {f}: {e}") from e
+            out[i] = arr.reshape(hwc) * opts.scale
+        out = (out - mean) / std
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2) if layout == "NCHW" else out).astype(dt)
+
+    chunks = (decoded(files[s : s + IMAGE_CHUNK]) for s in range(0, len(files), IMAGE_CHUNK))
+    shape = (len(files), *((hwc[2], hwc[0], hwc[1]) if layout == "NCHW" else hwc))
+    if len(files) * int(np.prod(shape[1:])) * dt.itemsize >= store.MIN_BYTES:  # decoded once, then read per batch
+        return spill(chunks, shape, dt), labels
+    return np.concatenate(list(chunks)), labels

@@ -63,8 +63,10 @@ class Stream:
         self.files: list[Path] = []
         self._generation = 0
 
-    def _feed(self, k: int) -> dict[str, np.ndarray]:
-        return next(self.data.batches(self.chunks[k], len(self.chunks[k])))
+    def _feed(self, k: int, names: set[str] | None = None) -> dict[str, np.ndarray]:
+        """Batch ``k``'s model inputs (only ``names`` among them, when given: a file-backed input is read
+        from disk for every batch it is fed)."""
+        return self.data.feed(self.chunks[k], names)
 
     def run(
         self, model: onnx.ModelProto, wanted: list[str], start: int, cut: int | None = None
@@ -90,8 +92,9 @@ class Stream:
         self._generation += 1
         files: list[Path] = []
         dtypes: dict[str, np.dtype[Any]] = {}
+        need = {*inputs, *wanted, *names}
         for k in range(len(self.chunks)):
-            have = self._batch(k)
+            have = self._batch(k, need)
             if sess:
                 have.update(zip(compute, sess.run(compute, {n: have[n] for n in inputs}), strict=True))
             if names:
@@ -111,9 +114,9 @@ class Stream:
         for k in range(len(self.chunks)):
             yield self._batch(k)
 
-    def _batch(self, k: int) -> dict[str, np.ndarray]:
-        """Batch ``k``'s model inputs and its tensors of the recorded frontier."""
-        have = self._feed(k)
+    def _batch(self, k: int, names: set[str] | None = None) -> dict[str, np.ndarray]:
+        """Batch ``k``'s model inputs (those in ``names``, when given) and its tensors of the recorded frontier."""
+        have = self._feed(k, names)
         if self.files:
             with open(self.files[k], "rb") as fh:
                 have.update({n: np.load(fh) for n in self.frontier})

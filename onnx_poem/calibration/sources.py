@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,11 +67,16 @@ class CalibrationData:
     def __len__(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
 
-    def feed(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """One onnxruntime feed of the samples ``indices`` (scalar and fixed inputs as they are)."""
+    def feed(self, indices: Sequence[int] | np.ndarray, names: Container[str] | None = None) -> dict[str, np.ndarray]:
+        """One onnxruntime feed of the samples ``indices`` (scalar and fixed inputs as they are); only the
+        per-sample inputs in ``names`` when given."""
         sel = np.asarray(indices, dtype=np.int64)
         return {
-            **{k: np.ascontiguousarray(np.moveaxis(v[sel], 0, self.axes.get(k, 0))) for k, v in self.arrays.items()},
+            **{
+                k: np.ascontiguousarray(np.moveaxis(v[sel], 0, self.axes.get(k, 0)))
+                for k, v in self.arrays.items()
+                if names is None or k in names
+            },
             **self.scalars,
         }
 

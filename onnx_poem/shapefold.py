@@ -1,22 +1,30 @@
-"""Fold exporters' shape arithmetic into constants where it does not depend on the batch size.
+"""Fold exporters' shape arithmetic into constants where it does not depend on the input sizes.
 
 PyTorch's TorchScript exporter with a dynamic batch axis computes every
 ``view``/``reshape``/``chunk`` argument at run time: ``Shape → Gather → Div →
 Unsqueeze → Concat → Reshape``, ``Slice`` bounds from ``Shape``.  Shape inference
 then loses the channel counts and the analysis stops at the first such node
-(ShuffleNetV2's channel shuffle and ``chunk``, every HF ``view`` into heads).
+(ShuffleNetV2's channel shuffle and ``chunk``, every HF ``view`` into heads,
+the rotary embedding's ``rotate_half``).
 
 :func:`fold_shapes` evaluates the integer tensors that such subgraphs hand to
 other nodes (the *sinks*), with onnxruntime, on zero inputs at batch sizes 1, 2
-and 3.  A sink whose value is the same at all three becomes an initializer (one
-copy per reading node, so each can be rewritten on its own).  A ``Reshape``
-shape whose first entry is the batch size and whose other entries are constant
-becomes ``[-1, s1, ...]``: the same reshape for every batch size.  The remaining
-shape nodes that nothing reads any more are removed.
+and 3, and, where an input has other dynamic dimensions (a sequence length, an
+image size), at the values :data:`SIZES` of those too (all such dimensions of one
+name together; the sizes are varied at batch 1).  A sink whose value is the same
+in every run becomes an initializer (one copy per reading node, so each can be
+rewritten on its own).  A ``Reshape`` shape whose first entry is the batch size and
+whose other entries are the same in every run becomes ``[-1, s1, ...]``: the same
+reshape for every batch size.  A value that changes with a sequence length (a
+causal mask's size, a ``(N, T, H·d)`` reshape) stays computed.  The remaining shape
+nodes that nothing reads any more are removed.
 
-Only models whose inputs are static except their first (batch) axis are folded:
-a value equal at three batch sizes could still depend on a sequence length or an
-image size, which the calibration data cannot vary.
+[R] A value equal in every run could still depend on a size at values not tried
+(``Min(T, 8)`` is 3, 5, 7 at the sizes tried, so it is not folded; ``Min(T, 2)`` would
+be); the sizes are small and distinct so that such clamps show.  A model that cannot
+run at those sizes (a positional table shorter than 7, strides that need larger
+images) is not folded, as every model with a dynamic dimension other than the batch
+was before these sizes were tried.
 """
 
 from __future__ import annotations
@@ -58,29 +66,33 @@ SHAPE_OPS = (
 )
 
 BATCHES = (1, 2, 3)
+#: values tried for every dynamic dimension other than the batch
+SIZES = (3, 5, 7)
 
 
 def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with batch-independent shape arithmetic folded (see the module docstring).
+    """``model`` with size-independent shape arithmetic folded (see the module docstring).
 
-    Returns ``model`` itself when there is nothing to fold or the model's inputs are not
-    static apart from their batch axis.
+    Returns ``model`` itself when there is nothing to fold, or when the model cannot be
+    evaluated at the sizes tried.
     """
     g = model.graph
     found = _input_shapes(model)
     if found is None:
         return model
-    shapes, batches = found
+    shapes, runs_at = found
     shape_set, sinks = _shape_subgraph(g)
     if not sinks:
         return model
     data = {g.node[i].input[0] for i, slot, _ in sinks if g.node[i].op_type == "Reshape" and slot == 1}
-    names = sorted({t for _, _, t in sinks} | data)
+    pieces = _pieces(g, shape_set)
+    names = sorted({t for _, _, t in sinks} | {t for _, _, t in pieces} | data)
     try:
-        runs = _evaluate(model, names, shapes, batches)
+        runs = _evaluate(model, names, shapes, runs_at)
     except Exception as e:  # onnxruntime's errors share no base class: fold nothing
         logger.debug("shape folding skipped: %s", e)
         return model
+    batches = [b for b, _ in runs_at]
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -96,6 +108,17 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         g.initializer.append(numpy_helper.from_array(value, name))
         node.input[slot] = name
         folded += 1
+    for node_idx, slot, tensor in pieces:  # a size-independent piece of a value that is not: the piece
+        vals = [r[tensor] for r in runs]
+        node = g.node[node_idx]
+        if not all(v.shape == vals[0].shape and np.array_equal(v, vals[0]) for v in vals):
+            continue
+        if all(all(np.array_equal(r[o], runs[0][o]) for r in runs) for o in node.output if o in runs[0]):
+            continue  # the node's own value is constant: folded where it is read, if it is a sink
+        name = f"{tensor}__poem_{node_idx}_{slot}"
+        g.initializer.append(numpy_helper.from_array(vals[0], name))
+        node.input[slot] = name
+        folded += 1
     if not folded:
         return model
     _drop_dead(g, shape_set)
@@ -104,27 +127,44 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def _input_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[list[int], int]], tuple[int, ...]] | None:
-    """Per graph input its static dims after the batch axis and its element type, and the batch sizes to
-    evaluate (:data:`BATCHES`, or the one fixed batch size); ``None`` if a dim after the batch is dynamic."""
+#: an input's dims after the batch axis: a size, or the name of a dynamic dimension
+Dims = list[int | str]
+#: one evaluation: the batch size and the value of every named dynamic dimension
+Run = tuple[int, dict[str, int]]
+
+
+def _input_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[Dims, int]], list[Run]] | None:
+    """Per graph input its dims after the batch axis (dynamic ones by name: its ``dim_param``, or one name per
+    unnamed axis) and its element type, and the runs to evaluate: :data:`BATCHES` (or the one fixed batch
+    size) with every dynamic dimension at ``SIZES[0]``, then each other value of :data:`SIZES` at the first
+    batch size.  ``None`` for an input of unknown rank or several fixed batch sizes."""
     inits = {t.name for t in model.graph.initializer}
-    out: dict[str, tuple[list[int], int]] = {}
+    out: dict[str, tuple[Dims, int]] = {}
     fixed: set[int] = set()
+    symbols: set[str] = set()
     for vi in model.graph.input:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
         if not tt.HasField("shape") or not tt.shape.dim:
             return None
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim[1:]]
-        if any(d <= 0 for d in dims):
-            return None
+        dims: Dims = []
+        for axis, d in enumerate(tt.shape.dim[1:], start=1):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+            else:
+                dims.append(d.dim_param or f"{vi.name}:{axis}")
+                symbols.add(str(dims[-1]))
         if tt.shape.dim[0].HasField("dim_value"):
             fixed.add(tt.shape.dim[0].dim_value)
         out[vi.name] = (dims, tt.elem_type)
     if len(fixed) > 1:
         return None
-    return out, (tuple(fixed) if fixed else BATCHES)
+    batches = tuple(fixed) if fixed else BATCHES
+    runs: list[Run] = [(b, dict.fromkeys(symbols, SIZES[0])) for b in batches]
+    if symbols:
+        runs += [(batches[0], dict.fromkeys(symbols, v)) for v in SIZES[1:]]
+    return out, runs
 
 
 def _shape_subgraph(g: onnx.GraphProto) -> tuple[set[int], list[tuple[int, int, str]]]:
@@ -157,10 +197,18 @@ def _shape_subgraph(g: onnx.GraphProto) -> tuple[set[int], list[tuple[int, int, 
     return members, sinks
 
 
+def _pieces(g: onnx.GraphProto, members: set[int]) -> list[tuple[int, int, str]]:
+    """``(node, input slot, tensor)`` where a shape-subgraph node reads another's output: the pieces a value
+    is made of (TorchScript's ``Concat(N, T, Shape(k)[1], d)`` for an ``Expand`` of key/value heads: the
+    head count is the same for every size even though the whole is not)."""
+    produced = {o for i in members for o in g.node[i].output}
+    return [(i, slot, t) for i in sorted(members) for slot, t in enumerate(g.node[i].input) if t in produced]
+
+
 def _evaluate(
-    model: onnx.ModelProto, names: list[str], shapes: dict[str, tuple[list[int], int]], batches: tuple[int, ...]
+    model: onnx.ModelProto, names: list[str], shapes: dict[str, tuple[Dims, int]], runs_at: list[Run]
 ) -> list[dict[str, np.ndarray]]:
-    """Values of tensors ``names`` on zero inputs, one dict per batch size in ``batches``."""
+    """Values of tensors ``names`` on zero inputs, one dict per run of ``runs_at``."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     del m.graph.output[:]
@@ -168,9 +216,12 @@ def _evaluate(
     del m.graph.value_info[:]
     sess = session(m, optimize=False)
     runs = []
-    for batch in batches:
+    for batch, sizes in runs_at:
         feed = {
-            name: np.zeros([batch, *dims], dtype=onnx.helper.tensor_dtype_to_np_dtype(dtype))
+            name: np.zeros(
+                [batch, *(sizes[d] if isinstance(d, str) else d for d in dims)],
+                dtype=onnx.helper.tensor_dtype_to_np_dtype(dtype),
+            )
             for name, (dims, dtype) in shapes.items()
         }
         runs.append(dict(zip(names, (np.asarray(v) for v in sess.run(names, feed)), strict=True)))
@@ -178,9 +229,10 @@ def _evaluate(
 
 
 def _batch_free(
-    node: onnx.NodeProto, slot: int, vals: list[np.ndarray], batches: tuple[int, ...], lead: list[tuple[int, ...]]
+    node: onnx.NodeProto, slot: int, vals: list[np.ndarray], batches: list[int], lead: list[tuple[int, ...]]
 ) -> np.ndarray | None:
-    """The constant to read in place of a sink with values ``vals`` at ``batches``, or ``None``.
+    """The constant to read in place of a sink with values ``vals`` in runs at batch sizes ``batches``, or
+    ``None``.
 
     ``lead``: a Reshape's data input's first dimension in each run.  A Reshape shape ``[N, s1, ...]``
     becomes ``[-1, s1, ...]``, or ``[0, s1, ...]`` (copy the input's first dimension) when some ``s_i``
@@ -193,7 +245,7 @@ def _batch_free(
     rest = [v[1:] for v in vals]
     if not all(np.array_equal(r, rest[0]) for r in rest) or (rest[0] == 0).any():
         return None
-    if len(batches) < 2 or [int(v[0]) for v in vals] != list(batches):
+    if len(set(batches)) < 2 or [int(v[0]) for v in vals] != list(batches):
         return None
     if not (rest[0] == -1).any():
         return np.concatenate([[-1], rest[0]]).astype(vals[0].dtype)

@@ -603,6 +603,32 @@ def torchscript_shapes(seed: int = 0) -> onnx.ModelProto:
     return b.model([("x", ["N", 3, 6, 6])], [b.gemm(flat, 3 * 4, 5)])
 
 
+def torchscript_tokens(seed: int = 0) -> onnx.ModelProto:
+    """TorchScript's shape arithmetic with a dynamic sequence length: on ``(N, T, 8)``, MatMul(8→16) → relu →
+    ``chunk(2)`` of the features as two Slices with bounds ``Shape[2] / 2`` → MatMul(8→4) each, added →
+    ``Reshape(y, [Shape(y)[0], Shape(y)[1] · Shape(y)[2]])`` → ``(N, 4·T)``: the Slice bounds do not depend on
+    ``T``, the reshape's second entry does (its factor ``Shape(y)[2] = 4`` does not)."""
+    b = _B(seed)
+    i64 = np.int64
+
+    def dim(t: str, k: int) -> str:
+        return b.node("Gather", [b.node("Shape", [t]), b.const(np.array(k, i64), "i")], axis=0)
+
+    def one(t: str) -> str:
+        return b.node("Unsqueeze", [t, b.const(np.array([0], i64), "ax")])
+
+    h = b.node("Relu", [b.node("MatMul", ["x", b.const((b.rng.standard_normal((8, 16)) / 3).astype(np.float32))])])
+    c = dim(h, 2)
+    half = one(b.node("Div", [c, b.const(np.array(2, i64), "c")]))
+    axis = b.const(np.array([2], i64), "ax")
+    first = b.node("Slice", [h, b.const(np.array([0], i64), "s"), half, axis])
+    second = b.node("Slice", [h, half, one(c), b.const(np.array([2], i64), "ax")])
+    wa, wb = ((b.rng.standard_normal((8, 4)) / 3).astype(np.float32) for _ in range(2))
+    y = b.node("Add", [b.node("MatMul", [first, b.const(wa)]), b.node("MatMul", [second, b.const(wb)])])
+    flat = b.node("Concat", [one(dim(y, 0)), one(b.node("Mul", [dim(y, 1), dim(y, 2)]))], axis=0)
+    return b.model([("x", ["N", "T", 8])], [b.node("Reshape", [y, flat])])
+
+
 BUILDERS |= {"channel_shuffle": channel_shuffle, "torchscript_shapes": torchscript_shapes}
 
 

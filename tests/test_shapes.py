@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from models import channel_shuffle, contrib_op, inputs_for, torchscript_shapes
+from models import channel_shuffle, contrib_op, inputs_for, torchscript_shapes, torchscript_tokens
 from onnx_poem import prune
 from onnx_poem.coupling import find_groups
 from onnx_poem.fold import fold_constants
@@ -34,10 +34,39 @@ def test_shape_arithmetic_folds_and_keeps_the_batch_dynamic() -> None:
     assert len(find_groups(GraphView.build(folded)).groups) == 1
 
 
-def test_dynamic_dims_other_than_batch_are_not_folded() -> None:
+def test_a_model_that_cannot_run_at_the_sizes_tried_is_left_as_it_is() -> None:
+    """An image height left dynamic: at the heights tried the flatten no longer fits the Gemm."""
     model = torchscript_shapes()
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     assert fold_shapes(model) is model
+
+
+def _tokens(model: onnx.ModelProto, n: int, t: int) -> np.ndarray:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(t).standard_normal((n, t, 8)).astype(np.float32)
+    return s.run(None, {"x": x})[0]
+
+
+def test_with_a_dynamic_sequence_length_what_does_not_depend_on_it_folds() -> None:
+    """The chunk's Slice bounds are the same at every sequence length tried: constants, and the group before
+    them is found; the flatten's ``T · 4`` stays computed, with its factor 4 folded in it."""
+    model = torchscript_tokens()
+    assert not find_groups(GraphView.build(model)).groups
+    folded = fold_shapes(model)
+    onnx.checker.check_model(folded, full_check=True)
+    inits = {t.name for t in folded.graph.initializer}
+    slices = [n for n in folded.graph.node if n.op_type == "Slice"]
+    assert len(slices) == 2 and all(t in inits for n in slices for t in n.input[1:])
+    mul = next(n for n in folded.graph.node if n.op_type == "Mul")
+    assert sum(t in inits for t in mul.input) == 1  # Shape(y)[2] = 4 folded, Shape(y)[1] = T not
+    assert "Shape" in [n.op_type for n in folded.graph.node]
+    for n, t in ((1, 2), (4, 9), (2, 30)):  # sizes not among those tried too
+        np.testing.assert_allclose(_tokens(folded, n, t), _tokens(model, n, t), rtol=1e-6, atol=1e-6)
+    (g,) = find_groups(GraphView.build(folded)).groups
+    assert g.channels == 16
+    pruned, rep = prune(model, ratio=0.5, calib=np.random.default_rng(0).standard_normal((64, 6, 8)).astype(np.float32))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert rep.groups[0]["kept"] == 8 and _tokens(pruned, 3, 13).shape == (3, 52)
 
 
 def test_shape_folded_model_prunes_to_a_smaller_valid_model() -> None:

@@ -9,7 +9,8 @@ and the zoo's smallest models of the other families: ``--family paddle --only db
 MultiHeadAttention).  ``keras_branchy_cnn.tf2onnx.onnx`` (tf2onnx: NHWC transposes, GELU and swish, a
 concatenation, Keras ``Flatten`` before a dense layer) comes from ``tools/export_keras.py``.  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
 (Hugging Face BERT and ViT, TorchScript: attention heads) and ``llama_gqa_tiny.dynamo.onnx`` (Hugging Face Llama
-by dynamo: grouped-query attention, rotary positions, a causal mask; its external data stored inline) come from
+by dynamo: grouped-query attention, rotary positions, a causal mask; its external data stored inline) and
+``llama_gqa_tiny.ts.onnx`` (the same by TorchScript, batch and sequence length dynamic) come from
 ``tools/export_models.py``.
 """
 
@@ -75,12 +76,14 @@ def test_zoo_model_prunes_at_ratio_0_3(path: Path) -> None:
     assert not any("left unpruned:" in u["reason"] for u in rep.unprunable), rep.unprunable  # no group failed
 
 
-def test_llama_grouped_query_attention_loses_key_value_heads() -> None:
-    """Llama by dynamo (4 query heads sharing 2 key/value heads, rotary positions, causal mask): each layer's
-    key/value heads with their query heads are one group, pruned in the cascade without a failure (dynamo's
-    one Expand shape for every layer is given to each reader first), and the model runs at other batch sizes
-    and sequence lengths."""
-    model = onnx.load(str(ZOO / "llama_gqa_tiny.dynamo.onnx"))
+@pytest.mark.parametrize("name", ["llama_gqa_tiny.dynamo.onnx", "llama_gqa_tiny.ts.onnx"])
+def test_llama_grouped_query_attention_loses_key_value_heads(name: str) -> None:
+    """Llama (4 query heads sharing 2 key/value heads, rotary positions, causal mask) by dynamo and by
+    TorchScript: each layer's key/value heads with their query heads are one group, pruned in the cascade
+    without a failure (dynamo's one Expand shape for every layer is given to each reader first; TorchScript
+    computes the rotary Slice bounds and the Expand shape from the sequence length's Shape, folded where they
+    do not depend on it), and the model runs at other batch sizes and sequence lengths."""
+    model = onnx.load(str(ZOO / name))
     x = random_inputs(model, 64)
     pruned, rep = prune(model, ratio=0.5, calib=x, samples=64, allocation="uniform")
     kv = [g for g in rep.groups if g["unit"] == "key/value head"]

@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import numpy_helper
 
 from ..graph import GraphView
 from .groups import ReshapeFix
@@ -69,6 +70,11 @@ def shape_entries(view: GraphView, name: str) -> list[Entry] | None:
     n = view.nodes[p]
     if n.op_type == "Cast":
         return shape_entries(view, n.input[0])
+    flat = view.const(n.input[1]) if n.op_type == "Reshape" and len(n.input) > 1 else None
+    if flat is not None and np.reshape(flat, -1).tolist() == [-1] and len(view.shapes.get(n.input[0]) or ()) == 1:
+        return shape_entries(view, n.input[0])  # a 1-D shape flattened again
+    if n.op_type == "Where":
+        return _expand_shape(view, p)
     if n.op_type != "Concat" or int(view.attr(p, "axis", 0)) != 0:
         return None
     out: list[Entry] = []
@@ -82,6 +88,42 @@ def shape_entries(view: GraphView, name: str) -> list[Entry] | None:
             return None
         out += [Entry(None)] * int(shape[0])
     return out
+
+
+def _expand_shape(view: GraphView, node: int) -> list[Entry] | None:
+    """TorchScript's ``Expand`` shape ``Where(Equal(s, -1·ones), ones, s)`` (an entry -1 keeps that axis):
+    the entries of ``s``, a -1 entry unknown (it becomes 1)."""
+    cond, ones, s = view.nodes[node].input[:3]
+    c = view.producer.get(cond)
+    if c is None or view.nodes[c].op_type != "Equal" or s not in view.nodes[c].input[:2]:
+        return None
+    other = view.nodes[c].input[1 - list(view.nodes[c].input[:2]).index(s)]
+    if not (_filled(view, other, -1) and _filled(view, ones, 1)):
+        return None
+    entries = shape_entries(view, s)
+    return None if entries is None else [Entry(None) if e.value == -1 else e for e in entries]
+
+
+def _filled(view: GraphView, name: str, value: int) -> bool:
+    """Tensor ``name`` is ``value`` everywhere: a constant, ``ConstantOfShape`` with that value, or such a
+    tensor times a constant (TorchScript's ``ConstantOfShape(n) · -1``)."""
+    v = view.const(name)
+    if v is not None:
+        return bool(np.all(np.asarray(v) == value))
+    p = view.producer.get(name)
+    if p is None:
+        return False
+    n = view.nodes[p]
+    if n.op_type == "ConstantOfShape":
+        fill = view.attr(p, "value")
+        return fill is not None and bool(np.all(numpy_helper.to_array(fill) == value))
+    if n.op_type == "Mul":
+        for a, b in (n.input[:2], n.input[1::-1]):
+            k = view.const(b)
+            if k is not None and np.size(k) == 1 and float(np.reshape(k, -1)[0]) != 0:
+                scale = float(np.reshape(k, -1)[0])
+                return value % scale == 0 and _filled(view, a, int(value / scale))
+    return False
 
 
 @dataclass(frozen=True)

@@ -125,23 +125,34 @@ def stub_weights(
     in initializer order).
 
     The copy is made without copying those weights into another protobuf."""
+    stub, large = _stubbed(model, min_bytes)
+    arrays = [numpy_helper.to_array(t) for t in large]
+    return stub, [t.name for t in large], arrays
+
+
+def _stubbed(model: onnx.ModelProto, min_bytes: int | None = None) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+    """:func:`stub_weights`' copy of ``model`` and the large initializers themselves (not converted)."""
     stub = onnx.ModelProto()
     copy_except(stub, model, skip="graph")
     copy_except(stub.graph, model.graph, skip="initializer")
     min_bytes = SESSION_MIN_BYTES if min_bytes is None else min_bytes
-    names: list[str] = []
-    arrays: list[np.ndarray] = []
+    large: list[onnx.TensorProto] = []
     for t in model.graph.initializer:
         if not _large(t, min_bytes):
             stub.graph.initializer.append(t)
             continue
-        arrays.append(numpy_helper.to_array(t))
-        names.append(t.name)
+        large.append(t)
         s = stub.graph.initializer.add()
         s.name, s.data_type = t.name, t.data_type
         s.dims.extend(t.dims)
-        _set_external(s, _MEMORY, 0, arrays[-1].nbytes)
-    return stub, names, arrays
+        _set_external(s, _MEMORY, 0, _nbytes(t))
+    return stub, large
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of ``t``'s values as a NumPy array."""
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    return int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize
 
 
 def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, Iterable[bytes]]:
@@ -188,19 +199,24 @@ def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, 
 
 
 def weights_digest(model: onnx.ModelProto) -> str:
-    """SHA-256 of ``model``'s deterministic serialisation, or for a model past :data:`PROTO_LIMIT`, of its
-    stubbed serialisation followed by the large initializers' bytes (both deterministic)."""
+    """SHA-256 of ``model``'s stubbed serialisation (:func:`stub_weights` at :data:`EXTERNAL_MIN_BYTES`)
+    followed by the large initializers' bytes, one tensor at a time (deterministic).
+
+    [R, memory] Never the whole model's serialisation: that was a transient copy of every weight, or two
+    (protobuf's buffer and the bytes), at the end of every run: BERT-base's peak memory.  Plans saved before
+    this digest carry :func:`legacy_digest` instead (``--apply-plan`` accepts either)."""
     h = hashlib.sha256()
-    for chunk in _digest_chunks(model):
-        h.update(chunk)
+    stub, large = _stubbed(model, EXTERNAL_MIN_BYTES)
+    h.update(stub.SerializeToString(deterministic=True))
+    del stub
+    for t in large:
+        h.update(numpy_helper.to_array(t).tobytes())
     return h.hexdigest()
 
 
-def _digest_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
-    if not too_big(model):
-        yield model.SerializeToString(deterministic=True)
-        return
-    stub, _, arrays = stub_weights(model, EXTERNAL_MIN_BYTES)
-    yield stub.SerializeToString(deterministic=True)
-    for a in arrays:
-        yield a.tobytes()
+def legacy_digest(model: onnx.ModelProto) -> str:
+    """The digest of plans saved before :func:`weights_digest` streamed: the whole deterministic
+    serialisation for a model under protobuf's limit (the stubbed form otherwise, as now)."""
+    if too_big(model):
+        return weights_digest(model)
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()

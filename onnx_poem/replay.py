@@ -14,6 +14,7 @@ from .calibration.sources import ImageOptions, load_calibration
 from .config import SERIALISED_FORMS, STREAM_GROUPS
 from .coupling import find_groups
 from .errors import UsageError
+from .external import legacy_digest
 from .fold import fold_constants
 from .graph import GraphView
 from .modelio import copy_model, digest, infer_or_keep, load_checked
@@ -51,7 +52,7 @@ def apply_saved_plan(
             form = SERIALISED_FORMS.get(ctx.residual)
             if form is not None:
                 model = serialise(original, form).model
-            if digest(model) != ctx.model_sha256:
+            if digest(model) != ctx.model_sha256 and legacy_digest(model) != ctx.model_sha256:
                 raise UsageError(f"{plan_file} was computed for another model ({ctx.model_name}), not {name}")
             view = GraphView.build(model, input_shapes=ctx.input_shapes)
             groups = {g.id: g for g in find_groups(view, residual=ctx.residual in STREAM_GROUPS).groups}

@@ -107,3 +107,25 @@ def test_dry_run_with_pro_runs_no_solver(work: Path, monkeypatch) -> None:
     result = api.run(model, ratio=0.5, calib=inputs_for(model, 32), dry_run=True, positions=8)
     assert result.model is None and result.report.macs_after < result.report.macs_before
     assert np.isfinite(result.report.macs_ratio)
+
+
+def test_a_plan_saved_with_the_older_whole_model_digest_still_applies(work: Path) -> None:
+    """Plans saved before the digest streamed the weights carry the SHA-256 of the whole serialisation."""
+    from onnx_poem.external import legacy_digest
+    from onnx_poem.fold import fold_constants
+    from onnx_poem.modelio import digest
+
+    m, c = str(work / "m.onnx"), str(work / "c.npz")
+    res = invoke(m, "--ratio", "0.5", "--calib", c, "-o", str(work / "a.onnx"), "--save-plan", str(work / "p.json"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads((work / "p.json").read_text())
+    folded = fold_constants(onnx.load(m))
+    assert doc["model"]["sha256"] == digest(folded) != legacy_digest(folded)
+    doc["model"]["sha256"] = legacy_digest(folded)
+    (work / "p.json").write_text(json.dumps(doc))
+    res = invoke(m, "--apply-plan", str(work / "p.json"), "-o", str(work / "b.onnx"))
+    assert res.exit_code == 0, res.output
+    assert (work / "a.onnx").read_bytes() == (work / "b.onnx").read_bytes()
+    doc["model"]["sha256"] = "0" * 64
+    (work / "p.json").write_text(json.dumps(doc))
+    assert invoke(m, "--apply-plan", str(work / "p.json"), "-o", str(work / "c.onnx")).exit_code != 0

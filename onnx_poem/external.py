@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -118,15 +119,20 @@ def copy_except(dst: object, src: object, skip: str) -> None:
 
 
 def stub_weights(
-    model: onnx.ModelProto, min_bytes: int | None = None
+    model: onnx.ModelProto, min_bytes: int | None = None, *, values: bool = True
 ) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     """A copy of ``model`` whose main-graph initializers of at least ``min_bytes`` (default
     :data:`SESSION_MIN_BYTES`) are external-data stubs, with their names and values (``(names, arrays)``
     in initializer order).
 
-    The copy is made without copying those weights into another protobuf."""
+    The copy is made without copying those weights into another protobuf.  ``values=False``: floating-point
+    weights come as zeros (``np.zeros``: pages the process never writes, so no memory until touched, and a
+    read maps the kernel's zero page), for a run whose outputs' shapes alone are wanted."""
     stub, large = _stubbed(model, min_bytes)
-    arrays = [numpy_helper.to_array(t) for t in large]
+    arrays = [
+        numpy_helper.to_array(t) if values or t.data_type not in _FLOAT_TYPES else np.zeros(tuple(t.dims), _dtype(t))
+        for t in large
+    ]
     return stub, [t.name for t in large], arrays
 
 
@@ -149,10 +155,16 @@ def _stubbed(model: onnx.ModelProto, min_bytes: int | None = None) -> tuple[onnx
     return stub, large
 
 
+def _dtype(t: onnx.TensorProto) -> np.dtype[Any]:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+
+
 def _nbytes(t: onnx.TensorProto) -> int:
     """Bytes of ``t``'s values as a NumPy array."""
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-    return int(np.prod(t.dims, dtype=np.int64)) * dtype.itemsize
+    return int(np.prod(t.dims, dtype=np.int64)) * _dtype(t).itemsize
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, Iterable[bytes]]:

@@ -351,8 +351,14 @@ def infer_shapes(
     return out, types
 
 
-def session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True, values: bool = True
+) -> ort.InferenceSession:
     """An onnxruntime CPU session for ``model`` (warnings silenced; ``optimize=False``: no graph optimisation).
+
+    ``values=False``: for a run whose outputs' shapes alone are wanted (a MACs count), the large
+    floating-point weights are zeros that take no memory (:func:`onnx_poem.external.stub_weights`), and
+    onnxruntime neither optimises the graph nor re-lays the weights out (which would touch them).
 
     The large weights are handed to onnxruntime as arrays (:func:`onnx_poem.external.stub_weights`), not
     serialised with the graph: models past protobuf's 2 GB limit run, and no serialised copy of the
@@ -361,13 +367,15 @@ def session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True) 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads or ort_threads()
-    if not optimize:
+    if not optimize or not values:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # idle onnxruntime workers must not spin: BLAS runs on the same cores between the runs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # no arena: its peak would stay allocated by every session while the solvers need the memory
     so.enable_cpu_mem_arena = False
-    stub, names, arrays = stub_weights(model)
+    if not values:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    stub, names, arrays = stub_weights(model, values=values)
     if names:
         so.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
     return ort.InferenceSession(stub.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -47,7 +47,7 @@ def node_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[
             shapes[t] = tuple(int(d) for d in dims if d is not None)
     dynamic = [t for t in dict.fromkeys(wanted) if t not in shapes and not view.is_const(t)]
     if dynamic:
-        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes))
+        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=False)  # shapes only
         shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
     total: dict[int, int] = {}
     for i, n in enumerate(view.nodes):

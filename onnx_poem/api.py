@@ -36,7 +36,7 @@ from .config import ALLOCATIONS, AUTO_CANDIDATES, SERIALISED_FORMS, PruneConfig
 from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
-from .graph import GraphView, check_model, check_structure, declared_shape, release_segments
+from .graph import GraphView, check_model, check_structure, declared_shape, release_segments, trim_heap
 from .latency import (
     Fit,
     LatencyCost,
@@ -815,6 +815,7 @@ def _inputs(
     config with the batch size clamped to a fixed batch dimension of the model."""
     loaded, name = load_checked(model)
     original = model = fold_constants(loaded)
+    trim_heap()  # folding's session and copies are freed: give their memory back before the run grows
     serialised = None
     if cfg.serialised_form is not None:
         serialised = serialise(original, cfg.serialised_form)

@@ -129,10 +129,11 @@ def _checked(model: onnx.ModelProto, sites: list[_Site]) -> list[tuple[_Site, tu
     return out
 
 
-def flatten_channels_first(model: onnx.ModelProto) -> onnx.ModelProto:
+def flatten_channels_first(model: onnx.ModelProto, *, inplace: bool = False) -> onnx.ModelProto:
     """``model`` with every channel-last flatten before a dense layer read channel-first (module docstring).
 
-    Returns ``model`` itself when there is none; otherwise a copy (the input is not modified).
+    Returns ``model`` itself when there is none; otherwise a copy (the input is not modified), or with
+    ``inplace`` (the caller's own copy) ``model`` changed in place.
     """
     sites = _sites(model)
     if not sites:
@@ -140,8 +141,11 @@ def flatten_channels_first(model: onnx.ModelProto) -> onnx.ModelProto:
     found = _checked(model, sites)
     if not found:
         return model
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    if inplace:
+        m = model
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     g = m.graph
     at = {t.name: i for i, t in enumerate(g.initializer)}
     dropped = []

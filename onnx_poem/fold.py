@@ -52,11 +52,15 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`),
     then channel-last flattens are read channel-first (:func:`onnx_poem.flatten.flatten_channels_first`).
     """
-    model = flatten_channels_first(fold_shapes(model))
-    if not _foldable(model) and not _shared(model) and not _shared_concats(model.graph):
-        return model
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    shaped = fold_shapes(model)
+    flat = flatten_channels_first(shaped, inplace=shaped is not model)
+    if not _foldable(flat) and not _shared(flat) and not _shared_concats(flat.graph):
+        return flat
+    if flat is not model:  # [R, memory] a copy of ours already: changed in place, not copied once more
+        m = flat
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     folded = _fold(m)
     copied = _unshare_concats(m.graph) + _unshare(m)
     if folded or copied:

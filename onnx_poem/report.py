@@ -23,6 +23,10 @@ from .verify import Agreement, session
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+#: ops whose output shape can depend on their inputs' values (a MACs count then runs the real weights)
+VALUE_SHAPED = ("NonZero", "Unique", "Compress", "TopK", "NonMaxSuppression", "Loop", "If", "Scan", "Range")
+
+
 def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> int:
     """Multiply-accumulates for one sample of the Conv/ConvTranspose/Gemm/MatMul nodes of ``model``."""
     return sum(node_macs(model, sample).values())
@@ -47,7 +51,9 @@ def node_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[
             shapes[t] = tuple(int(d) for d in dims if d is not None)
     dynamic = [t for t in dict.fromkeys(wanted) if t not in shapes and not view.is_const(t)]
     if dynamic:
-        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=False)  # shapes only
+        # shapes only: the weights' values do not matter unless an op's output shape depends on values
+        zeros = not any(n.op_type in VALUE_SHAPED for n in view.nodes)
+        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=not zeros)
         shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
     total: dict[int, int] = {}
     for i, n in enumerate(view.nodes):

@@ -231,6 +231,8 @@ def main() -> None:
                 str(a.samples),
                 "--ratios",
                 str(a.ratios),
+                "--work",
+                a.work,
             ]
             cached = Path(a.work) / f"{model}.{alloc}.{a.samples}.{a.ratios}.json"
             row = run_row(cmd, cached, reuse=a.resume)

@@ -121,3 +121,15 @@ def test_images_are_decoded_once_into_a_spill_file(tmp_path: Path, monkeypatch: 
     in_memory = load_calibration(model, tmp_path, samples=5, seed=0, image_options=ImageOptions())
     assert isinstance(spilled.arrays["x"], DiskArray) and isinstance(in_memory.arrays["x"], np.ndarray)
     np.testing.assert_array_equal(np.asarray(spilled.arrays["x"]), in_memory.arrays["x"])
+
+
+def test_rows_are_read_without_preadv_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Systems without ``os.preadv`` (Windows) seek and read."""
+    import os
+
+    x = _array()
+    np.save(tmp_path / "x.npy", x)
+    a = open_npy(tmp_path / "x.npy", min_bytes=0)
+    assert a is not None
+    monkeypatch.delattr(os, "preadv")
+    np.testing.assert_array_equal(a[np.asarray([36, 2, 3, 4, 0])], x[[36, 2, 3, 4, 0]])

@@ -111,7 +111,7 @@ class DiskArray:
             buf = memoryview(flat[start:end].reshape(-1).data)
             got = 0
             while got < want:
-                n = os.preadv(fd, [buf[got:]], self.offset + int(idx[start]) * row + got)
+                n = _read_at(fd, buf[got:], self.offset + int(idx[start]) * row + got)
                 if n <= 0:
                     raise OSError(f"{self.path} ended before row {int(idx[end - 1])}")
                 got += n
@@ -122,6 +122,17 @@ class DiskArray:
         """The rows in order, ``rows`` at a time."""
         for s in range(0, self.shape[0], rows):
             yield self.take(np.arange(s, min(s + rows, self.shape[0])))
+
+
+def _read_at(fd: int, buf: memoryview, offset: int) -> int:
+    """Read into ``buf`` from ``offset`` of ``fd``; the bytes read (``os.preadv`` where the system has it,
+    else a seek and a read: one reader per file at a time, as here)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buf], offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    data = os.read(fd, len(buf))
+    buf[: len(data)] = data
+    return len(data)
 
 
 #: a calibration input's samples: in memory, or in a file

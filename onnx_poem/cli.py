@@ -400,7 +400,7 @@ def prune_cmd(
             size=_size(input_size), mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
-        with _terminate_as_interrupt(), limit_threads(threads):
+        with _terminate_as_interrupt() as term, limit_threads(threads):
             files: dict[Path, bytes | Iterable[bytes]] = {}
             pruned: onnx.ModelProto | None
             if apply_plan is not None:
@@ -445,6 +445,7 @@ def prune_cmd(
                 files |= encode(pruned, out, external=external)
             if report is not None:
                 files[report] = report_bytes(report, rep)
+            term.check()
             write_together(files, force=force)
         if not quiet:
             click.echo(rep.summary())
@@ -525,7 +526,7 @@ def _family(
         outputs |= {f"report (ratio {r:g})": family_path(report, r) for r in ratios}
     check_outputs(input_files(model), outputs, force=force)
     progress = _Progress(sys.stderr.isatty() and not quiet)
-    with _terminate_as_interrupt():
+    with _terminate_as_interrupt() as term:
         results = run_family(model, ratios, calib=calib, image_options=image_options, progress=progress, **options)
         files: dict[Path, bytes | Iterable[bytes]] = {}
         for r, res in zip(ratios, results, strict=True):
@@ -538,6 +539,7 @@ def _family(
             files |= encode(res.model, family_path(out, r), external=external)
             if report is not None:
                 files[family_path(report, r)] = report_bytes(report, rep, [res.report for res in results])
+        term.check()
         write_together(files, force=force)
     if not quiet:
         for r, res in zip(ratios, results, strict=True):
@@ -568,20 +570,38 @@ def family_table(ratios: list[float], reports: list[PruneReport], paths: list[Pa
     return "\n".join(lines)
 
 
+class _Termination:
+    """Whether SIGTERM arrived (see :func:`_terminate_as_interrupt`)."""
+
+    received = False
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if SIGTERM arrived, even if the one its handler raised was lost."""
+        if self.received:
+            raise KeyboardInterrupt
+
+
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while pruning, so temporary folders and files are removed."""
+def _terminate_as_interrupt() -> Iterator[_Termination]:
+    """Turn SIGTERM into KeyboardInterrupt while pruning, so temporary folders and files are removed.
+
+    The handler also records the signal: a KeyboardInterrupt raised while the interpreter runs a finalizer
+    (the per-group garbage collection runs many) is printed and dropped by Python, and the run would go on
+    to write its outputs; callers :meth:`_Termination.check` before writing (seen once in CI: a SIGTERM
+    sent early in the demo's run, which then wrote its model and exited 0)."""
+    term = _Termination()
 
     def handler(signum: int, frame: Any) -> None:
+        term.received = True
         raise KeyboardInterrupt
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. an embedding application): leave signals alone
-        yield
+        yield term
         return
     try:
-        yield
+        yield term
     finally:
         signal.signal(signal.SIGTERM, previous)
 

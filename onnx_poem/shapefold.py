@@ -19,12 +19,14 @@ reshape for every batch size.  A value that changes with a sequence length (a
 causal mask's size, a ``(N, T, H·d)`` reshape) stays computed.  The remaining shape
 nodes that nothing reads any more are removed.
 
-[R] A value equal in every run could still depend on a size at values not tried
-(``Min(T, 8)`` is 3, 5, 7 at the sizes tried, so it is not folded; ``Min(T, 2)`` would
-be); the sizes are small and distinct so that such clamps show.  A model that cannot
-run at those sizes (a positional table shorter than 7, strides that need larger
-images) is not folded, as every model with a dynamic dimension other than the batch
-was before these sizes were tried.
+[R] A value equal in every run could still depend on a size at values not tried: a
+clamp (``Min(T, 2)``), or a size divided by a stride (PP-OCRv4's recogniser, its width
+dynamic: ``W / 8`` is 1 at widths 3, 5 and 7, and was folded so until the run at 64 was
+added; its pruned model then failed at the real width).  The sizes are small and distinct
+so that clamps show, and 64 so that strides up to 32 do; inputs of rank 4 or more with a
+dynamic dimension other than the batch (images of any size) are not folded at all, as
+before these sizes were tried.  A model that cannot run at those sizes (a positional
+table shorter than 64) is not folded either.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ SHAPE_OPS = (
 )
 
 BATCHES = (1, 2, 3)
-#: values tried for every dynamic dimension other than the batch
-SIZES = (3, 5, 7)
+#: values tried for every dynamic dimension other than the batch (see the module docstring)
+SIZES = (3, 5, 7, 64)
 
 
 def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -155,6 +157,8 @@ def _input_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[Dims, int]], 
             else:
                 dims.append(d.dim_param or f"{vi.name}:{axis}")
                 symbols.add(str(dims[-1]))
+        if len(tt.shape.dim) >= 4 and any(isinstance(d, str) for d in dims):
+            return None  # an image of any size: strides make sizes coincide (module docstring)
         if tt.shape.dim[0].HasField("dim_value"):
             fixed.add(tt.shape.dim[0].dim_value)
         out[vi.name] = (dims, tt.elem_type)

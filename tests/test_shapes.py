@@ -35,7 +35,7 @@ def test_shape_arithmetic_folds_and_keeps_the_batch_dynamic() -> None:
 
 
 def test_a_model_that_cannot_run_at_the_sizes_tried_is_left_as_it_is() -> None:
-    """An image height left dynamic: at the heights tried the flatten no longer fits the Gemm."""
+    """An image height left dynamic: images of any size are not folded (strides make sizes coincide)."""
     model = torchscript_shapes()
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
     assert fold_shapes(model) is model

@@ -103,3 +103,39 @@ def test_shapes_inference_leaves_open_are_observed_from_a_run() -> None:
     pruned, rep = prune(model, ratio=0.5, calib=inputs_for(model, 64), allocation="uniform")
     onnx.checker.check_model(pruned, full_check=True)
     assert rep.macs_after < rep.macs_before
+
+
+def test_a_size_divided_by_a_stride_is_not_folded() -> None:
+    """PP-OCRv4's recogniser: ``T / 8`` is 1 at the small sizes tried (3, 5, 7); folding it broke the pruned
+    model at real sizes. The run at 64 keeps it computed: the folded model still runs at any length."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    i64 = np.int64
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((6, 4, 1)).astype(np.float32), "w")
+    consts = [numpy_helper.from_array(np.array(v, i64), n) for n, v in (("i0", 0), ("i1", 1), ("i2", 2))]
+    consts.append(numpy_helper.from_array(np.array([0], i64), "ax"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1], strides=[8]),
+        helper.make_node("Shape", ["y"], ["s"]),
+        *(helper.make_node("Gather", ["s", f"i{k}"], [f"d{k}"], axis=0) for k in range(3)),
+        helper.make_node("Mul", ["d1", "d2"], ["f"]),
+        helper.make_node("Unsqueeze", ["d0", "ax"], ["u0"]),
+        helper.make_node("Unsqueeze", ["f", "ax"], ["u1"]),
+        helper.make_node("Concat", ["u0", "u1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["y", "shape"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "strided",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "T"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [w, *consts],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folded = fold_shapes(model)
+    for t in (3, 20, 64):
+        x = np.random.default_rng(t).standard_normal((2, 4, t)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        got = ort.InferenceSession(folded.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(got, want)

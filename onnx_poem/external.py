@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -130,7 +129,9 @@ def stub_weights(
     read maps the kernel's zero page), for a run whose outputs' shapes alone are wanted."""
     stub, large = _stubbed(model, min_bytes)
     arrays = [
-        numpy_helper.to_array(t) if values or t.data_type not in _FLOAT_TYPES else np.zeros(tuple(t.dims), _dtype(t))
+        numpy_helper.to_array(t)
+        if values or t.data_type not in FLOAT_TYPES
+        else np.zeros(tuple(t.dims), onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         for t in large
     ]
     return stub, [t.name for t in large], arrays
@@ -151,20 +152,12 @@ def _stubbed(model: onnx.ModelProto, min_bytes: int | None = None) -> tuple[onnx
         s = stub.graph.initializer.add()
         s.name, s.data_type = t.name, t.data_type
         s.dims.extend(t.dims)
-        _set_external(s, _MEMORY, 0, _nbytes(t))
+        _set_external(s, _MEMORY, 0, shape_nbytes(t))
     return stub, large
 
 
-def _dtype(t: onnx.TensorProto) -> np.dtype[Any]:
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-
-
-def _nbytes(t: onnx.TensorProto) -> int:
-    """Bytes of ``t``'s values as a NumPy array."""
-    return int(np.prod(t.dims, dtype=np.int64)) * _dtype(t).itemsize
-
-
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+#: floating-point element types (weights whose values never decide a shape)
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def encode(model: onnx.ModelProto, path: Path, *, external: bool) -> dict[Path, Iterable[bytes]]:

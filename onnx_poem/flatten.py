@@ -84,11 +84,9 @@ def _sites(model: onnx.ModelProto) -> list[_Site]:
         if n.output[0] in outputs or len(users) != 1:
             continue
         d = g.node[users[0]]
-        if d.op_type == "MatMul" and list(d.input[:1]) == [n.output[0]] and len(d.input) == 2:
-            pass
-        elif d.op_type == "Gemm" and d.input[0] == n.output[0] and not _int(d, "transA"):
-            pass
-        else:
+        matmul = d.op_type == "MatMul" and len(d.input) == 2 and d.input[0] == n.output[0]
+        gemm = d.op_type == "Gemm" and d.input[0] == n.output[0] and not _int(d, "transA")
+        if not (matmul or gemm):
             continue
         w = d.input[1]
         if w not in inits or len(readers.get(w, [])) != 1 or w in outputs:

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .errors import ModelError
-from .external import shape_nbytes, stub_weights, too_big
+from .external import FLOAT_TYPES, shape_nbytes, stub_weights, too_big
 from .threads import ort_threads
 
 logger = logging.getLogger(__name__)
@@ -135,14 +135,11 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     declared = {i.name for i in g.input}
     for t in g.initializer:
         size = int(np.prod(t.dims)) if len(t.dims) else 1
-        if size < STRUCTURE_LIMIT or t.data_type not in _FLOATS:
+        if size < STRUCTURE_LIMIT or t.data_type not in FLOAT_TYPES:
             sg.initializer.append(t)
         elif t.name not in declared:
             sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return out
-
-
-_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
 def check_structure(model: onnx.ModelProto, *, what: str, error: type[Exception]) -> None:

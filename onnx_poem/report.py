@@ -52,8 +52,8 @@ def node_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[
     dynamic = [t for t in dict.fromkeys(wanted) if t not in shapes and not view.is_const(t)]
     if dynamic:
         # shapes only: the weights' values do not matter unless an op's output shape depends on values
-        zeros = not any(n.op_type in VALUE_SHAPED for n in view.nodes)
-        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=not zeros)
+        real = any(n.op_type in VALUE_SHAPED for n in view.nodes)
+        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=real)
         shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
     total: dict[int, int] = {}
     for i, n in enumerate(view.nodes):

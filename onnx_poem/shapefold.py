@@ -113,9 +113,9 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for node_idx, slot, tensor in pieces:  # a size-independent piece of a value that is not: the piece
         vals = [r[tensor] for r in runs]
         node = g.node[node_idx]
-        if not all(v.shape == vals[0].shape and np.array_equal(v, vals[0]) for v in vals):
+        if not _same(vals):
             continue
-        if all(all(np.array_equal(r[o], runs[0][o]) for r in runs) for o in node.output if o in runs[0]):
+        if all(_same([r[o] for r in runs]) for o in node.output if o in runs[0]):
             continue  # the node's own value is constant: folded where it is read, if it is a sink
         name = f"{tensor}__poem_{node_idx}_{slot}"
         g.initializer.append(numpy_helper.from_array(vals[0], name))
@@ -237,7 +237,7 @@ def _batch_free(
     becomes ``[-1, s1, ...]``, or ``[0, s1, ...]`` (copy the input's first dimension) when some ``s_i``
     is already -1 and the input's first dimension is the batch size.
     """
-    if all(v.shape == vals[0].shape and np.array_equal(v, vals[0]) for v in vals):
+    if _same(vals):
         return vals[0]
     if node.op_type != "Reshape" or slot != 1 or any(v.ndim != 1 or v.shape != vals[0].shape for v in vals):
         return None
@@ -252,6 +252,11 @@ def _batch_free(
     if allowzero or [tuple(d) for d in lead] != [(b,) for b in batches]:
         return None
     return np.concatenate([[0], rest[0]]).astype(vals[0].dtype)
+
+
+def _same(vals: list[np.ndarray]) -> bool:
+    """The values of one tensor are the same in every run."""
+    return all(v.shape == vals[0].shape and np.array_equal(v, vals[0]) for v in vals)
 
 
 def _drop_dead(g: onnx.GraphProto, members: set[int]) -> None:

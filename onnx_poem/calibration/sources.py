@@ -20,7 +20,7 @@ import onnx
 from ..errors import CalibrationError, UsageError
 from ..graph import declared_shape, dtype_of
 from . import store
-from .store import Array, DiskArray, all_finite, open_npy, open_npz, spill
+from .store import Array, all_finite, open_npy, open_npz, spill
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _samples_first(v: Array, axis: int) -> Array:
     """``v`` with its batch axis ``axis`` moved first (a file-backed array is read into memory for that)."""
     if axis == 0:
         return v
-    return np.moveaxis(v[:] if not isinstance(v, DiskArray) else v.take(np.arange(len(v))), axis, 0)
+    return np.moveaxis(np.asarray(v), axis, 0)
 
 
 def _read_path(

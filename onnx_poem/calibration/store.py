@@ -62,7 +62,7 @@ class DiskArray:
 
     @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return _nbytes(self.shape[1:], self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -135,6 +135,10 @@ def _read_at(fd: int, buf: memoryview, offset: int) -> int:
     return len(data)
 
 
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 #: a calibration input's samples: in memory, or in a file
 Array = np.ndarray | DiskArray
 
@@ -164,7 +168,7 @@ def open_npy(path: Path, min_bytes: int | None = None) -> DiskArray | None:
     if block is None:
         return None
     header, shape, dtype = block
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < min_bytes:
+    if _nbytes(shape, dtype) < min_bytes:
         return None
     return DiskArray(path, header, shape, dtype, _Fd(os.open(path, os.O_RDONLY)))
 
@@ -189,7 +193,7 @@ def open_npz(path: Path, min_bytes: int | None = None) -> dict[str, DiskArray]:
             if block is None:
                 continue
             header, shape, dtype = block
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = _nbytes(shape, dtype)
             if nbytes >= min_bytes and header + nbytes == info.file_size:
                 out[info.filename[: -len(".npy")]] = DiskArray(
                     path, data + header, shape, dtype, _Fd(os.open(path, os.O_RDONLY))

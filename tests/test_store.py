@@ -133,3 +133,35 @@ def test_rows_are_read_without_preadv_too(tmp_path: Path, monkeypatch: pytest.Mo
     assert a is not None
     monkeypatch.delattr(os, "preadv")
     np.testing.assert_array_equal(a[np.asarray([36, 2, 3, 4, 0])], x[[36, 2, 3, 4, 0]])
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_a_calibration_file_cut_short_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    """The header promises more rows than the file holds: refused while loading, not mid-run."""
+    import onnx
+    from click.testing import CliRunner
+
+    from onnx_poem.cli import main
+
+    model = BUILDERS["conv_chain"]()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", inputs_for(model, 64))
+    data = (tmp_path / "c.npy").read_bytes()
+    (tmp_path / "c.npy").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CalibrationError, match="cannot read calibration file"):
+        load_calibration(model, tmp_path / "c.npy", samples=64, seed=0)
+    res = CliRunner().invoke(
+        main,
+        [
+            str(tmp_path / "m.onnx"),
+            "--calib",
+            str(tmp_path / "c.npy"),
+            "--ratio",
+            "0.5",
+            "-o",
+            str(tmp_path / "o.onnx"),
+        ],
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("error:") and "calibration" in res.output
+    assert not (tmp_path / "o.onnx").exists()

@@ -168,8 +168,8 @@ def open_npy(path: Path, min_bytes: int | None = None) -> DiskArray | None:
     if block is None:
         return None
     header, shape, dtype = block
-    if _nbytes(shape, dtype) < min_bytes:
-        return None
+    if _nbytes(shape, dtype) < min_bytes or os.path.getsize(path) < header + _nbytes(shape, dtype):
+        return None  # small, or cut short (numpy's own reader then says what is wrong)
     return DiskArray(path, header, shape, dtype, _Fd(os.open(path, os.O_RDONLY)))
 
 

@@ -31,12 +31,12 @@ from .allocation import (
 from .calibration.augment import augment_fit
 from .calibration.sources import CalibrationData, ImageOptions, load_calibration
 from .calibration.split import Split, split_samples
-from .cascade import Stream, cut_position
+from .cascade import Current, Stream, cut_position
 from .config import ALLOCATIONS, AUTO_CANDIDATES, SERIALISED_FORMS, PruneConfig
 from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
-from .graph import GraphView, check_model, check_structure, declared_shape, release_segments, trim_heap
+from .graph import GraphView, check_model, check_structure, declared_shape, load_model, release_segments, trim_heap
 from .latency import (
     Fit,
     LatencyCost,
@@ -59,7 +59,7 @@ from .planfile import PlanContext
 from .pro import PROBE_SAMPLES, error_curves
 from .replay import apply_saved_plan
 from .report import LayerReport, PruneReport, count_macs, count_params, curve_points, group_rows, node_macs
-from .rewrite import apply_plan
+from .rewrite import apply_plan, rewritten
 from .solve import solve_group
 from .srn import Serialised, serialise
 from .threads import limit_threads
@@ -330,7 +330,7 @@ class _Inputs:
     serialised: Serialised | None  # --residual srn: the blocks serialised and those left
     data: CalibrationData
     checks: CalibrationData | None  # --verify-data
-    loaded: onnx.ModelProto  # as loaded (written back when nothing is pruned)
+    loaded: onnx.ModelProto | Path  # as loaded (written back when nothing is pruned), or its file (:func:`_reloaded`)
 
 
 @dataclass(frozen=True)
@@ -348,7 +348,7 @@ class RunContext:
     view: GraphView
     chunks: list[np.ndarray]  # sample indices per batch: the fitting batches, then the selection batches
     workdir: Path
-    loaded: onnx.ModelProto  # the model as loaded, before folding: the result when nothing is pruned
+    loaded: onnx.ModelProto | Path  # as loaded, before folding (the result when nothing is pruned), or its file
 
 
 @dataclass(frozen=True)
@@ -624,7 +624,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
     plan, layers = PrunePlan(), []
     # the model with ``plan`` applied (checked), reused as the cascade's current model
     applied: onnx.ModelProto | None = ctx.model
-    current: onnx.ModelProto | None = None
+    current: Current | None = None
     for done, g in enumerate(todo):
         if progress:
             progress(done, len(todo), g.id)
@@ -632,7 +632,11 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
         for attempt in (0, 1):
             if applied is None:  # dropped before a rewrite that failed
                 applied = apply_plan(view, groups, plan) if plan.decisions else ctx.model
-            current = applied if cfg.mode == "cascade" else ctx.model
+            current = (
+                Current(applied, view.weights.excluding(rewritten(view, groups, plan)))
+                if cfg.mode == "cascade" and applied is not ctx.model
+                else Current.original(view)
+            )
             try:
                 decision, group_layers = solve_group(
                     view, current, g, alloc.quotas[g.id], streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
@@ -659,8 +663,11 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
             break
     if progress:
         progress(len(todo), len(todo), "")
+    del streams, current
+    view.weights.release()  # the sessions that shared the arrays are gone
+    release_segments()
     if not plan.decisions:
-        pruned = infer_or_keep(copy_model(ctx.loaded))
+        pruned = infer_or_keep(_reloaded(ctx.loaded))
     else:
         pruned = infer_or_keep(applied if applied is not None else apply_plan(view, groups, plan))
     return Solved(plan, pruned, layers, failed)
@@ -676,7 +683,7 @@ def _verify(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:
             raise
         failed = dict(solved.failed)
         plan = _drop_failing(ctx.view, a.groups, solved.plan, ctx.data.feed(ctx.split.fit[:1]), failed)
-        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else copy_model(ctx.loaded))
+        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else _reloaded(ctx.loaded))
         solved = Solved(plan, model, solved.layers, failed)
         agreement = _agreement(ctx, model)
     layers = [la for la in solved.layers if la.group not in solved.failed]
@@ -813,8 +820,14 @@ def _inputs(
 ) -> _Inputs:
     """The checked, constant-folded model, its name, the calibration data, the ``--verify-data`` set and the
     config with the batch size clamped to a fixed batch dimension of the model."""
-    loaded, name = load_checked(model)
+    source = model
+    loaded, name = load_checked(source)
     original = model = fold_constants(loaded)
+    # [R, memory] a model read from its file here is read again in the rare run that prunes nothing, instead of
+    # being held beside its folded copy all run long (BERT-base: 0.41 GB of the peak)
+    keep = original is loaded or isinstance(source, onnx.ModelProto)
+    as_loaded: onnx.ModelProto | Path = loaded if keep else Path(source)
+    del loaded
     trim_heap()  # folding's session and copies are freed: give their memory back before the run grows
     serialised = None
     if cfg.serialised_form is not None:
@@ -831,7 +844,12 @@ def _inputs(
     fixed = list(_fixed_batches(model, data.arrays).values())
     if fixed and min(fixed) < cfg.batch_size:  # a model exported for a fixed batch (often 1)
         cfg = replace(cfg, batch_size=min(fixed))
-    return _Inputs(cfg, name, model, original, serialised, data, checks, loaded)
+    return _Inputs(cfg, name, model, original, serialised, data, checks, as_loaded)
+
+
+def _reloaded(loaded: onnx.ModelProto | Path) -> onnx.ModelProto:
+    """A copy of the model as loaded (:attr:`RunContext.loaded`), read again from its file if it was not kept."""
+    return load_model(loaded) if isinstance(loaded, Path) else copy_model(loaded)
 
 
 def _fixed_batches(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, int]:

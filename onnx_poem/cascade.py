@@ -19,7 +19,8 @@ the inputs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,21 @@ import onnx
 
 from .calibration.sources import CalibrationData
 from .coupling import ChannelGroup
-from .graph import GraphView, with_outputs
-from .verify import session
+from .graph import GraphView, segment_session
+
+
+@dataclass(frozen=True)
+class Current:
+    """A model the cascade runs (the original, or the original with the decisions so far applied) and the
+    arrays it shares with the original's :attr:`GraphView.weights` (its initializers of those names are
+    unchanged)."""
+
+    model: onnx.ModelProto
+    shared: Mapping[str, np.ndarray]
+
+    @classmethod
+    def original(cls, view: GraphView) -> Current:
+        return cls(view.model, view.weights)
 
 
 def cut_position(view: GraphView, g: ChannelGroup) -> int:
@@ -69,7 +83,12 @@ class Stream:
         return self.data.feed(self.chunks[k], names)
 
     def run(
-        self, model: onnx.ModelProto, wanted: list[str], start: int, cut: int | None = None
+        self,
+        model: onnx.ModelProto,
+        wanted: list[str],
+        start: int,
+        cut: int | None = None,
+        shared: Mapping[str, np.ndarray] | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         """Yield, batch by batch, the tensors ``wanted`` of ``model``; record the frontier at node ``cut``.
 
@@ -77,7 +96,8 @@ class Stream:
         restarts from the inputs if its frontier lies after it). ``model`` must
         equal the model the frontier was computed with on every node before the
         frontier's cut. ``cut`` defaults to ``start``; a cut before the frontier
-        records nothing.
+        records nothing.  ``shared``: arrays holding ``model``'s initializers of those names (for the
+        original model, its view's :attr:`GraphView.weights`, the default).
         """
         cut = start if cut is None else cut
         if not self.enabled or start < self.position:
@@ -87,7 +107,13 @@ class Stream:
         names = self.view.crossing(cut) if self.enabled else []
         have_names = set(self.frontier) | set(self.view.inputs)
         compute = [n for n in dict.fromkeys([*wanted, *names]) if n not in have_names]
-        sess = session(with_outputs(model, compute, cut=self.frontier, dtypes=self.view.dtypes)) if compute else None
+        if model is self.view.model:
+            shared = self.view.weights
+        sess = (
+            segment_session(model, compute, cut=self.frontier, dtypes=self.view.dtypes, shared=shared)
+            if compute
+            else None
+        )
         inputs = [i.name for i in sess.get_inputs()] if sess else []
         self._generation += 1
         files: list[Path] = []

@@ -36,6 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .external import remove_where
 from .flatten import flatten_channels_first
 from .shapefold import fold_shapes
 
@@ -137,21 +138,16 @@ def _fold(m: onnx.ModelProto) -> int:
             count += 1
     drop_unused(g)
     folded = {t.name for t in g.initializer}
-    keep = [vi for vi in g.value_info if vi.name not in folded]
-    del g.value_info[:]
-    g.value_info.extend(keep)
+    remove_where(g.value_info, lambda vi: vi.name in folded)
     return count
 
 
 def drop_unused(g: onnx.GraphProto) -> None:
     """Remove initializers and ``Constant`` nodes that no node (nor subgraph, nor output) reads any more."""
     read = {t for n in g.node for t in n.input} | {o.name for o in g.output} | subgraph_reads(g)
-    keep = [t for t in g.initializer if t.name in read or any(i.name == t.name for i in g.input)]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    nodes = [n for n in g.node if n.op_type != "Constant" or any(o in read for o in n.output)]
-    del g.node[:]
-    g.node.extend(nodes)
+    declared = {i.name for i in g.input}
+    remove_where(g.initializer, lambda t: t.name not in read and t.name not in declared)
+    remove_where(g.node, lambda n: n.op_type == "Constant" and not any(o in read for o in n.output))
 
 
 def subgraph_reads(g: onnx.GraphProto) -> set[str]:

@@ -16,7 +16,7 @@ import numpy as np
 from .allocation import PRO_MAX_RATIO, region_keeps
 from .calibration.collect import collect, layer_data
 from .calibration.sources import CalibrationData
-from .cascade import Stream, cut_position
+from .cascade import Current, Stream, cut_position
 from .config import PruneConfig
 from .coupling import ChannelGroup
 from .coupling.groups import positions
@@ -101,7 +101,7 @@ def _error_curve(
     """PRO's curve of one group (see :func:`error_curves`)."""
     W0s = [effective(view, c)[0] for c in g.consumers]
     with stage("statistics"):
-        stats = collect(view, view.model, g, W0s, streams, nxt, n_fit, cfg, i)
+        stats = collect(view, Current.original(view), g, W0s, streams, nxt, n_fit, cfg, i)
     layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     problems, scales = [], []
     for d in layers:

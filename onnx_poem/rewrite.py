@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from .coupling import ChannelGroup
 from .coupling.groups import ShuffleFix
-from .external import copy_except
+from .external import copy_except, remove_where
 from .graph import GraphView, opset_of
 from .plan import ConsumerUpdate, PrunePlan
 
@@ -92,15 +92,31 @@ def apply_plan(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan
         for dec in plan.decisions
         for sh in groups[dec.group_id].shuffles
     ]
+    assert set(arrays) <= rewritten(view, groups, plan), "rewritten() must name every changed initializer"
     model, stored = _copy_with(view.model, arrays)
     dropped = _replace_shuffles(model, view, gathers)
     _write(model, arrays, new_bias, group_attr, split_attr, stored)
     if dropped:  # after _write: its node indices refer to the original graph
-        kept_nodes = [n for n in model.graph.node if not (n.output and n.output[0] in dropped)]
-        del model.graph.node[:]
-        model.graph.node.extend(kept_nodes)
+        remove_where(model.graph.node, lambda n: bool(n.output) and n.output[0] in dropped)
     del model.graph.value_info[:]
     return model
+
+
+def rewritten(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan) -> set[str]:
+    """The constants whose values :func:`apply_plan` changes or creates (every other initializer of the pruned
+    model equals the original's of the same name: sessions of it share the original's arrays)."""
+    names: set[str] = set()
+    for dec in plan.decisions:
+        g = groups[dec.group_id]
+        names.update(u.weight for u in dec.updates)
+        names.update(u.bias if u.bias is not None else bias_name(u) for u in dec.updates)
+        names.update(p.name for p in g.params)
+        names.update(r.shape for r in g.reshapes)
+        names.update(pad.pads for pad in g.pads)
+        for rf in g.ranges:
+            if view.nodes[rf.node].op_type == "Slice":
+                names.update(view.nodes[rf.node].input[1:3])
+    return names
 
 
 def shuffle_indices(sh: ShuffleFix, keep: np.ndarray) -> np.ndarray:
@@ -165,9 +181,7 @@ def _set_split(model: onnx.ModelProto, idx: int, sizes: list[int]) -> None:
         node.input.append("")
     old, node.input[1] = node.input[1], name
     if old and not any(old in n.input for n in model.graph.node):  # the sizes it had were its own
-        kept_inits = [t for t in model.graph.initializer if t.name != old]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept_inits)
+        remove_where(model.graph.initializer, lambda t: t.name == old)
 
 
 def _copy_with(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, set[str]]:

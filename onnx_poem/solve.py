@@ -6,11 +6,10 @@ import logging
 import time
 
 import numpy as np
-import onnx
 
 from .calibration.collect import collect, layer_data
 from .calibration.stats import LayerStats
-from .cascade import Stream
+from .cascade import Current, Stream
 from .config import PruneConfig
 from .coupling import ChannelGroup, Consumer
 from .coupling.groups import positions
@@ -26,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def solve_group(
     view: GraphView,
-    current: onnx.ModelProto,
+    current: Current,
     g: ChannelGroup,
     quota: np.ndarray,
     streams: tuple[Stream, Stream],

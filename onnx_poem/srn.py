@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .external import remove_where
 from .modelio import copy_model
 
 logger = logging.getLogger(__name__)
@@ -443,9 +444,7 @@ def _set_attr(node: onnx.NodeProto, name: str, value: int) -> None:
 def _drop_unused(g: onnx.GraphProto) -> None:
     """Remove the initializers no node reads any more (the replaced weights)."""
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    kept = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
+    remove_where(g.initializer, lambda t: t.name not in used)
 
 
 def _changed(g: onnx.GraphProto, blocks: Sequence[str]) -> set[str]:

@@ -147,3 +147,52 @@ def test_checker_past_the_limit_catches_a_short_tensor(model: onnx.ModelProto, t
     t.raw_data = t.raw_data[:-4]
     with pytest.raises(ModelError, match="bytes, its shape needs"):
         check_model(model, what="m", error=ModelError)
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "ffn", "depthwise", "reshape_gemm", "keras_flatten"])
+def test_sessions_of_stubbed_weights_match_the_serialised_model(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every weight goes through the stubs here: MatMul/Gemm weights used in place, Conv weights copied (onnxruntime's
+    # layout transformation read the stub file's zeros when Conv weights were given in place)
+    monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 64)
+    model = BUILDERS[name]()
+    assert ext.stubbed(model)[1]
+    feed = {model.graph.input[0].name: inputs_for(model, 4)}
+    want = _plain(model).run(None, feed)
+    for optimize in (True, False):
+        for a, b in zip(session(model, optimize=optimize).run(None, feed), want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_session_reads_the_shared_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 64)
+    model = BUILDERS["ffn"]()
+    pool = ext.WeightPool(model)
+    name = next(n for n in pool if pool[n].ndim == 2)
+    feed = {model.graph.input[0].name: inputs_for(model, 4)}
+    assert np.array_equal(session(model, shared=pool).run(None, feed)[0], _plain(model).run(None, feed)[0])
+    # a different array under that name: the session computes with it, not with the model's tensor
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    other = (pool[name] * 2).astype(pool[name].dtype)
+    t = next(t for t in changed.graph.initializer if t.name == name)
+    t.CopyFrom(onnx.numpy_helper.from_array(other, name))
+    got = session(model, shared={name: other}).run(None, feed)[0]
+    assert np.array_equal(got, _plain(changed).run(None, feed)[0])
+    assert not np.array_equal(got, _plain(model).run(None, feed)[0])
+    # the pool's arrays are read-only, converted once, and excluding() drops names
+    assert not pool[name].flags.writeable and pool[name] is pool[name]
+    assert name not in pool.excluding([name]) and set(pool.excluding([name])) == set(pool) - {name}
+    with pytest.raises(KeyError):
+        pool.excluding([name])[name]
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "relu_mlp", "residual"])
+def test_the_cascade_on_shared_arrays_prunes_as_on_copies(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the cascade's current model shares the original's arrays except for what the rewrite changed (a
+    # reconstructed consumer keeps its shape where only its values change): same bytes as with no sharing at all
+    model = BUILDERS[name]()
+    x = inputs_for(model, 64)
+    want, _ = prune(model, ratio=0.5, calib=x, prune_residual=True)
+    monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 64)
+    got, _ = prune(model, ratio=0.5, calib=x, prune_residual=True)
+    assert got.SerializeToString() == want.SerializeToString()

@@ -10,7 +10,7 @@ import pytest
 from models import BUILDERS, inputs_for
 from onnx_poem.calibration.collect import collect, layer_data
 from onnx_poem.calibration.sources import load_calibration
-from onnx_poem.cascade import Stream, cut_position
+from onnx_poem.cascade import Current, Stream, cut_position
 from onnx_poem.config import PruneConfig
 from onnx_poem.coupling import find_groups
 from onnx_poem.coupling.groups import positions
@@ -42,7 +42,7 @@ def test_probe_errors_equal_those_of_the_pruned_model(name: str, tmp_path: Path)
     rng = np.random.default_rng(0)
     for i, g in enumerate(sorted(groups.values(), key=lambda g: cut_position(view, g))):
         W0s = [effective(view, c)[0] for c in g.consumers]
-        stats = collect(view, model, g, W0s, streams, None, 16, cfg, i)
+        stats = collect(view, Current.original(view), g, W0s, streams, None, 16, cfg, i)
         layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
         removed = sorted(rng.choice(g.channels, g.channels // 2, replace=False).tolist())
         kept = np.setdiff1d(np.arange(g.channels), removed)

@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnx
 
-from ..cascade import Stream, cut_position
+from ..cascade import Current, Stream, cut_position
 from ..config import PruneConfig
 from ..coupling import ChannelGroup, Consumer
 from ..graph import GraphView
@@ -56,7 +55,7 @@ def layer_data(c: Consumer, W0: np.ndarray, st: LayerStats) -> LayerData:
 
 def collect(
     view: GraphView,
-    current: onnx.ModelProto,
+    current: Current,
     g: ChannelGroup,
     W0s: list[np.ndarray],
     streams: tuple[Stream, Stream],
@@ -74,12 +73,12 @@ def collect(
     """
     orig_names = [*view.inputs, *(t for c in g.consumers for t in (c.output, c.offset) if t)]
     cur_names = [t for c in g.consumers for t in (c.input, c.offset) if t]
-    same = current is view.model
+    same = current.model is view.model
     if same:
         orig_names = list(dict.fromkeys(orig_names + cur_names))
     cut = cut_position(view, g)
     orig_stream, cur_stream = streams
-    cur_runs = None if same else cur_stream.run(current, cur_names, cut)
+    cur_runs = None if same else cur_stream.run(current.model, cur_names, cut, shared=current.shared)
     orig_cut = next_cut if (next_cut is not None and not (same and cfg.mode == "cascade")) else cut
     weighted = cfg.method == "poem"
     n_all = sum(len(c) for c in orig_stream.chunks)

@@ -166,9 +166,9 @@ def stub_values(
 
 
 class WeightPool(Mapping[str, np.ndarray]):
-    """The arrays of one model's initializers of at least :data:`SESSION_MIN_BYTES`, each converted from the
-    protobuf on first use and then handed to every session of that model (or of a copy whose tensors of those
-    names are unchanged: :meth:`excluding`).
+    """The arrays of one model's floating-point initializers of at least :data:`SESSION_MIN_BYTES`, each
+    converted from the protobuf on first use and then handed to every session of that model (or of a copy
+    whose tensors of those names are unchanged: :meth:`excluding`).
 
     [R, memory] Each onnxruntime session used to get its own arrays of the weights (and onnxruntime a copy of
     those): the cascade's two streams held four copies of BERT-base's weights besides the models themselves.
@@ -177,7 +177,9 @@ class WeightPool(Mapping[str, np.ndarray]):
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self._tensors = {t.name: t for t in model.graph.initializer if _large(t, SESSION_MIN_BYTES)}
+        self._tensors = {
+            t.name: t for t in model.graph.initializer if _large(t, SESSION_MIN_BYTES) and t.data_type in FLOAT_TYPES
+        }
         self._arrays: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -227,16 +229,19 @@ class _Excluding(Mapping[str, np.ndarray]):
         return name not in self._drop and name in self._pool
 
 
-def stubbed(model: onnx.ModelProto, min_bytes: int | None = None) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
+def stubbed(
+    model: onnx.ModelProto, min_bytes: int | None = None, *, floats: bool = False
+) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
     """:func:`stub_weights`' copy of ``model`` and the large initializers themselves (not converted); every stub
-    refers to offset 0 of :data:`STUB_LOCATION` with its own length."""
+    refers to offset 0 of :data:`STUB_LOCATION` with its own length.  ``floats``: floating-point tensors only
+    (an integer one may be a shape, a pad or a slice bound that onnxruntime reads while it loads the model)."""
     stub = onnx.ModelProto()
     copy_except(stub, model, skip="graph")
     copy_except(stub.graph, model.graph, skip="initializer")
     min_bytes = SESSION_MIN_BYTES if min_bytes is None else min_bytes
     large: list[onnx.TensorProto] = []
     for t in model.graph.initializer:
-        if not _large(t, min_bytes):
+        if not _large(t, min_bytes) or (floats and t.data_type not in FLOAT_TYPES):
             stub.graph.initializer.append(t)
             continue
         large.append(t)

@@ -379,7 +379,7 @@ def session(
     serialised with the graph: models past protobuf's 2 GB limit run, and no serialised copy of the
     weights is made (outputs identical to a session built from the full serialisation).
     """
-    stub, large = stubbed(model)
+    stub, large = stubbed(model, floats=True)
     if outputs is not None:
         del stub.graph.output[:]
         stub.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs)
@@ -394,15 +394,42 @@ def segment_session(
     cut: Mapping[str, np.dtype[Any]],
     dtypes: Mapping[str, np.dtype[Any]],
     shared: Mapping[str, np.ndarray] | None = None,
+    overridable: Sequence[str] = (),
 ) -> ort.InferenceSession:
-    """A session of :func:`with_outputs` ``(model, outputs, cut=cut, dtypes=dtypes)`` (``shared``: :func:`session`).
+    """A session of :func:`with_outputs` ``(model, outputs, cut=cut, dtypes=dtypes)`` (``shared``: :func:`session`)
+    whose constants ``overridable`` are also graph inputs (:func:`overridable_inputs`).
 
     The model is stubbed before it is cut, so the segment's weights are never copied into another protobuf,
     and only the weights the segment reads are handed to the session."""
-    stub, large = stubbed(model)
+    stub, large = stubbed(model, floats=True)
     seg = with_outputs(stub, outputs, cut=cut, dtypes=dtypes)
+    if overridable:
+        seg = overridable_inputs(seg, overridable)
     needed = {t.name for t in seg.graph.initializer}
     return _start(seg, [t for t in large if t.name in needed], shared=shared)
+
+
+def overridable_inputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """``model`` with the constants ``names`` (initializers or ``Constant`` outputs) as graph inputs whose
+    stored values are defaults, so that a run may feed others."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    for i in reversed(range(len(g.node))):
+        n = g.node[i]
+        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in inits:
+            value = next(a.t for a in n.attribute if a.name == "value")
+            t = onnx.TensorProto()
+            t.CopyFrom(value)
+            t.name = n.output[0]
+            g.initializer.append(t)
+            inits[t.name] = t
+            del g.node[i]
+    have = {i.name for i in g.input}
+    for name in names:
+        if name in inits and name not in have:
+            t = inits[name]
+            g.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    return model
 
 
 def _start(

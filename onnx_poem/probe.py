@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -28,10 +29,9 @@ from onnx import helper
 from .calibration.sources import CalibrationData
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup
-from .graph import GraphView, with_outputs
+from .graph import GraphView, segment_session, session
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
-from .rewrite import apply_plan, bias_name
-from .verify import session
+from .rewrite import apply_plan, bias_name, rewritten
 
 
 class Probe:
@@ -59,7 +59,7 @@ class Probe:
         chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
         self.stream = Stream(view, data, chunks, workdir, "probe")
         self.outputs = [o.name for o in view.model.graph.output]
-        full = session(view.model)
+        full = session(view.model, shared=view.weights)
         self.reference = [full.run(self.outputs, feed) for feed in data.batches(indices, batch_size)]
         #: ``Σ‖o − ō‖²`` of the original outputs over the probe samples (ō: mean over them)
         self.spread = sum(float(np.sum((o - o.mean(axis=0)) ** 2)) for outs in self.reference for o in outs) or 1.0
@@ -70,16 +70,19 @@ class Probe:
         for _ in self.stream.run(self.view.model, [], cut):
             pass
         first = GroupDecision(g.id, g.channels, tuple(range(g.channels)), tuple(variants[0]))
-        model = apply_plan(self.view, self.groups, PrunePlan((first,)))
+        plan = PrunePlan((first,))
+        model = apply_plan(self.view, self.groups, plan)
         names = {bias_name(u): None for u in variants[0]} | {u.weight: None for u in variants[0]}
-        seg = with_outputs(model, self.outputs, cut=self.stream.frontier, dtypes=self.view.dtypes)
-        seg = _overridable(seg, list(names))
-        specs = {
-            t.name: (helper.tensor_dtype_to_np_dtype(t.data_type), tuple(t.dims))
-            for t in seg.graph.initializer
-            if t.name in names
-        }
-        sess = session(seg)
+        specs = _specs(model, list(names))
+        sess = segment_session(
+            model,
+            self.outputs,
+            cut=self.stream.frontier,
+            dtypes=self.view.dtypes,
+            shared=self.view.weights.excluding(rewritten(self.view, self.groups, plan)),
+            overridable=list(names),
+        )
+        del model
         wanted = [i.name for i in sess.get_inputs()] + list(names)
         out = []
         for updates in variants:
@@ -97,24 +100,12 @@ class Probe:
         return out
 
 
-def _overridable(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """``model`` with the constants ``names`` (initializers or ``Constant`` outputs) as graph inputs whose
-    stored values are defaults, so that a run may feed others."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    for i in reversed(range(len(g.node))):
-        n = g.node[i]
-        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in inits:
-            value = next(a.t for a in n.attribute if a.name == "value")
-            t = onnx.TensorProto()
-            t.CopyFrom(value)
-            t.name = n.output[0]
-            g.initializer.append(t)
-            inits[t.name] = t
-            del g.node[i]
-    have = {i.name for i in g.input}
-    for name in names:
-        if name in inits and name not in have:
-            t = inits[name]
-            g.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-    return model
+def _specs(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+    """Element type and shape of each constant ``names`` of ``model`` (an initializer or a ``Constant`` output)."""
+    tensors = {t.name: t for t in model.graph.initializer if t.name in names}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in tensors:
+            tensors[n.output[0]] = next(a.t for a in n.attribute if a.name == "value")
+    return {
+        name: (np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)), tuple(t.dims)) for name, t in tensors.items()
+    }

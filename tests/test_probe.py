@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models import BUILDERS, inputs_for
+from onnx_poem import external
 from onnx_poem.calibration.collect import collect, layer_data
 from onnx_poem.calibration.sources import load_calibration
 from onnx_poem.cascade import Current, Stream, cut_position
@@ -25,8 +26,13 @@ from onnx_poem.verify import session
 from onnx_poem.weights import effective
 
 
+@pytest.mark.parametrize("stubbed", [False, True], ids=["weights", "stubs"])
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_probe_errors_equal_those_of_the_pruned_model(name: str, tmp_path: Path) -> None:
+def test_probe_errors_equal_those_of_the_pruned_model(
+    name: str, stubbed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if stubbed:  # every weight handed to the sessions as an array (shared, overridable ones included)
+        monkeypatch.setattr(external, "SESSION_MIN_BYTES", 64)
     model = BUILDERS[name]()
     data = load_calibration(model, inputs_for(model, 24), samples=24, seed=0)
     view = GraphView.build(model, input_shapes=data.sample_shapes())

@@ -450,8 +450,8 @@ def _start(
     references, to a file that exists (sparse, empty) beside the stub model while the session is made.
     onnxruntime's basic and extended optimisations read the overriding values, but its layout transformation
     (NCHWc, ``ORT_ENABLE_ALL``) read the file's zeros instead (a CIFAR ResNet-20's outputs were wrong), so the
-    weights of every other op are copied as before.  Prepacking stays on: for BERT-base's MatMuls it costs 0.32 GB
-    per session and saves 10 % of the run time.
+    weights of every other op are copied as before.  Prepacking stays on: a BERT-base session's prepacked
+    MatMul weights take 0.32 GB, but a run with prepacking off peaked no lower (2969 against 2902 MB).
     """
     so = ort.SessionOptions()
     so.log_severity_level = 3

@@ -74,7 +74,6 @@ def error_curves(
     probe = Probe(view, every, data, probe_idx, cfg.batch_size, work)
     curves: dict[str, np.ndarray] = {}
     for i, g in enumerate(order):
-        view.weights.release()  # only the next segment's arrays are converted again (see onnx_poem.api._solve)
         release_segments()
         if progress:
             progress(i, len(order), f"sensitivity {g.id}")

@@ -365,6 +365,7 @@ def session(
     values: bool = True,
     outputs: Sequence[str] | None = None,
     shared: Mapping[str, np.ndarray] | None = None,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for ``model`` (warnings silenced; ``optimize=False``: no graph optimisation).
 
@@ -373,7 +374,8 @@ def session(
     onnxruntime neither optimises the graph nor re-lays the weights out (which would touch them).
     ``outputs``: the session's outputs instead of the model's (any tensors, element types left open),
     without a copy of the model.  ``shared``: arrays that hold the values of ``model``'s initializers of
-    those names (a :class:`onnx_poem.external.WeightPool`), used in place.
+    those names (a :class:`onnx_poem.external.WeightPool`), used in place.  ``prepack=False``: onnxruntime
+    keeps no re-laid-out copy of the MatMul/Gemm weights (a second copy of an MLP's weights).
 
     The large weights are handed to onnxruntime as arrays (:func:`onnx_poem.external.stub_weights`), not
     serialised with the graph: models past protobuf's 2 GB limit run, and no serialised copy of the
@@ -384,7 +386,7 @@ def session(
         del stub.graph.output[:]
         stub.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs)
         del stub.graph.value_info[:]
-    return _start(stub, large, threads=threads, optimize=optimize, values=values, shared=shared)
+    return _start(stub, large, threads=threads, optimize=optimize, values=values, shared=shared, prepack=prepack)
 
 
 def segment_session(
@@ -440,6 +442,7 @@ def _start(
     optimize: bool = True,
     values: bool = True,
     shared: Mapping[str, np.ndarray] | None = None,
+    prepack: bool = True,
 ) -> ort.InferenceSession:
     """The session of ``stub`` (:func:`onnx_poem.external.stubbed`) with the values of its stubs ``large``.
 
@@ -462,7 +465,7 @@ def _start(
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # no arena: its peak would stay allocated by every session while the solvers need the memory
     so.enable_cpu_mem_arena = False
-    if not values:
+    if not values or not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     providers = ["CPUExecutionProvider"]
     if not large:

@@ -181,7 +181,7 @@ def _both_outputs(
     onnxruntime copy of the weights at a time (a whole model's worth less at the peak of a
     large model's run).  Otherwise both sessions run batch by batch.
     """
-    s_orig = session(original)
+    s_orig = session(original, prepack=False)
     refs: list[list[np.ndarray]] = []
     size = 0
     for feed in batches():
@@ -195,7 +195,7 @@ def _both_outputs(
     else:
         refs.clear()  # too large to keep: run both models batch by batch
     try:
-        s_pruned = session(pruned)
+        s_pruned = session(pruned, prepack=False)
     except Exception as e:
         raise VerificationError(f"onnxruntime cannot load the pruned model: {e}") from e
     for i, feed in enumerate(batches()):

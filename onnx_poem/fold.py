@@ -38,6 +38,7 @@ from onnx.reference import ReferenceEvaluator
 
 from .external import remove_where
 from .flatten import flatten_channels_first
+from .graph import subgraph_reads
 from .shapefold import fold_shapes
 
 logger = logging.getLogger(__name__)
@@ -148,15 +149,6 @@ def drop_unused(g: onnx.GraphProto) -> None:
     declared = {i.name for i in g.input}
     remove_where(g.initializer, lambda t: t.name not in read and t.name not in declared)
     remove_where(g.node, lambda n: n.op_type == "Constant" and not any(o in read for o in n.output))
-
-
-def subgraph_reads(g: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for n in g.node:
-        for a in n.attribute:
-            for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                names |= {t for sn in sub.node for t in sn.input} | subgraph_reads(sub)
-    return names
 
 
 def _shared(model: onnx.ModelProto) -> dict[str, int]:

@@ -206,9 +206,7 @@ class GraphView:
                     view.uses.setdefault(t, []).append(Use(i, s))
             if n.op_type == "Constant" and len(n.output) == 1:
                 view._const_node[n.output[0]] = i
-            for a in n.attribute:
-                for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                    view.captured |= _referenced(sub)
+        view.captured = subgraph_reads(g)
         view.shapes, view.dtypes = infer_shapes(model, input_shapes or {})
         if input_shapes:
             view._observe(input_shapes)
@@ -309,6 +307,16 @@ class GraphView:
     def const_users(self, name: str) -> int:
         """How many node inputs read constant ``name`` (weights shared by two nodes are not pruned)."""
         return len(self.uses.get(name, []))
+
+
+def subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    """Every tensor name read inside the subgraphs (``If``/``Loop``/``Scan`` bodies) of ``g``'s nodes, recursively."""
+    names: set[str] = set()
+    for n in g.node:
+        for a in n.attribute:
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                names |= _referenced(sub)
+    return names
 
 
 def _referenced(graph: onnx.GraphProto) -> set[str]:
@@ -503,11 +511,7 @@ def _in_place(stub: onnx.ModelProto) -> set[str]:
     for n in stub.graph.node:
         for t in n.input:
             readers.setdefault(t, set()).add(n.op_type)
-    captured: set[str] = set()  # read inside a subgraph too
-    for n in stub.graph.node:
-        for a in n.attribute:
-            for sub in [a.g] if a.HasField("g") else list(a.graphs):
-                captured |= _referenced(sub)
+    captured = subgraph_reads(stub.graph)  # read inside a subgraph too
     return {
         t.name
         for t in stub.graph.initializer

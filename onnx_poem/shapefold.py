@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import session
+from .graph import session, subgraph_reads
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def _same(vals: list[np.ndarray]) -> bool:
 def _drop_dead(g: onnx.GraphProto, members: set[int]) -> None:
     """Remove shape-subgraph nodes whose outputs nothing reads any more (repeatedly), then the constants
     only they read (:func:`onnx_poem.fold.drop_unused`)."""
-    from .fold import drop_unused, subgraph_reads  # fold.fold_constants calls this module first
+    from .fold import drop_unused  # fold.fold_constants calls this module first
 
     outputs = {o.name for o in g.output} | subgraph_reads(g)
     dead: set[int] = set()

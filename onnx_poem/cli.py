@@ -247,9 +247,10 @@ def main() -> None:
 @click.option(
     "--damping",
     type=click.FloatRange(0, min_open=True),
-    default=0.01,
-    show_default=True,
-    help="Ridge of the reconstruction toward the original weights, relative to the Gram's mean diagonal.",
+    default=None,
+    help="Ridge of the selection and reconstruction toward the original weights, relative to the Gram's "
+    "mean diagonal.  [default: 0.1 for groups whose consumers read token sequences (transformers), "
+    "0.01 for the others]",
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option(
@@ -327,7 +328,7 @@ def prune_cmd(
     output: Path | None,
     samples: int,
     positions: int,
-    damping: float,
+    damping: float | None,
     seed: int,
     threads: int | None,
     augment: int,

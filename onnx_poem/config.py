@@ -44,7 +44,7 @@ class PruneConfig:
     positions: int = 64
     reservoir: int = 16384
     batch_size: int = 32
-    damping: float = 0.01
+    damping: float | None = None  # None: per group, see onnx_poem.damping
     residual: str = "internal"
     allocation: str = "pro"
     round_to: int | None = None  # None: 1, or the latency table's measured step with a latency target
@@ -111,5 +111,5 @@ class PruneConfig:
             raise UsageError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.augment <= MAX_COPIES:
             raise UsageError(f"augment must be in 0..{MAX_COPIES} copies per image, got {self.augment}")
-        if not self.damping > 0:
+        if self.damping is not None and not self.damping > 0:
             raise UsageError(f"damping must be > 0, got {self.damping}")

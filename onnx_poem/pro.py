@@ -20,6 +20,7 @@ from .cascade import Current, Stream, cut_position
 from .config import PruneConfig
 from .coupling import ChannelGroup
 from .coupling.groups import positions
+from .damping import group_damping
 from .errors import one_line
 from .graph import GraphView, release_segments
 from .plan import ConsumerUpdate
@@ -121,7 +122,7 @@ def _error_curve(
         problems,
         g.channels,
         int(quota.sum()),
-        lam=cfg.damping,
+        lam=group_damping(view, g, cfg),
         regions=None if g.regions is None else np.asarray(g.regions),
         region_keep=quota,
         trace=trace,
@@ -145,11 +146,12 @@ def refit_alone(
     """Full-width updates of ``g``'s consumers with atoms ``removed`` read with zero weights and the others
     refit by least squares: the outputs of ``g`` alone pruned (:mod:`onnx_poem.probe`)."""
     kept = np.setdiff1d(np.arange(g.channels), removed)
+    lam = group_damping(view, g, cfg)
     updates = []
     for c, d in zip(g.consumers, layers, strict=True):
         own = positions(c.index, kept)
         every = positions(c.index, np.arange(g.channels))
         W = np.zeros((d.W0.shape[0], len(every) * d.k + 1))
-        W[:, kept_columns(own, d.k, W.shape[1])] = reconstruct(d, own, method="ls", lam=cfg.damping).W
+        W[:, kept_columns(own, d.k, W.shape[1])] = reconstruct(d, own, method="ls", lam=lam).W
         updates.append(consumer_update(view, g, c, W, every))
     return updates

@@ -91,6 +91,7 @@ class LayerReport:
     channels: int
     kept: int
     activation: str
+    damping: float  # the ridge λ of its selection and reconstruction (onnx_poem.damping)
     samples: int
     samples_per_param: float
     errors: dict[str, float] = field(default_factory=dict)
@@ -124,7 +125,7 @@ class PruneReport:
     synthetic_calibration: bool
     target_macs: float | None = None
     allocation: str = "uniform"
-    damping: float = 0.01
+    damping: float | None = None  # --damping, or None: per group (each layer's report has its λ)
     augmented_samples: int = 0  # --augment: augmented copies of fitting images, fitted beside them
     macs_before: int = 0
     macs_after: int = 0

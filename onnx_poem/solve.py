@@ -13,6 +13,7 @@ from .cascade import Current, Stream
 from .config import PruneConfig
 from .coupling import ChannelGroup, Consumer
 from .coupling.groups import positions
+from .damping import group_damping
 from .graph import GraphView
 from .plan import ConsumerUpdate, GroupDecision
 from .report import LayerReport
@@ -39,17 +40,24 @@ def solve_group(
     with stage("statistics"):
         stats = collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
     layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
+    lam = group_damping(view, g, cfg)
     with stage("selection"):
-        kept = _select(view, g, layers, quota, cfg, index)
+        kept = _select(view, g, layers, quota, cfg, index, lam)
     with stage("reconstruction"):
-        updates, reports = _reconstruct_group(view, g, layers, stats, kept, cfg, t0)
+        updates, reports = _reconstruct_group(view, g, layers, stats, kept, cfg, lam, t0)
     return GroupDecision(g.id, g.channels, tuple(int(i) for i in kept), tuple(updates)), reports
 
 
 def _select(
-    view: GraphView, g: ChannelGroup, layers: list[LayerData], quota: np.ndarray, cfg: PruneConfig, index: int
+    view: GraphView,
+    g: ChannelGroup,
+    layers: list[LayerData],
+    quota: np.ndarray,
+    cfg: PruneConfig,
+    index: int,
+    lam: float,
 ) -> np.ndarray:
-    """Sorted kept atoms of ``g`` (``quota``: atoms to keep per region) by ``cfg.method``."""
+    """Sorted kept atoms of ``g`` (``quota``: atoms to keep per region) by ``cfg.method``, ridge ``lam``."""
     return select_channels(
         cfg.method,
         layers,
@@ -57,7 +65,7 @@ def _select(
         int(quota.sum()),
         filters=_filters(view, g),
         seed=cfg.seed + index,
-        lam=cfg.damping,
+        lam=lam,
         regions=None if g.regions is None else np.asarray(g.regions),
         region_keep=quota,
     )
@@ -70,18 +78,19 @@ def _reconstruct_group(
     stats: list[LayerStats],
     kept: np.ndarray,
     cfg: PruneConfig,
+    lam: float,
     t0: float,
 ) -> tuple[list[ConsumerUpdate], list[LayerReport]]:
-    """New weights of every consumer of ``g`` on the ``kept`` atoms, and their layer reports."""
+    """New weights of every consumer of ``g`` on the ``kept`` atoms (ridge ``lam``), and their layer reports."""
     updates, reports = [], []
     for c, d, st in zip(g.consumers, layers, stats, strict=True):
         own = positions(c.index, kept)  # kept channels of this consumer
-        rec = reconstruct(d, own, method=RECONSTRUCTION[cfg.method], lam=cfg.damping)
+        rec = reconstruct(d, own, method=RECONSTRUCTION[cfg.method], lam=lam)
         cols = kept_columns(own, d.k, d.G.shape[0])
         errs = {}
         for tag, W in (
             ("none", d.W0[:, cols]),
-            ("ls", rec.W_ls if rec.W_ls is not None else reconstruct(d, own, method="ls", lam=cfg.damping).W),
+            ("ls", rec.W_ls if rec.W_ls is not None else reconstruct(d, own, method="ls", lam=lam).W),
             ("chosen", rec.W),
         ):
             errs[f"pre_{tag}"], errs[f"post_{tag}"] = relative_errors(d, W, cols, d.held)
@@ -94,6 +103,7 @@ def _reconstruct_group(
                 channels=g.channels,
                 kept=len(kept),
                 activation=d.activation,
+                damping=lam,
                 samples=st.count,
                 samples_per_param=st.count / n_params,
                 errors=errs,

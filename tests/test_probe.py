@@ -15,6 +15,7 @@ from onnx_poem.cascade import Current, Stream, cut_position
 from onnx_poem.config import PruneConfig
 from onnx_poem.coupling import find_groups
 from onnx_poem.coupling.groups import positions
+from onnx_poem.damping import group_damping
 from onnx_poem.graph import GraphView
 from onnx_poem.plan import GroupDecision, PrunePlan
 from onnx_poem.pro import refit_alone
@@ -55,7 +56,7 @@ def test_probe_errors_equal_those_of_the_pruned_model(
         updates = []
         for c, d in zip(g.consumers, layers, strict=True):
             own = positions(c.index, kept)
-            W = reconstruct(d, own, method="ls", lam=cfg.damping).W
+            W = reconstruct(d, own, method="ls", lam=group_damping(view, g, cfg)).W
             updates.append(consumer_update(view, g, c, W, own))
         alone = PrunePlan((GroupDecision(g.id, g.channels, tuple(int(k) for k in kept), tuple(updates)),))
         pruned = session(apply_plan(view, groups, alone))

@@ -4,7 +4,8 @@ Methods are onnx-poem's ``--method`` names, optionally suffixed ``+res`` to
 prune residual streams too (``poem+res``), ``+srn`` / ``+project`` / ``+auto`` for
 ``--residual srn`` / ``project`` / ``auto``, and ``+pro`` for PRO per-group
 allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
-``--damping X`` (else the default, 0.01), ``+aug1`` (any ``+augN``) for ``--augment N``, and ``+r8``
+``--damping X`` (else the default: per group, ``onnx_poem.damping``), ``+aug1`` (any ``+augN``) for
+``--augment N``, and ``+r8``
 (any ``+rK``) for ``--round-to K``;
 ``--target`` turns ``--ratios`` into MACs targets.
 
@@ -119,7 +120,7 @@ def run_one(args: argparse.Namespace) -> dict:
             residual=next((RESIDUAL[v] for v in variants if v in RESIDUAL), "internal"),
             allocation="pro" if "pro" in variants else "uniform",
             round_to=next((int(v[1:]) for v in variants if v[:1] == "r" and v[1:].isdigit()), 1),
-            damping=next((float(v[1:]) for v in variants if v[:1] == "d"), 0.01),
+            damping=next((float(v[1:]) for v in variants if v[:1] == "d"), None),
             augment=next((int(v[3:]) for v in variants if v.startswith("aug")), 0),
             **amount,
         )

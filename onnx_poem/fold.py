@@ -22,6 +22,9 @@ Exporters write constants in forms the channel analysis cannot read as weights:
 * channel-last flattens: ``Transpose → Reshape(N, ·) → MatMul`` (tf2onnx's Keras
   ``Flatten``) reads the channels ``C`` apart; it becomes a channel-first flatten with
   the dense weight's rows permuted (:mod:`onnx_poem.flatten`).
+* batched MatMuls of merged leading axes: tf2onnx's einsum merges attention's heads into the
+  batch axis around each ``MatMul``; they run on the unmerged operands
+  (:mod:`onnx_poem.unmerge`).
 
 The folded model computes the same outputs (the ops are evaluated exactly, by
 ``onnx.reference``); an input without such constants is returned as it is.
@@ -40,6 +43,7 @@ from .external import remove_where
 from .flatten import flatten_channels_first
 from .graph import subgraph_reads
 from .shapefold import fold_shapes
+from .unmerge import unmerge_batched_matmuls
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +56,12 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Returns ``model`` itself (not a copy) when there is nothing to change.  Shape arithmetic
     that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`),
-    then channel-last flattens are read channel-first (:func:`onnx_poem.flatten.flatten_channels_first`).
+    then channel-last flattens are read channel-first (:func:`onnx_poem.flatten.flatten_channels_first`)
+    and merged batched MatMuls unmerged (:func:`onnx_poem.unmerge.unmerge_batched_matmuls`).
     """
     shaped = fold_shapes(model)
     flat = flatten_channels_first(shaped, inplace=shaped is not model)
+    flat = unmerge_batched_matmuls(flat, inplace=flat is not model)
     if not _foldable(flat) and not _shared(flat) and not _shared_concats(flat.graph):
         return flat
     if flat is not model:  # [R, memory] a copy of ours already: changed in place, not copied once more

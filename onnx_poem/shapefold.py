@@ -13,9 +13,9 @@ and 3, and, where an input has other dynamic dimensions (a sequence length, an
 image size), at the values :data:`SIZES` of those too (all such dimensions of one
 name together; the sizes are varied at batch 1).  A sink whose value is the same
 in every run becomes an initializer (one copy per reading node, so each can be
-rewritten on its own).  A ``Reshape`` shape whose first entry is the batch size and
-whose other entries are the same in every run becomes ``[-1, s1, ...]``: the same
-reshape for every batch size.  A value that changes with a sequence length (a
+rewritten on its own).  A ``Reshape`` shape whose first entry is the batch size (or a
+fixed multiple of it) and whose other entries are the same in every run becomes
+``[-1, s1, ...]``: the same reshape for every batch size.  A value that changes with a sequence length (a
 causal mask's size, a ``(N, T, H·d)`` reshape) stays computed.  The remaining shape
 nodes that nothing reads any more are removed.
 
@@ -102,8 +102,8 @@ def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for node_idx, slot, tensor in sinks:
         vals = [r[tensor] for r in runs]
         node = g.node[node_idx]
-        lead = [r[node.input[0]].shape[:1] for r in runs] if node.op_type == "Reshape" else []
-        value = _batch_free(node, slot, vals, batches, lead)
+        data_shapes = [r[node.input[0]].shape for r in runs] if node.op_type == "Reshape" else []
+        value = _batch_free(node, slot, vals, batches, data_shapes)
         if value is None:
             continue
         name = f"{tensor}__poem_{node_idx}_{slot}"
@@ -228,14 +228,21 @@ def _evaluate(
 
 
 def _batch_free(
-    node: onnx.NodeProto, slot: int, vals: list[np.ndarray], batches: list[int], lead: list[tuple[int, ...]]
+    node: onnx.NodeProto,
+    slot: int,
+    vals: list[np.ndarray],
+    batches: list[int],
+    data_shapes: list[tuple[int, ...]],
 ) -> np.ndarray | None:
     """The constant to read in place of a sink with values ``vals`` in runs at batch sizes ``batches``, or
     ``None``.
 
-    ``lead``: a Reshape's data input's first dimension in each run.  A Reshape shape ``[N, s1, ...]``
-    becomes ``[-1, s1, ...]``, or ``[0, s1, ...]`` (copy the input's first dimension) when some ``s_i``
-    is already -1 and the input's first dimension is the batch size.
+    ``data_shapes``: a Reshape's data input's shape in each run.  A Reshape shape ``[c·N, s1, ...]`` (``c``
+    a fixed positive integer: tf2onnx's einsum merges the heads into the batch axis, ``[N·H, -1, d]``)
+    becomes ``[-1, s1, ...]``: the inferred entry is ``c·N`` again for every batch size, the others being
+    fixed.  When some ``s_i`` is already -1 it becomes ``[0, s1, ...]`` (copy the input's first dimension)
+    if ``c = 1`` and that dimension is the batch size, else ``s_i`` is replaced by the size it resolves to
+    when that is the same in every run.
     """
     if _same(vals):
         return vals[0]
@@ -244,14 +251,24 @@ def _batch_free(
     rest = [v[1:] for v in vals]
     if not all(np.array_equal(r, rest[0]) for r in rest) or (rest[0] == 0).any():
         return None
-    if len(set(batches)) < 2 or [int(v[0]) for v in vals] != list(batches):
+    if len(set(batches)) < 2:
         return None
-    if not (rest[0] == -1).any():
-        return np.concatenate([[-1], rest[0]]).astype(vals[0].dtype)
-    allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-    if allowzero or [tuple(d) for d in lead] != [(b,) for b in batches]:
-        return None
-    return np.concatenate([[0], rest[0]]).astype(vals[0].dtype)
+    per = {int(v[0]) // b if int(v[0]) % b == 0 else 0 for v, b in zip(vals, batches, strict=True)}
+    if len(per) != 1 or per == {0}:
+        return None  # the first entry is not (a fixed multiple of) the batch size
+    fixed = rest[0]
+    if (fixed == -1).any():
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        if allowzero:
+            return None
+        if per == {1} and [tuple(d[:1]) for d in data_shapes] == [(b,) for b in batches]:
+            return np.concatenate([[0], fixed]).astype(vals[0].dtype)
+        known = int(np.prod(fixed[fixed != -1]))
+        resolved = {int(np.prod(d)) // max(int(v[0]) * known, 1) for d, v in zip(data_shapes, vals, strict=True)}
+        if len(resolved) != 1 or resolved == {0}:
+            return None
+        fixed = np.where(fixed == -1, resolved.pop(), fixed)
+    return np.concatenate([[-1], fixed]).astype(vals[0].dtype)
 
 
 def _same(vals: list[np.ndarray]) -> bool:

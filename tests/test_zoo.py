@@ -7,7 +7,9 @@ computed ``chunk`` bounds, MobileNetV3 with hardswish and SE, a U-Net with ConvT
 and the zoo's smallest models of the other families: ``--family paddle --only db_detector,crnn_recogniser``
 (paddle2onnx: ConvTranspose FPN, LSTM, squeezed height) and ``--family keras --only mha_encoder`` (tf2onnx:
 MultiHeadAttention).  ``keras_branchy_cnn.tf2onnx.onnx`` (tf2onnx: NHWC transposes, GELU and swish, a
-concatenation, Keras ``Flatten`` before a dense layer) comes from ``tools/export_keras.py``.  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
+concatenation, Keras ``Flatten`` before a dense layer) and ``keras_encoder.tf2onnx.onnx`` (``MultiHeadAttention``
+as today's tf2onnx writes it: its einsums with the heads merged into the batch axis) come from
+``tools/export_keras.py``.  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
 (Hugging Face BERT and ViT, TorchScript: attention heads) and ``llama_gqa_tiny.dynamo.onnx`` (Hugging Face Llama
 by dynamo: grouped-query attention, rotary positions, a causal mask; its external data stored inline) and
 ``llama_gqa_tiny.ts.onnx`` (the same by TorchScript, batch and sequence length dynamic) come from
@@ -59,6 +61,27 @@ def test_transformers_lose_heads(name: str) -> None:
     _, rep = prune(model, ratio=0.5, calib=random_inputs(model, 64), samples=64, allocation="uniform")
     heads = [g for g in rep.groups if g["unit"] == "head"]
     assert len(heads) == 2 and all(g["kept"] < g["channels"] for g in heads), heads
+
+
+def test_keras_multi_head_attention_loses_heads() -> None:
+    """Keras ``MultiHeadAttention`` by tf2onnx: each einsum is ``Reshape`` to ``(N·H, T, d)`` → ``MatMul`` →
+    ``Reshape`` to ``(N, H, T, ·, 1)`` (computed shapes, folded to ``[-1, ...]``).  The MatMuls run on the
+    unmerged operands (``onnx_poem.unmerge``), so the heads are one group; pruned to half, the model runs at
+    every batch size, and with nothing pruned it reproduces the original."""
+    model = onnx.load(str(ZOO / "keras_encoder.tf2onnx.onnx"))
+    x = random_inputs(model, 64)
+    pruned, rep = prune(model, ratio=0.5, calib=x, samples=64, allocation="uniform")
+    heads = [g for g in rep.groups if g["unit"] == "head"]
+    assert len(heads) == 1 and heads[0]["kept"] == heads[0]["channels"] // 2, rep.groups
+    assert not any("Reshape" in u["reason"] for u in rep.unprunable), rep.unprunable
+    sess = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 3, 5):
+        assert sess.run(None, {k: v[:n] for k, v in x.items()})[0].shape == (n, 10)
+    same, _ = prune(model, ratio=0.0, calib=x, samples=64)
+    feed = {k: v[:7] for k, v in x.items()}
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for m in (model, same))  # fmt: skip
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

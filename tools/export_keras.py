@@ -56,6 +56,18 @@ def branchy_cnn() -> keras.Model:
     return keras.Model(inp, layers.Dense(10)(x))
 
 
+def encoder() -> keras.Model:
+    """A transformer encoder block on ``(N, 16, 32)`` features: ``MultiHeadAttention`` (4 heads of 8) → Add →
+    LayerNormalization → Dense 64 (tanh-approximated gelu: tf2onnx has no Erfc) → Dense 32 → Add →
+    LayerNormalization → mean over tokens → Dense."""
+    inp = keras.Input((16, 32), name="input")
+    a = layers.MultiHeadAttention(num_heads=4, key_dim=8)(inp, inp)
+    x = layers.LayerNormalization()(layers.Add()([inp, a]))
+    h = layers.Dense(32)(layers.Dense(64, activation=lambda t: tf.nn.gelu(t, approximate=True))(x))
+    x = layers.LayerNormalization()(layers.Add()([x, h]))
+    return keras.Model(inp, layers.Dense(10)(layers.GlobalAveragePooling1D()(x)))
+
+
 def _randomise(model: keras.Model, rng: np.random.Generator) -> None:
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
@@ -74,7 +86,11 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
-    for name, build in (("keras_mobilenet_like", mobilenet_like), ("keras_branchy_cnn", branchy_cnn)):
+    for name, build in (
+        ("keras_mobilenet_like", mobilenet_like),
+        ("keras_branchy_cnn", branchy_cnn),
+        ("keras_encoder", encoder),
+    ):
         model = build()
         _randomise(model, rng)
         spec = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="input")]

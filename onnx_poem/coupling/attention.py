@@ -199,8 +199,34 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
                 return fix
             return Through((Edge(out, hr.in_rank - 2, hr.in_rank - 1),), reshape=fix)
     if edge.per != 1:
-        return Stop("Reshape of attention heads other than merging them back into the features")
+        kept = _keeps_heads(view, node, edge) if slot == 0 else None
+        return kept or Stop("Reshape of attention heads other than merging them back into the features")
     return _plain_reshape(view, node, slot, edge, channels)
+
+
+def _keeps_heads(view: GraphView, node: int, edge: Edge) -> Through | Stop | None:
+    """A Reshape that keeps the heads' axis and every axis before it, and reshapes only the axes after
+    it ((N, H, T, 1, d) → (N, H, T, d), (N, H, T, T) → (N, H, T, T, 1): tf2onnx's einsum, once unmerged by
+    :mod:`onnx_poem.unmerge`): the heads stay on that axis; a shape entry that stores ``H`` is rewritten."""
+    n = view.nodes[node]
+    a, b = view.shapes.get(n.input[0]), view.shapes.get(n.output[0])
+    entries = shape_entries(view, n.input[1]) if len(n.input) > 1 else None
+    if not a or not b or entries is None or len(entries) != len(b) or edge.rank != len(a) or edge.cols != 1:
+        return None
+    ax = edge.axis % edge.rank
+    heads = a[ax] if len(b) > ax else None
+    if heads is None or not _same_lead(a[:ax], b[:ax]) or heads != b[ax]:
+        return None
+    tail_a, tail_b = a[ax + 1 :], b[ax + 1 :]
+    if None in tail_a or None in tail_b or int(np.prod(tail_a)) != int(np.prod(tail_b)):  # type: ignore[arg-type]
+        return None
+    if any(e.value is None or e.value == 0 for e in entries[ax + 1 :]):
+        return None  # the axes after the heads must not depend on theirs
+    entry = entries[ax]
+    fix = None if entry.value == 0 else _fix(view, node, entry, heads, edge.per)
+    if isinstance(fix, Stop):
+        return fix
+    return Through((Edge(n.output[0], ax, len(b), per=edge.per),), reshape=fix)
 
 
 def _reshape_input(view: GraphView, node: int, out: Edge) -> Edge | None:
@@ -216,7 +242,23 @@ def _reshape_input(view: GraphView, node: int, out: Edge) -> Edge | None:
     return None
 
 
-INPUT_EDGES["Reshape"] = _reshape_input
+def _reshape_input_heads(view: GraphView, node: int, out: Edge) -> Edge | None:
+    """Backward: a head split or merge (:func:`_reshape_input`), or a Reshape that keeps the heads' axis and
+    every axis before it (:func:`_keeps_heads` checks the rest)."""
+    moved = _reshape_input(view, node, out)
+    if moved is not None or out.per == 1 or out.rank is None:
+        return moved
+    n = view.nodes[node]
+    a, b = view.shapes.get(n.input[0]), view.shapes.get(n.output[0])
+    ax = out.axis % out.rank
+    if not a or not b or len(b) != out.rank or len(a) <= ax or not _same_lead(a[:ax], b[:ax]):
+        return None
+    if a[ax] is None or a[ax] != b[ax]:
+        return None
+    return Edge(n.input[0], ax, len(a), per=out.per)
+
+
+INPUT_EDGES["Reshape"] = _reshape_input_heads
 
 
 @coupling_rule("Softmax", "LogSoftmax")

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import infer_shapes
+from .graph import infer_shapes, working_copy
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +139,7 @@ def flatten_channels_first(model: onnx.ModelProto, *, inplace: bool = False) -> 
     found = _checked(model, sites)
     if not found:
         return model
-    if inplace:
-        m = model
-    else:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+    m = working_copy(model, inplace)
     g = m.graph
     at = {t.name: i for i, t in enumerate(g.initializer)}
     dropped = []

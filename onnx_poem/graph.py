@@ -111,6 +111,15 @@ def _check_sizes(model: onnx.ModelProto) -> None:
                 raise ModelError(f"initializer {t.name!r} holds {have} bytes, its shape needs {need}")
 
 
+def working_copy(model: onnx.ModelProto, inplace: bool) -> onnx.ModelProto:
+    """``model`` itself with ``inplace`` (the caller's own copy, to change in place), else a copy of it."""
+    if inplace:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` without the values of its large float initializers: they become graph inputs of the same
     type and shape.

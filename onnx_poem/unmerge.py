@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import Shape, infer_shapes
+from .graph import Shape, infer_shapes, working_copy
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,7 @@ def unmerge_batched_matmuls(model: onnx.ModelProto, *, inplace: bool = False) ->
     sites = _sites(model)
     if not sites:
         return model
-    if inplace:
-        m = model
-    else:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+    m = working_copy(model, inplace)
     g = m.graph
     names = {t.name for t in g.initializer}
     for _, *operands in sites:

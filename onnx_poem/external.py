@@ -18,7 +18,7 @@ external data into the tensors).  Nothing here serialises the weights:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -230,18 +230,20 @@ class _Excluding(Mapping[str, np.ndarray]):
 
 
 def stubbed(
-    model: onnx.ModelProto, min_bytes: int | None = None, *, floats: bool = False
+    model: onnx.ModelProto, min_bytes: int | None = None, *, floats: bool = False, inline: Collection[str] = ()
 ) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
     """:func:`stub_weights`' copy of ``model`` and the large initializers themselves (not converted); every stub
     refers to offset 0 of :data:`STUB_LOCATION` with its own length.  ``floats``: floating-point tensors only
-    (an integer one may be a shape, a pad or a slice bound that onnxruntime reads while it loads the model)."""
+    (an integer one may be a shape, a pad or a slice bound that onnxruntime reads while it loads the model).
+    ``inline``: names kept in the copy whatever their size (a session's weights read inside an If/Loop body:
+    onnxruntime resolves those from the model's own initializer, not from a value the session is given)."""
     stub = onnx.ModelProto()
     copy_except(stub, model, skip="graph")
     copy_except(stub.graph, model.graph, skip="initializer")
     min_bytes = SESSION_MIN_BYTES if min_bytes is None else min_bytes
     large: list[onnx.TensorProto] = []
     for t in model.graph.initializer:
-        if not _large(t, min_bytes) or (floats and t.data_type not in FLOAT_TYPES):
+        if not _large(t, min_bytes) or (floats and t.data_type not in FLOAT_TYPES) or t.name in inline:
             stub.graph.initializer.append(t)
             continue
         large.append(t)

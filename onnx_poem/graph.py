@@ -398,7 +398,7 @@ def session(
     serialised with the graph: models past protobuf's 2 GB limit run, and no serialised copy of the
     weights is made (outputs identical to a session built from the full serialisation).
     """
-    stub, large = stubbed(model, floats=True)
+    stub, large = stubbed(model, floats=True, inline=subgraph_reads(model.graph))
     if outputs is not None:
         del stub.graph.output[:]
         stub.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in outputs)
@@ -420,7 +420,7 @@ def segment_session(
 
     The model is stubbed before it is cut, so the segment's weights are never copied into another protobuf,
     and only the weights the segment reads are handed to the session."""
-    stub, large = stubbed(model, floats=True)
+    stub, large = stubbed(model, floats=True, inline=subgraph_reads(model.graph))
     seg = with_outputs(stub, outputs, cut=cut, dtypes=dtypes)
     if overridable:
         seg = overridable_inputs(seg, overridable)

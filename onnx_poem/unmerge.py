@@ -93,8 +93,10 @@ def _operand(gr: _Graph, shapes: dict[str, Shape], matmul: int, tensor: str) -> 
         return None
     n = gr.g.node[p]
     target = gr.shape_const(n)
+    if target is None or len(target) != 3 or target[0] != -1 or min(target[1:]) < 1:
+        return None
     dims = shapes.get(n.input[0])
-    if target is None or dims is None or len(target) != 3 or target[0] != -1 or min(target[1:]) < 1:
+    if dims is None:
         return None
     if len(dims) < 3 or any(d is None for d in dims[1:]) or int(np.prod(dims[2:])) != target[1] * target[2]:  # type: ignore[arg-type]
         return None

@@ -20,7 +20,7 @@ from onnx_poem import external as ext
 from onnx_poem import prune
 from onnx_poem.cli import main
 from onnx_poem.errors import ModelError
-from onnx_poem.graph import check_model, session
+from onnx_poem.graph import check_model, segment_session, session
 from onnx_poem.modelio import digest
 
 
@@ -196,3 +196,35 @@ def test_the_cascade_on_shared_arrays_prunes_as_on_copies(name: str, monkeypatch
     monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 64)
     got, _ = prune(model, ratio=0.5, calib=x, prune_residual=True)
     assert got.SerializeToString() == want.SerializeToString()
+
+
+def test_a_weight_read_inside_an_if_body_stays_in_the_session_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment cut from a model whose If body reads an outer-scope weight: the cut model holds that weight in
+    the body (onnx-graphsurgeon moves it there), where no value given to the session reaches it, so it is not
+    stubbed (Silero VAD's decoder LSTM: every PRO probe failed to load)."""
+    monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 64)
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    out = onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, ["N", 8])
+    then_g = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["h", "w"], ["r"])], "then", [], [out])
+    else_g = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["h"], ["r"])], "else", [], [out])
+    g = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Relu", ["x"], ["h"]),
+            onnx.helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+        ],
+        "cf",
+        [
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8]),
+            onnx.helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+        ],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8])],
+        [w],
+    )
+    model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    cut = segment_session(model, ["y"], cut={"h": np.dtype(np.float32)}, dtypes={})
+    for cond in (True, False):
+        want = _plain(model).run(None, {"x": x, "cond": np.array(cond)})[0]
+        got = cut.run(None, {"h": np.maximum(x, 0), "cond": np.array(cond)})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -94,3 +94,16 @@ def test_merged_scores_read_by_another_op_stay_merged() -> None:
     """A Softmax of the merged ``(N·2, 6, 6)`` scores would see another shape: nothing is rewritten."""
     shaped = fold_shapes(_scores(read_by_reshape=False))
     assert unmerge_batched_matmuls(shaped) is shaped
+
+
+def test_an_operand_from_a_constant_node_is_no_merged_operand() -> None:
+    """PaddlePaddle's classifier reads its dense weight from a ``Constant`` node (no input): left as it is."""
+    w = numpy_helper.from_array(np.ones((8, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["wc"], value=w), helper.make_node("MatMul", ["x", "wc"], ["out"])],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert unmerge_batched_matmuls(model) is model

@@ -86,7 +86,7 @@ def run_one(args: argparse.Namespace) -> dict:
     from onnx_poem.report import count_macs, count_params
 
     shared = Path(args.shared)
-    task = tasks(shared)[args.model]()
+    task = tasks(shared, None if args.extra is None else Path(args.extra))[args.model]()
     model_path = shared / "models" / task.model_file
     calib = task.calib(args.samples)
     original = onnx.load(str(model_path))
@@ -211,6 +211,7 @@ def _spawn(model: str, method: str, ratio: float, a: argparse.Namespace) -> dict
         *(["--target"] if a.target else []),
         "--latency",
         str(a.latency),
+        *(["--extra", a.extra] if a.extra else []),
     ]
     row = run_row(cmd, cached, reuse=False)
     if "error" in row:
@@ -305,6 +306,12 @@ def main() -> None:
     p.add_argument("--ratios", default="0.3,0.5")
     p.add_argument("--peer", action="store_true", help="also run onnxsim's structured L2 and Wanda pruning")
     p.add_argument("--shared", default=str(Path(__file__).resolve().parents[1].parent / "shared"))
+    p.add_argument(
+        "--extra",
+        default=None,
+        help="folder of development models evaluated like the shared ones: cifar10_vit.onnx "
+        "(tools/train_vit_cifar.py: a ViT trained on the CIFAR calibration split, scored on the evaluation split)",
+    )
     p.add_argument("--work", default="/tmp/onnx-poem-bench")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--samples", type=int, default=512)

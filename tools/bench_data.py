@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +151,14 @@ def _minilm(shared: Path) -> Task:
     )
 
 
-def tasks(shared: Path) -> dict[str, Callable[[], Task]]:
-    """Factories of every benchmark task (lazy: data loads on first use)."""
-    return {
+def tasks(shared: Path, extra: Path | None = None) -> dict[str, Callable[[], Task]]:
+    """Factories of every benchmark task (lazy: data loads on first use); with ``extra``, the development
+    models found there too (``cifar10_vit``: ``tools/train_vit_cifar.py``, CIFAR data and protocol)."""
+    more: dict[str, Callable[[], Task]] = {}
+    if extra is not None and (extra / "cifar10_vit.onnx").exists():
+        vit = str((extra / "cifar10_vit.onnx").resolve())  # absolute: read in place of shared/models
+        more["cifar10_vit"] = lambda: replace(_cifar(shared, "cifar10_vit", True), model_file=vit)
+    return more | {
         "cifar10_resnet20": lambda: _cifar(shared, "cifar10_resnet20", True),
         "cifar10_resnet56": lambda: _cifar(shared, "cifar10_resnet56", True),
         "cifar10_kerascnn": lambda: _cifar(shared, "cifar10_kerascnn", False),

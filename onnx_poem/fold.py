@@ -22,6 +22,8 @@ Exporters write constants in forms the channel analysis cannot read as weights:
 * channel-last flattens: ``Transpose → Reshape(N, ·) → MatMul`` (tf2onnx's Keras
   ``Flatten``) reads the channels ``C`` apart; it becomes a channel-first flatten with
   the dense weight's rows permuted (:mod:`onnx_poem.flatten`).
+* dense layers written as ``Einsum`` (Keras' ``EinsumDense``) become ``Reshape → MatMul``
+  (:mod:`onnx_poem.einsum`);
 * batched MatMuls of merged leading axes: tf2onnx's einsum merges attention's heads into the
   batch axis around each ``MatMul``; they run on the unmerged operands
   (:mod:`onnx_poem.unmerge`).
@@ -39,6 +41,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .einsum import dense_einsums_as_matmuls
 from .external import remove_where
 from .flatten import flatten_channels_first
 from .graph import subgraph_reads
@@ -61,6 +64,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     shaped = fold_shapes(model)
     flat = flatten_channels_first(shaped, inplace=shaped is not model)
+    flat = dense_einsums_as_matmuls(flat, inplace=flat is not model)
     flat = unmerge_batched_matmuls(flat, inplace=flat is not model)
     if not _foldable(flat) and not _shared(flat) and not _shared_concats(flat.graph):
         return flat

@@ -246,6 +246,10 @@ def _write(
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = name
+            if node.op_type == "Gemm":  # tf2onnx writes beta = 0 for a Gemm without C: the new bias counts once
+                kept = [a for a in node.attribute if a.name != "beta"]
+                del node.attribute[:]
+                node.attribute.extend([*kept, helper.make_attribute("beta", 1.0)])
         else:  # MatMul: y = MatMul(x, B) becomes Add(MatMul(x, B), bias) under the same output name
             out = node.output[0]
             node.output[0] = f"{out}__poem_mm"

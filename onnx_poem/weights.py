@@ -94,7 +94,8 @@ def stored_arrays(
     dead = aff.scale == 0
     scale = np.where(dead, 1.0, aff.scale)
     wm = w_bar[:, :-1] / scale[:, None] / c.alpha
-    b = (w_bar[:, -1] - aff.shift) / scale / c.beta
+    beta = c.beta if c.bias is not None else 1.0  # a bias the rewrite creates is added with beta 1
+    b = (w_bar[:, -1] - aff.shift) / scale / beta
     cols = (keep[:, None] * k + np.arange(k)).reshape(-1)
     wm[dead] = wm0[dead][:, cols]  # a zero BN scale hides the layer: keep its weights
     b[dead] = stored_bias(view, c, m)[dead]

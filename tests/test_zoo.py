@@ -19,6 +19,7 @@ by dynamo: grouped-query attention, rotary positions, a causal mask; its externa
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,27 @@ def test_keras_multi_head_attention_loses_heads() -> None:
     a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
             for m in (model, same))  # fmt: skip
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
+def test_older_keras_multi_head_attention_loses_heads() -> None:
+    """The zoo's ``mha_encoder`` (an older tf2onnx): q, k and v are ``Gemm`` on ``(N·T, E)`` (``beta = 0``,
+    no bias) split straight into ``(N, T, H, d, 1)``, the scores an ``Einsum``, one output projection an
+    ``Einsum`` too (read as ``Reshape → MatMul``, ``onnx_poem.einsum``).  Both blocks lose half their heads;
+    the refit output projections get a bias of their own (added with ``beta = 1``) and the model runs at
+    every batch size."""
+    model = onnx.load(str(ZOO / "mha_encoder.tf2onnx.onnx"))
+    x = random_inputs(model, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a bias divided by beta = 0 warned here
+        pruned, rep = prune(model, ratio=0.5, calib=x, samples=64, allocation="uniform")
+    heads = [g for g in rep.groups if g["unit"] == "head"]
+    assert len(heads) == 2 and all(g["kept"] == g["channels"] // 2 for g in heads), rep.groups
+    gemms = [n for n in pruned.graph.node if n.op_type == "Gemm" and len(n.input) == 3 and n.input[2]]
+    assert all(next(a.f for a in n.attribute if a.name == "beta") == 1.0 for n in gemms)
+    sess = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        out = sess.run(None, {k: v[:n] for k, v in x.items()})[0]
+        assert out.shape == (n, 10) and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

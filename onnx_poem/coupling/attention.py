@@ -130,18 +130,39 @@ def _filled(view: GraphView, name: str, value: int) -> bool:
 class HeadReshape:
     """A ``Reshape`` between ``(..., H·d)`` and ``(..., H, d)``: ``split`` (features into heads) or not
     (heads merged back); ``entry`` is the shape entry of ``H`` (split) or ``H·d`` (merge), ``inner`` that
-    of ``d`` (split only)."""
+    of ``d`` (split only).  ``axis_in`` is the input's features axis (split) or heads axis (merge),
+    ``axis_out`` the output's heads axis (split) or features axis (merge).  The axes before them may be
+    reshaped too (tf2onnx's dense layer on ``(N·T, E)`` split into ``(N, T, H, d, 1)``) and trailing
+    axes of size 1 may come or go."""
 
     split: bool
     heads: int
     size: int
     in_rank: int
+    out_rank: int
+    axis_in: int
+    axis_out: int
     entry: Entry
     inner: Entry | None = None
 
 
 def _same_lead(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
     return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
+
+
+def _same_elements(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    """The leading axes of a split or merge hold the same elements: the same axes, or every size known and
+    the same product (a reshape of the leading axes themselves)."""
+    if len(a) == len(b):
+        return _same_lead(a, b)
+    return None not in a and None not in b and int(np.prod(a)) == int(np.prod(b))  # type: ignore[arg-type]
+
+
+def _strip_ones(shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    k = len(shape)
+    while k > 1 and shape[k - 1] == 1:
+        k -= 1
+    return shape[:k]
 
 
 def head_reshape(view: GraphView, node: int) -> HeadReshape | None:
@@ -151,14 +172,17 @@ def head_reshape(view: GraphView, node: int) -> HeadReshape | None:
     entries = shape_entries(view, n.input[1]) if len(n.input) > 1 else None
     if not a or not b or entries is None or len(entries) != len(b):
         return None
-    if len(b) == len(a) + 1 and len(a) >= 2 and _same_lead(a[:-1], b[:-2]):
-        h, d, c = b[-2], b[-1], a[-1]
+    aa, bb = _strip_ones(a), _strip_ones(b)
+    if len(bb) >= 3 and len(a) >= 2 and _same_elements(a[:-1], bb[:-2]):
+        h, d, c = bb[-2], bb[-1], a[-1]
         if h is not None and d is not None and c is not None and h > 1 and h * d == c:
-            return HeadReshape(True, int(h), int(d), len(a), entries[-2], entries[-1])
-    if len(b) == len(a) - 1 and len(b) >= 2 and _same_lead(a[:-2], b[:-1]):
-        h, d, c = a[-2], a[-1], b[-1]
+            at = len(bb) - 2
+            return HeadReshape(True, int(h), int(d), len(a), len(b), len(a) - 1, at, entries[at], entries[at + 1])
+    if len(aa) >= 3 and _same_elements(aa[:-2], bb[:-1]):
+        h, d, c = aa[-2], aa[-1], bb[-1]
         if h is not None and d is not None and h > 1 and (c is None or h * d == c):
-            return HeadReshape(False, int(h), int(d), len(a), entries[-1])
+            at = len(bb) - 1
+            return HeadReshape(False, int(h), int(d), len(a), len(b), len(aa) - 2, at, entries[at])
     return None
 
 
@@ -185,19 +209,19 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     out = view.nodes[node].output[0]
     if hr is not None and edge.rank == hr.in_rank:
         ax = edge.axis % edge.rank
-        if hr.split and ax == hr.in_rank - 1 and edge.per == 1 and edge.cols == 1 and channels == hr.heads * hr.size:
+        if hr.split and ax == hr.axis_in and edge.per == 1 and edge.cols == 1 and channels == hr.heads * hr.size:
             inner = hr.inner
             if hr.entry.value == -1 and (inner is None or inner.value != hr.size):
                 return Stop("head size computed at run time")
             fix = _fix(view, node, hr.entry, hr.heads, hr.size)
             if isinstance(fix, Stop):
                 return fix
-            return Through((Edge(out, hr.in_rank - 1, hr.in_rank + 1, per=hr.size),), reshape=fix, heads=hr.size)
-        if not hr.split and ax == hr.in_rank - 2 and edge.per == hr.size:
+            return Through((Edge(out, hr.axis_out, hr.out_rank, per=hr.size),), reshape=fix, heads=hr.size)
+        if not hr.split and ax == hr.axis_in and edge.per == hr.size:
             fix = _fix(view, node, hr.entry, hr.heads * hr.size, 1)
             if isinstance(fix, Stop):
                 return fix
-            return Through((Edge(out, hr.in_rank - 2, hr.in_rank - 1),), reshape=fix)
+            return Through((Edge(out, hr.axis_out, hr.out_rank),), reshape=fix)
     if edge.per != 1:
         kept = _keeps_heads(view, node, edge) if slot == 0 else None
         return kept or Stop("Reshape of attention heads other than merging them back into the features")
@@ -235,10 +259,12 @@ def _reshape_input(view: GraphView, node: int, out: Edge) -> Edge | None:
     if hr is None or out.rank is None:
         return None
     ax = out.axis % out.rank
-    if hr.split and ax == hr.in_rank - 1 and out.per == hr.size:
-        return Edge(view.nodes[node].input[0], hr.in_rank - 1, hr.in_rank)
-    if not hr.split and ax == hr.in_rank - 2 and out.per == 1:
-        return Edge(view.nodes[node].input[0], hr.in_rank - 2, hr.in_rank, per=hr.size)
+    if out.rank != hr.out_rank:
+        return None
+    if hr.split and ax == hr.axis_out and out.per == hr.size:
+        return Edge(view.nodes[node].input[0], hr.axis_in, hr.in_rank)
+    if not hr.split and ax == hr.axis_out and out.per == 1:
+        return Edge(view.nodes[node].input[0], hr.axis_in, hr.in_rank, per=hr.size)
     return None
 
 
@@ -340,11 +366,43 @@ def carries(view: GraphView, tensor: str, edge: Edge) -> bool:
     return at >= 0 and shape[at] != 1
 
 
+def batched_einsum(view: GraphView, node: int, edge: Edge) -> tuple[Edge, ...] | Stop:
+    """The edges of both operands and the output of an ``Einsum`` of two computed tensors whose channels
+    (``edge``, on one of them) sit on an index that every term keeps (tf2onnx's ``aecd,abcd->acbe``: the
+    head axis ``c`` of attention's scores), the same index in each."""
+    n = view.nodes[node]
+    eq = view.attr(node, "equation")
+    eq = (eq.decode() if isinstance(eq, bytes) else str(eq or "")).replace(" ", "")
+    if "..." in eq or "->" not in eq or len(eq.split("->")[0].split(",")) != 2 or len(n.input) != 2:
+        return Stop("Einsum other than two operands with an explicit output")
+    left, out = eq.split("->")
+    subs = [*left.split(","), out]
+    names = [*n.input[:2], n.output[0]]
+    if edge.rank is None or edge.cols != 1 or edge.tensor not in names:
+        return Stop("Einsum of tensors of unknown shapes")
+    own = subs[names.index(edge.tensor)]
+    if len(own) != edge.rank:
+        return Stop("Einsum of tensors of unknown shapes")
+    letter = own[edge.axis % edge.rank]
+    if any(letter not in t for t in subs):
+        return Stop("channels reach an index the Einsum sums over")
+    edges = []
+    for x, t in zip(names, subs, strict=True):
+        shape = view.shapes.get(x)
+        if shape is not None and (len(shape) != len(t) or shape[t.index(letter)] == 1):
+            return Stop("Einsum broadcast along the channel axis")
+        edges.append(Edge(x, t.index(letter), len(t), per=edge.per))
+    return tuple(edges)
+
+
 def batched_matmul(view: GraphView, node: int, edge: Edge) -> tuple[Edge, ...] | Stop:
     """The edges of both operands and the output of a MatMul of two computed tensors one of which
     (``edge.tensor``, an operand or the output) carries the channels on a batch axis as ``edge``
-    (attention's ``q·kᵀ`` and ``p·v`` per head): the same axis counted from the right in each."""
+    (attention's ``q·kᵀ`` and ``p·v`` per head): the same axis counted from the right in each (an
+    ``Einsum``: :func:`batched_einsum`)."""
     n = view.nodes[node]
+    if n.op_type == "Einsum":
+        return batched_einsum(view, node, edge)
     names = [*n.input[:2], n.output[0]]
     if edge.rank is None or edge.cols != 1:
         return Stop("MatMul of two computed tensors of unknown shapes")

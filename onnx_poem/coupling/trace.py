@@ -83,9 +83,10 @@ def _aligned(view: GraphView, tensor: str, edge: Edge) -> Edge:
 
 
 def _both_computed(view: GraphView, node: int) -> bool:
-    """A MatMul of two computed tensors (attention's ``q·kᵀ``, ``p·v``), not a layer."""
+    """A MatMul (or two-operand Einsum) of two computed tensors (attention's ``q·kᵀ``, ``p·v``), not a layer."""
     n = view.nodes[node]
-    return n.op_type == "MatMul" and not any(view.is_const(x) for x in n.input[:2])
+    two = n.op_type == "MatMul" or (n.op_type == "Einsum" and len(n.input) == 2)
+    return two and not any(view.is_const(x) for x in n.input[:2])
 
 
 def _producer(view: GraphView, i: int) -> tuple[int, list[ParamSlice], Edge] | Unprunable | None:

@@ -24,6 +24,8 @@ Exporters write constants in forms the channel analysis cannot read as weights:
   the dense weight's rows permuted (:mod:`onnx_poem.flatten`).
 * dense layers written as ``Einsum`` (Keras' ``EinsumDense``) become ``Reshape → MatMul``
   (:mod:`onnx_poem.einsum`);
+* fused projections (``nn.MultiheadAttention``'s ``in_proj``: one ``MatMul`` for q, k and v, parted by
+  ``Gather``) become one layer per part (:mod:`onnx_poem.fused`);
 * batched MatMuls of merged leading axes: tf2onnx's einsum merges attention's heads into the
   batch axis around each ``MatMul``; they run on the unmerged operands
   (:mod:`onnx_poem.unmerge`).
@@ -44,6 +46,7 @@ from onnx.reference import ReferenceEvaluator
 from .einsum import dense_einsums_as_matmuls
 from .external import remove_where
 from .flatten import flatten_channels_first
+from .fused import split_fused_projections
 from .graph import subgraph_reads
 from .shapefold import fold_shapes
 from .unmerge import unmerge_batched_matmuls
@@ -65,6 +68,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     shaped = fold_shapes(model)
     flat = flatten_channels_first(shaped, inplace=shaped is not model)
     flat = dense_einsums_as_matmuls(flat, inplace=flat is not model)
+    flat = split_fused_projections(flat, inplace=flat is not model)
     flat = unmerge_batched_matmuls(flat, inplace=flat is not model)
     if not _foldable(flat) and not _shared(flat) and not _shared_concats(flat.graph):
         return flat

@@ -12,8 +12,9 @@ as today's tf2onnx writes it: its einsums with the heads merged into the batch a
 ``tools/export_keras.py``.  Regenerate them with those commands.  ``bert_tiny.ts.onnx`` and ``vit_tiny.ts.onnx``
 (Hugging Face BERT and ViT, TorchScript: attention heads) and ``llama_gqa_tiny.dynamo.onnx`` (Hugging Face Llama
 by dynamo: grouped-query attention, rotary positions, a causal mask; its external data stored inline) and
-``llama_gqa_tiny.ts.onnx`` (the same by TorchScript, batch and sequence length dynamic) come from
-``tools/export_models.py``.
+``llama_gqa_tiny.ts.onnx`` (the same by TorchScript, batch and sequence length dynamic) and
+``tinyencoder.dynamo.onnx`` (``nn.TransformerEncoderLayer`` by dynamo, batch fixed at 1, its data stored
+inline) come from ``tools/export_models.py``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,20 @@ def test_older_keras_multi_head_attention_loses_heads() -> None:
     for n in (1, 3):
         out = sess.run(None, {k: v[:n] for k, v in x.items()})[0]
         assert out.shape == (n, 10) and np.isfinite(out).all()
+
+
+def test_fused_in_proj_by_dynamo_loses_heads() -> None:
+    """``nn.TransformerEncoderLayer`` by dynamo (batch fixed at 1): the fused ``in_proj`` is split into q, k
+    and v layers (``onnx_poem.fused``), so the heads are a group and lose half their number."""
+    model = onnx.load(str(ZOO / "tinyencoder.dynamo.onnx"))
+    x = random_inputs(model, 64)
+    pruned, rep = prune(model, ratio=0.5, calib=x, samples=64, allocation="uniform")
+    heads = [g for g in rep.groups if g["unit"] == "head"]
+    assert len(heads) == 1 and heads[0]["kept"] == heads[0]["channels"] // 2, rep.groups
+    out = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {k: v[:1] for k, v in x.items()}
+    )[0]
+    assert np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.name)

@@ -228,29 +228,50 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
     return _plain_reshape(view, node, slot, edge, channels)
 
 
+def _kept_axis(a: tuple[int | None, ...], b: tuple[int | None, ...], ax: int) -> int | None:
+    """The axis of ``b`` that is axis ``ax`` of ``a`` in a Reshape from ``a`` to ``b`` that keeps it as an axis
+    of its own: the same size, the same elements before it (the same axes, or every size known and the same
+    product: a unit axis added or dropped before it) and after it; ``None`` if there is none."""
+    size = a[ax] if ax < len(a) else None
+    if size is None:
+        return None
+    tail_a = a[ax + 1 :]
+    if None in tail_a:
+        return None
+    for at in range(len(b)):
+        if b[at] != size or not _same_elements(a[:ax], b[:at]):
+            continue
+        tail_b = b[at + 1 :]
+        if None not in tail_b and int(np.prod(tail_a)) == int(np.prod(tail_b)):  # type: ignore[arg-type]
+            return at
+    return None
+
+
 def _keeps_heads(view: GraphView, node: int, edge: Edge) -> Through | Stop | None:
-    """A Reshape that keeps the heads' axis and every axis before it, and reshapes only the axes after
-    it ((N, H, T, 1, d) → (N, H, T, d), (N, H, T, T) → (N, H, T, T, 1): tf2onnx's einsum, once unmerged by
-    :mod:`onnx_poem.unmerge`): the heads stay on that axis; a shape entry that stores ``H`` is rewritten."""
+    """A Reshape that keeps the heads' axis as an axis of its own and reshapes only around it ((N, H, T, 1, d)
+    → (N, H, T, d), (N, H, T, T) → (N, H, T, T, 1): tf2onnx's einsum once unmerged by :mod:`onnx_poem.unmerge`;
+    (H, T, d) → (1, H, T, d): a fixed batch of 1): the heads move to that axis; a shape entry that stores
+    ``H`` is rewritten (:func:`_kept_axis`)."""
     n = view.nodes[node]
     a, b = view.shapes.get(n.input[0]), view.shapes.get(n.output[0])
     entries = shape_entries(view, n.input[1]) if len(n.input) > 1 else None
     if not a or not b or entries is None or len(entries) != len(b) or edge.rank != len(a) or edge.cols != 1:
         return None
     ax = edge.axis % edge.rank
-    heads = a[ax] if len(b) > ax else None
-    if heads is None or not _same_lead(a[:ax], b[:ax]) or heads != b[ax]:
+    at = _kept_axis(a, b, ax)
+    if at is None:
         return None
-    tail_a, tail_b = a[ax + 1 :], b[ax + 1 :]
-    if None in tail_a or None in tail_b or int(np.prod(tail_a)) != int(np.prod(tail_b)):  # type: ignore[arg-type]
-        return None
-    if any(e.value is None or e.value == 0 for e in entries[ax + 1 :]):
+    if any(e.value is None or e.value == 0 for e in entries[at + 1 :]):
         return None  # the axes after the heads must not depend on theirs
-    entry = entries[ax]
+    if at != ax and any(e.value == 0 for e in entries[:at]):
+        return None  # a copied size would be another axis' once the rank changes
+    entry = entries[at]
+    heads = b[at]
+    assert heads is not None  # _kept_axis found it
     fix = None if entry.value == 0 else _fix(view, node, entry, heads, edge.per)
     if isinstance(fix, Stop):
         return fix
-    return Through((Edge(n.output[0], ax, len(b), per=edge.per),), reshape=fix)
+    return Through((Edge(n.output[0], at, len(b), per=edge.per),), reshape=fix)
 
 
 def _reshape_input(view: GraphView, node: int, out: Edge) -> Edge | None:
@@ -276,12 +297,10 @@ def _reshape_input_heads(view: GraphView, node: int, out: Edge) -> Edge | None:
         return moved
     n = view.nodes[node]
     a, b = view.shapes.get(n.input[0]), view.shapes.get(n.output[0])
-    ax = out.axis % out.rank
-    if not a or not b or len(b) != out.rank or len(a) <= ax or not _same_lead(a[:ax], b[:ax]):
+    if not a or not b or len(b) != out.rank:
         return None
-    if a[ax] is None or a[ax] != b[ax]:
-        return None
-    return Edge(n.input[0], ax, len(a), per=out.per)
+    at = _kept_axis(b, a, out.axis % out.rank)
+    return None if at is None else Edge(n.input[0], at, len(a), per=out.per)
 
 
 INPUT_EDGES["Reshape"] = _reshape_input_heads

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 PART, FEATURE, ONE = "part", "feature", "one"
 
 
-def _ints(g: onnx.GraphProto, n: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
+def _ints(n: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
     """Axes of an Unsqueeze/Squeeze (attribute, or constant second input), or a Transpose's perm."""
     name = "perm" if n.op_type == "Transpose" else "axes"
     for a in n.attribute:
@@ -39,11 +39,9 @@ def _ints(g: onnx.GraphProto, n: onnx.NodeProto, inits: dict[str, onnx.TensorPro
     return None
 
 
-def _move(
-    n: onnx.NodeProto, labels: list[object], inits: dict[str, onnx.TensorProto], g: onnx.GraphProto
-) -> list[object] | None:
+def _move(n: onnx.NodeProto, labels: list[object], inits: dict[str, onnx.TensorProto]) -> list[object] | None:
     """The labels of ``n``'s output given its input's (``None``: not an axis move this module follows)."""
-    ints = _ints(g, n, inits)
+    ints = _ints(n, inits)
     if n.op_type == "Transpose":
         perm = ints if ints is not None else list(range(len(labels)))[::-1]
         return [labels[p] for p in perm] if sorted(perm) == list(range(len(labels))) else None
@@ -108,7 +106,7 @@ def _site(
             break
         if len(users) != 1 or g.node[users[0]].op_type not in ("Unsqueeze", "Squeeze", "Transpose"):
             return None
-        moved = _move(g.node[users[0]], labels, inits, g)
+        moved = _move(g.node[users[0]], labels, inits)
         if moved is None:
             return None
         labels, tensor = moved, g.node[users[0]].output[0]

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import working_copy
+from .nodeindex import NodeIndex
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +57,16 @@ def dense_einsums_as_matmuls(model: onnx.ModelProto, *, inplace: bool = False) -
     ``inplace`` (the caller's own copy) ``model`` changed in place.
     """
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for t in dict.fromkeys(n.input):
-            readers[t] = readers.get(t, 0) + 1
+    if not any(n.op_type == "Einsum" for n in g.node):
+        return model
+    ix = NodeIndex(g)
     sites = []
     for i, n in enumerate(g.node):
         if n.op_type != "Einsum" or n.domain not in ("", "ai.onnx") or len(n.input) != 2:
             continue
-        w = inits.get(n.input[1])
+        w = ix.inits.get(n.input[1])
         eq = next((a.s.decode() for a in n.attribute if a.name == "equation"), "")
-        form = None if w is None or readers.get(w.name) != 1 or n.input[0] in inits else _form(eq, len(w.dims))
+        form = None if w is None or ix.only_reader(w.name) != i or n.input[0] in ix.inits else _form(eq, len(w.dims))
         if form is not None:
             sites.append((i, form))
     if not sites:

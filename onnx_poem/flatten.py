@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from .graph import infer_shapes, working_copy
+from .nodeindex import NodeIndex, int_attr, ints_attr
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +47,11 @@ class _Site:
     perm: tuple[int, ...]
 
 
-def _int(n: onnx.NodeProto, name: str, default: int = 0) -> int:
-    """Integer attribute ``name`` of ``n``."""
-    return next((int(a.i) for a in n.attribute if a.name == name), default)
-
-
-def _ints(n: onnx.NodeProto, name: str) -> tuple[int, ...]:
-    """Integer-list attribute ``name`` of ``n`` (empty when absent)."""
-    return next((tuple(int(v) for v in a.ints) for a in n.attribute if a.name == name), ())
-
-
 def _sites(model: onnx.ModelProto) -> list[_Site]:
     """Candidate sites, before the shape check."""
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
-    readers: dict[str, list[int]] = {}
-    for i, n in enumerate(g.node):
-        for t in dict.fromkeys(n.input):
-            readers.setdefault(t, []).append(i)
-    outputs = {o.name for o in g.output}
+    ix = NodeIndex(g)
+    inits, producer, readers, outputs = ix.inits, ix.producer, ix.readers, ix.outputs
     sites = []
     for i, n in enumerate(g.node):
         if n.op_type not in ("Reshape", "Flatten") or n.domain not in ("", "ai.onnx") or not n.input:
@@ -73,19 +59,19 @@ def _sites(model: onnx.ModelProto) -> list[_Site]:
         t = producer.get(n.input[0])
         if t is None or g.node[t].op_type != "Transpose":
             continue
-        perm = _ints(g.node[t], "perm")
+        perm = ints_attr(g.node[t], "perm") or ()
         if len(perm) < 3 or perm[0] != 0 or perm == tuple(range(len(perm))):
             continue
-        if n.op_type == "Flatten" and _int(n, "axis", 1) != 1:
+        if n.op_type == "Flatten" and int_attr(n, "axis", 1) != 1:
             continue
-        if n.op_type == "Reshape" and (len(n.input) < 2 or n.input[1] not in inits or _int(n, "allowzero")):
+        if n.op_type == "Reshape" and (len(n.input) < 2 or n.input[1] not in inits or int_attr(n, "allowzero")):
             continue
         users = readers.get(n.output[0], [])
         if n.output[0] in outputs or len(users) != 1:
             continue
         d = g.node[users[0]]
         matmul = d.op_type == "MatMul" and len(d.input) == 2 and d.input[0] == n.output[0]
-        gemm = d.op_type == "Gemm" and d.input[0] == n.output[0] and not _int(d, "transA")
+        gemm = d.op_type == "Gemm" and d.input[0] == n.output[0] and not int_attr(d, "transA")
         if not (matmul or gemm):
             continue
         w = d.input[1]
@@ -120,7 +106,7 @@ def _checked(model: onnx.ModelProto, sites: list[_Site]) -> list[tuple[_Site, tu
                 continue
         w = inits[s.weight]
         d = g.node[s.dense]
-        rows = int(w.dims[1]) if d.op_type == "Gemm" and _int(d, "transB") else int(w.dims[0])
+        rows = int(w.dims[1]) if d.op_type == "Gemm" and int_attr(d, "transB") else int(w.dims[0])
         if len(w.dims) != 2 or rows != size:
             continue
         out.append((s, tuple(int(v) for v in dims[1:])))  # type: ignore[arg-type]
@@ -147,7 +133,7 @@ def flatten_channels_first(model: onnx.ModelProto, *, inplace: bool = False) -> 
         t, f, d = g.node[s.transpose], g.node[s.flatten], g.node[s.dense]
         sigma = np.arange(int(np.prod(dims))).reshape(dims).transpose([p - 1 for p in s.perm[1:]]).reshape(-1)
         w = numpy_helper.to_array(g.initializer[at[s.weight]])
-        along_cols = d.op_type == "Gemm" and bool(_int(d, "transB"))
+        along_cols = d.op_type == "Gemm" and bool(int_attr(d, "transB"))
         permuted = np.empty_like(w)
         if along_cols:
             permuted[:, sigma] = w

@@ -62,8 +62,10 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Returns ``model`` itself (not a copy) when there is nothing to change.  Shape arithmetic
     that does not depend on the batch size is folded first (:func:`onnx_poem.shapefold.fold_shapes`),
-    then channel-last flattens are read channel-first (:func:`onnx_poem.flatten.flatten_channels_first`)
-    and merged batched MatMuls unmerged (:func:`onnx_poem.unmerge.unmerge_batched_matmuls`).
+    then channel-last flattens are read channel-first (:func:`onnx_poem.flatten.flatten_channels_first`),
+    dense ``Einsum`` nodes become MatMuls (:func:`onnx_poem.einsum.dense_einsums_as_matmuls`), fused projections
+    are split (:func:`onnx_poem.fused.split_fused_projections`) and merged batched MatMuls unmerged
+    (:func:`onnx_poem.unmerge.unmerge_batched_matmuls`).
     """
     shaped = fold_shapes(model)
     flat = flatten_channels_first(shaped, inplace=shaped is not model)

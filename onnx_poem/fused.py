@@ -16,12 +16,14 @@ chain that ends, at every ``Gather``, in exactly the leading axes and the featur
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .graph import Shape, infer_shapes, working_copy
+from .nodeindex import NodeIndex, int_attr, ints_attr
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +32,9 @@ PART, FEATURE, ONE = "part", "feature", "one"
 
 def _ints(n: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
     """Axes of an Unsqueeze/Squeeze (attribute, or constant second input), or a Transpose's perm."""
-    name = "perm" if n.op_type == "Transpose" else "axes"
-    for a in n.attribute:
-        if a.name == name:
-            return [int(v) for v in a.ints]
+    found = ints_attr(n, "perm" if n.op_type == "Transpose" else "axes")
+    if found is not None:
+        return list(found)
     if n.op_type != "Transpose" and len(n.input) > 1 and n.input[1] in inits:
         return [int(v) for v in numpy_helper.to_array(inits[n.input[1]]).reshape(-1)]
     return None
@@ -62,14 +63,26 @@ def _move(n: onnx.NodeProto, labels: list[object], inits: dict[str, onnx.TensorP
     return None
 
 
+def _chain(ix: NodeIndex, tensor: str) -> tuple[list[int], list[int]] | None:
+    """From ``tensor``, the single-reader ``Unsqueeze``/``Squeeze``/``Transpose`` nodes up to a tensor that only
+    ``Gather`` nodes read, and those ``Gather`` nodes (``None``: the path is anything else)."""
+    chain: list[int] = []
+    while True:
+        users = ix.readers.get(tensor, [])
+        if users and tensor not in ix.outputs and all(ix.g.node[u].op_type == "Gather" for u in users):
+            return chain, users
+        if len(users) != 1 or ix.g.node[users[0]].op_type not in ("Unsqueeze", "Squeeze", "Transpose"):
+            return None
+        chain.append(users[0])
+        tensor = ix.g.node[users[0]].output[0]
+
+
 def _site(
-    g: onnx.GraphProto,
-    i: int,
-    shapes: dict[str, Shape],
-    inits: dict[str, onnx.TensorProto],
-    readers: dict[str, list[int]],
+    ix: NodeIndex, i: int, shapes_of: Callable[[], dict[str, Shape]]
 ) -> tuple[int | None, int, int, list[tuple[int, int]], list[int]] | None:
-    """For MatMul ``i``: ``(bias Add, parts K, part size E, [(Gather node, part index)], chain nodes)``."""
+    """For MatMul ``i``: ``(bias Add, parts K, part size E, [(Gather node, part index)], chain nodes)``.  The node
+    pattern is matched first; ``shapes_of()`` (shape inference) is called only for a MatMul that matches it."""
+    g, inits = ix.g, ix.inits
     n = g.node[i]
     if len(n.input) != 2 or n.input[1] not in inits or n.input[0] in inits:
         return None
@@ -77,16 +90,21 @@ def _site(
     if len(w.dims) != 2:
         return None
     out, add = n.output[0], None
-    r = readers.get(out, [])
-    if len(r) == 1 and g.node[r[0]].op_type == "Add":
-        a = g.node[r[0]]
+    a_idx = ix.only_reader(out)
+    if a_idx is not None and g.node[a_idx].op_type == "Add":
+        a = g.node[a_idx]
         other = a.input[1] if a.input[0] == out else a.input[0]
         if other in inits and [int(d) for d in inits[other].dims] == [int(w.dims[1])]:
-            add, out = r[0], a.output[0]
-            r = readers.get(out, [])
-    if len(r) != 1 or g.node[r[0]].op_type != "Reshape":
+            add, out = a_idx, a.output[0]
+    r = ix.only_reader(out)
+    if r is None or g.node[r].op_type != "Reshape":
         return None
-    reshape = g.node[r[0]]
+    reshape = g.node[r]
+    found = _chain(ix, reshape.output[0])
+    if found is None:
+        return None
+    moves, gather_nodes = found
+    shapes = shapes_of()
     a_shape, b_shape = shapes.get(out), shapes.get(reshape.output[0])
     if not a_shape or not b_shape or len(b_shape) != len(a_shape) + 1 or b_shape[-2] is None or b_shape[-1] is None:
         return None
@@ -98,30 +116,22 @@ def _site(
     ):
         return None
     lead = list(range(len(a_shape) - 1))
-    labels: list[object] = [*lead, PART, FEATURE]
-    chain, tensor = [r[0]], reshape.output[0]
-    while True:
-        users = readers.get(tensor, [])
-        if users and all(g.node[u].op_type == "Gather" for u in users):
-            break
-        if len(users) != 1 or g.node[users[0]].op_type not in ("Unsqueeze", "Squeeze", "Transpose"):
-            return None
-        moved = _move(g.node[users[0]], labels, inits)
-        if moved is None:
-            return None
-        labels, tensor = moved, g.node[users[0]].output[0]
-        chain.append(users[0])
+    labels: list[object] | None = [*lead, PART, FEATURE]
+    for k in moves:
+        labels = _move(g.node[k], labels, inits) if labels is not None else None
+    if labels is None:
+        return None
     gathers = []
-    for u in readers[tensor]:
+    for u in gather_nodes:
         gn = g.node[u]
-        axis = next((int(a.i) for a in gn.attribute if a.name == "axis"), 0) % len(labels)
+        axis = int_attr(gn, "axis", 0) % len(labels)
         idx = numpy_helper.to_array(inits[gn.input[1]]) if gn.input[1] in inits else None
         if labels[axis] != PART or idx is None or idx.ndim != 0 or not 0 <= int(idx) < parts:
             return None
         if [lab for k, lab in enumerate(labels) if k != axis] != [*lead, FEATURE]:
             return None
         gathers.append((u, int(idx)))
-    return add, parts, size, gathers, chain
+    return add, parts, size, gathers, [r, *moves]
 
 
 def split_fused_projections(model: onnx.ModelProto, *, inplace: bool = False) -> onnx.ModelProto:
@@ -133,20 +143,20 @@ def split_fused_projections(model: onnx.ModelProto, *, inplace: bool = False) ->
     g = model.graph
     if not any(n.op_type == "Gather" for n in g.node):
         return model
-    inits = {t.name: t for t in g.initializer}
-    readers: dict[str, list[int]] = {}
-    for k, n in enumerate(g.node):
-        for t in dict.fromkeys(n.input):
-            readers.setdefault(t, []).append(k)
-    outputs = {o.name for o in g.output}
-    candidates = [k for k, n in enumerate(g.node) if n.op_type == "MatMul" and n.domain in ("", "ai.onnx")]
-    if not candidates:
-        return model
-    shapes = infer_shapes(model, {})[0]
+    ix = NodeIndex(g)
+    inferred: list[dict[str, Shape]] = []
+
+    def shapes_of() -> dict[str, Shape]:
+        if not inferred:
+            inferred.append(infer_shapes(model, {})[0])
+        return inferred[0]
+
     sites = []
-    for k in candidates:
-        found = _site(g, k, shapes, inits, readers)
-        if found is not None and not any(g.node[c].output[0] in outputs for c in found[4]):
+    for k, n in enumerate(g.node):
+        if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx"):
+            continue
+        found = _site(ix, k, shapes_of)
+        if found is not None and not any(g.node[c].output[0] in ix.outputs for c in found[4]):
             sites.append((k, found))
     if not sites:
         return model
@@ -156,11 +166,11 @@ def split_fused_projections(model: onnx.ModelProto, *, inplace: bool = False) ->
     replaced: dict[int, list[onnx.NodeProto]] = {}  # Gather node → the layer that now writes its output
     for k, (add, _, size, gathers, chain) in sites:
         mm = g.node[k]
-        w = numpy_helper.to_array(inits[mm.input[1]])
+        w = numpy_helper.to_array(ix.inits[mm.input[1]])
         b = None
         if add is not None:
             a = g.node[add]
-            b = numpy_helper.to_array(inits[a.input[1] if a.input[0] == mm.output[0] else a.input[0]])
+            b = numpy_helper.to_array(ix.inits[a.input[1] if a.input[0] == mm.output[0] else a.input[0]])
         for gi, part in gathers:
             out = g.node[gi].output[0]
             base = f"{mm.input[1]}__part{part}"

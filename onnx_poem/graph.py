@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,16 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .errors import ModelError
-from .external import FLOAT_TYPES, STUB_LOCATION, WeightPool, shape_nbytes, stub_values, stubbed, too_big
+from .external import (
+    FLOAT_TYPES,
+    STUB_LOCATION,
+    WeightPool,
+    remove_where,
+    shape_nbytes,
+    stub_values,
+    stubbed,
+    too_big,
+)
 from .threads import ort_threads
 
 logger = logging.getLogger(__name__)
@@ -428,25 +437,32 @@ def segment_session(
     return _start(seg, [t for t in large if t.name in needed], shared=shared)
 
 
+def constant_tensors(g: onnx.GraphProto, names: Collection[str]) -> dict[str, onnx.TensorProto]:
+    """The tensors of the constants ``names`` of ``g``: initializers, or the ``value`` of ``Constant`` nodes."""
+    found = {t.name: t for t in g.initializer if t.name in names}
+    for n in g.node:
+        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in found:
+            found[n.output[0]] = next(a.t for a in n.attribute if a.name == "value")
+    return found
+
+
 def overridable_inputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """``model`` with the constants ``names`` (initializers or ``Constant`` outputs) as graph inputs whose
     stored values are defaults, so that a run may feed others."""
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    for i in reversed(range(len(g.node))):
-        n = g.node[i]
-        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in inits:
-            value = next(a.t for a in n.attribute if a.name == "value")
-            t = onnx.TensorProto()
+    tensors = constant_tensors(g, names)
+    inits = {t.name for t in g.initializer}
+    for name, value in tensors.items():
+        if name not in inits:  # a Constant node's value becomes an initializer
+            t = g.initializer.add()
             t.CopyFrom(value)
-            t.name = n.output[0]
-            g.initializer.append(t)
-            inits[t.name] = t
-            del g.node[i]
+            t.name = name
+            tensors[name] = t  # the node (and its value) goes below
+    remove_where(g.node, lambda n: n.op_type == "Constant" and n.output[0] in tensors and n.output[0] not in inits)
     have = {i.name for i in g.input}
     for name in names:
-        if name in inits and name not in have:
-            t = inits[name]
+        if name in tensors and name not in have:
+            t = tensors[name]
             g.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
     return model
 

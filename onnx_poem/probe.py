@@ -29,7 +29,7 @@ from onnx import helper
 from .calibration.sources import CalibrationData
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup
-from .graph import GraphView, segment_session, session
+from .graph import GraphView, constant_tensors, segment_session, session
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
 from .rewrite import apply_plan, bias_name, rewritten
 
@@ -102,10 +102,7 @@ class Probe:
 
 def _specs(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
     """Element type and shape of each constant ``names`` of ``model`` (an initializer or a ``Constant`` output)."""
-    tensors = {t.name: t for t in model.graph.initializer if t.name in names}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output[0] in names and n.output[0] not in tensors:
-            tensors[n.output[0]] = next(a.t for a in n.attribute if a.name == "value")
+    tensors = constant_tensors(model.graph, names)
     return {
         name: (np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)), tuple(t.dims)) for name, t in tensors.items()
     }

@@ -33,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .graph import Shape, infer_shapes, working_copy
+from .nodeindex import NodeIndex, int_attr, ints_attr
 
 logger = logging.getLogger(__name__)
 
@@ -46,83 +47,68 @@ class _Operand:
     shape: tuple[int, ...]
 
 
-def _attr_ints(n: onnx.NodeProto, name: str) -> tuple[int, ...] | None:
-    return next((tuple(int(v) for v in a.ints) for a in n.attribute if a.name == name), None)
-
-
-def _allowzero(n: onnx.NodeProto) -> bool:
-    return any(a.name == "allowzero" and a.i for a in n.attribute)
-
-
-class _Graph:
-    """Producers, readers and constant shapes of a graph, for the pattern checks."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.g = g
-        self.inits = {t.name: t for t in g.initializer}
-        self.producer = {o: i for i, n in enumerate(g.node) for o in n.output}
-        self.readers: dict[str, list[int]] = {}
-        for i, n in enumerate(g.node):
-            for t in dict.fromkeys(n.input):
-                self.readers.setdefault(t, []).append(i)
-        self.outputs = {o.name for o in g.output}
-
-    def only_reader(self, tensor: str) -> int | None:
-        r = self.readers.get(tensor, [])
-        return r[0] if len(r) == 1 and tensor not in self.outputs else None
-
-    def shape_const(self, n: onnx.NodeProto) -> list[int] | None:
-        if n.op_type != "Reshape" or len(n.input) < 2 or n.input[1] not in self.inits or _allowzero(n):
-            return None
-        return [int(v) for v in numpy_helper.to_array(self.inits[n.input[1]]).reshape(-1)]
-
-
-def _operand(gr: _Graph, shapes: dict[str, Shape], matmul: int, tensor: str) -> tuple[_Operand, int] | None:
-    """The merged operand ``tensor`` of ``matmul`` and its head count ``H``, or ``None``."""
-    if gr.only_reader(tensor) != matmul:
+def _shape_const(ix: NodeIndex, n: onnx.NodeProto) -> list[int] | None:
+    """The constant shape of Reshape ``n`` (``None``: another op, a computed shape, or ``allowzero``)."""
+    if n.op_type != "Reshape" or len(n.input) < 2 or n.input[1] not in ix.inits or int_attr(n, "allowzero"):
         return None
-    p = gr.producer.get(tensor)
+    return [int(v) for v in numpy_helper.to_array(ix.inits[n.input[1]]).reshape(-1)]
+
+
+def _merged(ix: NodeIndex, matmul: int, tensor: str) -> _Operand | None:
+    """Operand ``tensor`` of ``matmul`` if it is a Reshape to a constant ``[-1, a, b]`` (optionally followed
+    by a Transpose that keeps axis 0), each read by the next node only; its shape is checked later
+    (:func:`_heads`)."""
+    if ix.only_reader(tensor) != matmul:
+        return None
+    p = ix.producer.get(tensor)
     transpose = None
-    if p is not None and gr.g.node[p].op_type == "Transpose":
-        perm = _attr_ints(gr.g.node[p], "perm")
-        if perm is None or len(perm) != 3 or perm[0] != 0 or gr.only_reader(gr.g.node[p].input[0]) != p:
+    if p is not None and ix.g.node[p].op_type == "Transpose":
+        perm = ints_attr(ix.g.node[p], "perm")
+        if perm is None or len(perm) != 3 or perm[0] != 0 or ix.only_reader(ix.g.node[p].input[0]) != p:
             return None
-        transpose, p = p, gr.producer.get(gr.g.node[p].input[0])
+        transpose, p = p, ix.producer.get(ix.g.node[p].input[0])
     if p is None:
         return None
-    n = gr.g.node[p]
-    target = gr.shape_const(n)
+    target = _shape_const(ix, ix.g.node[p])
     if target is None or len(target) != 3 or target[0] != -1 or min(target[1:]) < 1:
         return None
-    dims = shapes.get(n.input[0])
-    if dims is None:
+    return _Operand(p, transpose, (0, 0, target[1], target[2]))
+
+
+def _heads(ix: NodeIndex, shapes: dict[str, Shape], op: _Operand) -> int | None:
+    """The second axis ``H`` of the tensor ``op`` merges, if its axes after ``H`` hold ``a·b`` elements."""
+    dims = shapes.get(ix.g.node[op.reshape].input[0])
+    if dims is None or len(dims) < 3 or any(d is None for d in dims[1:]):
         return None
-    if len(dims) < 3 or any(d is None for d in dims[1:]) or int(np.prod(dims[2:])) != target[1] * target[2]:  # type: ignore[arg-type]
+    if int(np.prod(dims[2:])) != op.shape[2] * op.shape[3]:  # type: ignore[arg-type]
         return None
-    heads = int(dims[1])  # type: ignore[arg-type]
-    return _Operand(p, transpose, (0, 0, target[1], target[2])), heads
+    return int(dims[1])  # type: ignore[arg-type]
 
 
 def _sites(model: onnx.ModelProto) -> list[tuple[int, _Operand, _Operand]]:
-    gr = _Graph(model)
-    if not any(n.op_type == "MatMul" for n in gr.g.node):
+    """The MatMuls to unmerge, with their operands.  The pattern is matched on the nodes first; shapes are
+    inferred only when some MatMul matches (most models have none)."""
+    ix = NodeIndex(model.graph)
+    candidates = []
+    for i, n in enumerate(ix.g.node):
+        if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx") or any(t in ix.inits for t in n.input[:2]):
+            continue
+        a, b = (_merged(ix, i, t) for t in n.input[:2])
+        readers = ix.readers.get(n.output[0], [])
+        if a is None or b is None or n.output[0] in ix.outputs or not readers:
+            continue
+        targets = [(_shape_const(ix, ix.g.node[r]), ix.g.node[r].input[0]) for r in readers]
+        if any(t is None or 0 in t or data != n.output[0] for t, data in targets):
+            continue
+        candidates.append((i, a, b))
+    if not candidates:
         return []
     shapes = infer_shapes(model, {})[0]
     sites = []
-    for i, n in enumerate(gr.g.node):
-        if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx") or any(t in gr.inits for t in n.input[:2]):
-            continue
-        found = [_operand(gr, shapes, i, t) for t in n.input[:2]]
-        if found[0] is None or found[1] is None or found[0][1] != found[1][1] or found[0][1] < 2:
-            continue
-        readers = gr.readers.get(n.output[0], [])
-        if n.output[0] in gr.outputs or not readers:
-            continue
-        targets = [(gr.shape_const(gr.g.node[r]), gr.g.node[r].input[0]) for r in readers]
-        if any(t is None or 0 in t or data != n.output[0] for t, data in targets):
-            continue
-        sites.append((i, found[0][0], found[1][0]))
+    for i, a, b in candidates:
+        h = _heads(ix, shapes, a)
+        if h is not None and h >= 2 and h == _heads(ix, shapes, b):
+            sites.append((i, a, b))
     return sites
 
 
@@ -149,7 +135,7 @@ def unmerge_batched_matmuls(model: onnx.ModelProto, *, inplace: bool = False) ->
             n.input[1] = name
             if op.transpose is not None:
                 t = g.node[op.transpose]
-                perm = _attr_ints(t, "perm")
+                perm = ints_attr(t, "perm")
                 assert perm is not None  # checked in _operand
                 del t.attribute[:]
                 t.attribute.append(helper.make_attribute("perm", [0, 1, *(p + 1 for p in perm[1:])]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,23 +125,18 @@ class HFEncoder(nn.Module):
 
 class HFViT(nn.Module):
     """A ViT image encoder (``transformers.ViTModel``: patch-embedding conv, class token, pre-LayerNorm
-    blocks with GELU MLPs; 32x32 images, 8x8 patches, random weights) with a linear head on the class token."""
+    blocks with GELU MLPs; 32x32 images, 8x8 patches, random weights) with a linear head on the class token.
+    ``config``: ``ViTConfig`` fields instead of these (``tools/train_vit_cifar.py`` trains a larger one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **config: Any) -> None:
         super().__init__()
         import transformers as tf
 
-        cfg = tf.ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-        )
+        fields = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+        cfg = tf.ViTConfig(**{**fields, "intermediate_size": 128, **config})
         self.m = tf.ViTModel(cfg, add_pooling_layer=False)
         self.m.config._attn_implementation = "eager"
-        self.head = nn.Linear(64, 10)
+        self.head = nn.Linear(cfg.hidden_size, 10)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.head(self.m(pixel_values=input).last_hidden_state[:, 0])

@@ -18,37 +18,32 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_models import HFViT
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)[None, :, None, None]
 STD = np.array([0.229, 0.224, 0.225], np.float32)[None, :, None, None]
 
 
-class CifarViT(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        cfg = transformers.ViTConfig(
-            image_size=32,
-            patch_size=4,
-            hidden_size=96,
-            num_hidden_layers=4,
-            num_attention_heads=6,
-            intermediate_size=384,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        self.m = transformers.ViTModel(cfg, add_pooling_layer=False)
-        self.m.config._attn_implementation = "eager"
-        self.head = nn.Linear(96, 10)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self.head(self.m(pixel_values=input).last_hidden_state[:, 0])
+def cifar_vit() -> HFViT:
+    """The ViT of the module docstring (``tools/export_models.py``'s ``HFViT`` with this configuration)."""
+    return HFViT(
+        patch_size=4,
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        intermediate_size=384,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 def _data(shared: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +75,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x, y = _data(a.shared)
     xt, yt = torch.from_numpy(x[5000:]), torch.from_numpy(y[5000:])
-    model = CifarViT()
+    model = cifar_vit()
     steps = a.epochs * math.ceil(len(xt) / 128)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)

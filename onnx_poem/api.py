@@ -37,6 +37,7 @@ from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
 from .graph import GraphView, check_model, check_structure, declared_shape, load_model, release_segments, trim_heap
+from .hidden import Sliced, slice_run
 from .latency import (
     Fit,
     LatencyCost,
@@ -296,6 +297,8 @@ def _auto_contexts(inputs: _Inputs, base: RunContext) -> Iterator[tuple[str, Run
         cfg = replace(base.cfg, residual=policy)
         workdir = base.workdir / policy  # each solve's cached frontiers in a folder of its own
         form = SERIALISED_FORMS.get(policy)
+        if form is not None and base.transformed:
+            continue  # serialised from the original: --hidden's slicing would be lost
         if form is not None:
             ser = serialise(inputs.original, form)
             if ser.blocks:
@@ -349,6 +352,19 @@ class RunContext:
     chunks: list[np.ndarray]  # sample indices per batch: the fitting batches, then the selection batches
     workdir: Path
     loaded: onnx.ModelProto | Path  # as loaded, before folding (the result when nothing is pruned), or its file
+    hidden: Sliced | None = None  # --hidden: what slicing the hidden size did (``model`` is then the sliced one)
+
+    @property
+    def transformed(self) -> bool:
+        """What is pruned is not the original model (serialised, or its hidden size sliced): budgets are
+        counted against the original's MACs."""
+        return self.serialised is not None or (self.hidden is not None and self.hidden.model is not None)
+
+    def unpruned(self) -> onnx.ModelProto:
+        """The result when no group is pruned: the sliced model, or the model as loaded."""
+        if self.hidden is not None and self.hidden.model is not None:
+            return self.model
+        return _reloaded(self.loaded)
 
 
 @dataclass(frozen=True)
@@ -407,9 +423,17 @@ def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     chunks = [
         idx[i : i + cfg.batch_size] for idx in (split.fit, split.select) for i in range(0, len(idx), cfg.batch_size)
     ]
+    model, sliced = inputs.model, None
+    if cfg.hidden > 0:
+        with stage("statistics"):
+            fit = [c for c in chunks if np.isin(c, split.fit).all()]
+            sliced = slice_run(view, data, fit, cfg.hidden)
+        if sliced.model is not None:
+            model = sliced.model
+            view = GraphView.build(model, input_shapes=data.sample_shapes())
     return RunContext(
-        cfg, inputs.name, inputs.model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
-        workdir, inputs.loaded,
+        cfg, inputs.name, model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
+        workdir, inputs.loaded, sliced,
     )  # fmt: skip
 
 
@@ -431,19 +455,19 @@ def _analyse(ctx: RunContext) -> Analysis:
         step = cfg.round_to or (lat_table.step if lat_table is not None else 1)
     ratio, target = cfg.ratio, cfg.target_macs
     macs = sum(per_node.values())
-    original_nodes = per_node if ctx.serialised is None else node_macs(ctx.original, sample)
+    original_nodes = node_macs(ctx.original, sample) if ctx.transformed else per_node
     macs_original = sum(original_nodes.values())
     if lat_table is not None and timing is not None:
         lat_target = cfg.target_latency or 1e-3 * float(cfg.target_latency_ms or 0.0) / timing.original_seconds
         # where PRO probes its curves and the uniform starting point: the MACs fraction equal to the latency
         # target (the table's prediction of whole-model latency is only a guide: the allocation is timed)
-        probe_at = lat_target if ctx.serialised is None else lat_target * macs_original / macs
+        probe_at = lat_target * macs_original / macs if ctx.transformed else lat_target
         ratio = ratio_for_macs(free, table, probe_at, step) if free and probe_at < 1.0 else 0.0
-    elif ratio is None or ctx.serialised is not None:
-        if target is None:  # --residual srn with --ratio: the MACs that ratio leaves on the original's blocks
+    elif ratio is None or ctx.transformed:
+        if target is None:  # --residual srn or --hidden with --ratio: the MACs that ratio leaves on the original
             target = _original_fraction(ctx, float(ratio or 0.0), original_nodes)
-        # a fraction of the analysed model (serialised: more MACs); nothing asked, nothing pruned
-        if ctx.serialised is not None:
+        # a fraction of the analysed model (serialised: more MACs, sliced: fewer); nothing asked, nothing pruned
+        if ctx.transformed:
             target = target * macs_original / macs if target < 1.0 else 1.0
         ratio = ratio_for_macs(free, table, target, step) if free and target < 1.0 else 0.0
     return Analysis(
@@ -671,7 +695,7 @@ def _solve(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Progress |
     view.weights.release()  # the sessions that shared the arrays are gone
     release_segments()
     if not plan.decisions:
-        pruned = infer_or_keep(_reloaded(ctx.loaded))
+        pruned = infer_or_keep(ctx.unpruned())
     else:
         pruned = infer_or_keep(applied if applied is not None else apply_plan(view, groups, plan))
     return Solved(plan, pruned, layers, failed)
@@ -687,7 +711,7 @@ def _verify(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:
             raise
         failed = dict(solved.failed)
         plan = _drop_failing(ctx.view, a.groups, solved.plan, ctx.data.feed(ctx.split.fit[:1]), failed)
-        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else _reloaded(ctx.loaded))
+        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else ctx.unpruned())
         solved = Solved(plan, model, solved.layers, failed)
         agreement = _agreement(ctx, model)
     layers = [la for la in solved.layers if la.group not in solved.failed]
@@ -732,6 +756,8 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
     report.residual = cfg.residual
     if ctx.serialised is not None:
         report.serialised = {"blocks": list(ctx.serialised.blocks), "left": dict(ctx.serialised.left)}
+    if ctx.hidden is not None:
+        report.hidden = ctx.hidden.as_dict()
     if not a.coupling.groups:
         report.warnings.append("no prunable layer found")
     if alloc.pro_seconds is not None:
@@ -759,7 +785,7 @@ def _report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved | No
     if solved.agreement is not None:
         report.set_agreement(solved.agreement)
     report.macs_after, report.params_after = count_macs(solved.model, a.sample), count_params(solved.model)
-    srn_asked = None if ctx.serialised is None or a.target is None else a.target * sum(a.per_node.values())
+    srn_asked = None if not ctx.transformed or a.target is None else a.target * sum(a.per_node.values())
     report.warnings += _budget_warnings(
         a.coupling.groups, a.per_node, a.ratio, cfg, report.macs_ratio, a.skipped,
         None if srn_asked is None else srn_asked / a.macs_original,

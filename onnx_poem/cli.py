@@ -261,6 +261,16 @@ def main() -> None:
     help="Seeded augmented copies (flip, shift, zoom) of every fitting image, fitted beside it.",
 )
 @click.option(
+    "--hidden",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Experimental: first remove this fraction of a pre-LayerNorm transformer's hidden size, by rotating its "
+    "residual stream to its principal directions (SliceGPT-style, one rotation; ALGORITHMS.md 10); the budget "
+    "stays against the original's MACs and the rest of it goes to heads and neurons. Measured worse than "
+    "heads and neurons alone so far (benchmarks/hidden.md).",
+)
+@click.option(
     "--threads",
     type=click.IntRange(1),
     default=None,
@@ -332,6 +342,7 @@ def prune_cmd(
     seed: int,
     threads: int | None,
     augment: int,
+    hidden: float,
     verify_data: Path | None,
     synthetic: bool,
     report: Path | None,
@@ -361,6 +372,10 @@ def prune_cmd(
             )
     elif budgets != 1:
         raise click.UsageError("give exactly one of --ratio, --target-macs and --target-latency")
+    if hidden and save_plan is not None:
+        raise click.UsageError(
+            "--save-plan does not record --hidden's rotation: a plan of a sliced model cannot be applied"
+        )
     if dry_run and save_plan is not None:
         raise click.UsageError("--dry-run solves nothing, so it has no plan to save")
     if ratio is not None and len(ratio) > 1 and (dry_run or save_plan is not None):
@@ -379,7 +394,7 @@ def prune_cmd(
         if family is not None:
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
                     samples=samples, positions=positions, damping=damping, seed=seed, verify_data=verify_data,
-                    threads=threads, augment=augment, residual=residual, allocation=allocation,
+                    threads=threads, augment=augment, hidden=hidden, residual=residual, allocation=allocation,
                     round_to=round_to, synthetic=synthetic, latency_on=latency_on, latency_batch=latency_batch,
                     latency_cache=None if latency_cache is None else str(latency_cache),
                     allow_unpruned=allow_unpruned, image_options=ImageOptions(size=_size(input_size),
@@ -419,6 +434,7 @@ def prune_cmd(
                     damping=damping,
                     seed=seed,
                     augment=augment,
+                    hidden=hidden,
                     image_options=opts,
                     verify_data=verify_data,
                     progress=progress,

@@ -56,6 +56,7 @@ class PruneConfig:
     latency_batch: int = 1
     latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
     augment: int = 0  # augmented copies of every fitting image (calibration.augment)
+    hidden: float = 0.0  # fraction of a pre-LN transformer's hidden size sliced first (onnx_poem.hidden)
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
 
     @classmethod
@@ -92,6 +93,8 @@ class PruneConfig:
             raise UsageError(f"target_latency must be in (0, 1] (of the original's latency), got {self.target_latency}")
         if self.target_latency_ms is not None and not self.target_latency_ms > 0:
             raise UsageError(f"target_latency_ms must be > 0, got {self.target_latency_ms}")
+        if not 0.0 <= self.hidden < 1.0:
+            raise UsageError(f"hidden must be in [0, 1), got {self.hidden}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
         if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:

@@ -154,6 +154,10 @@ class PruneReport:
     serialised: dict[str, Any] = field(default_factory=dict)
     #: --residual auto: each policy tried → its mean relative squared output error on the fitting and selection samples
     residual_auto: dict[str, float] = field(default_factory=dict)
+    #: --hidden: ``sliced`` and, if so, ``size``/``kept`` (hidden sizes), ``energy_dropped`` (fraction of the
+    #: stream's normalised energy in the dropped rotated dimensions), ``layernorms``, ``back_projections``;
+    #: else the ``reason`` (:class:`onnx_poem.hidden.Sliced`)
+    hidden: dict[str, Any] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -232,6 +236,7 @@ class PruneReport:
             f"groups       {pruned} of {len(self.groups)} pruned; {len(self.unprunable)} parts left unpruned",
         ]
         lines += self._residual_lines()
+        lines += self._hidden_lines()
         lines += self._latency_lines()
         lines += self._agreement_lines()
         lines += [f"warning      {w}" for w in self.warnings]
@@ -252,6 +257,18 @@ class PruneReport:
         how = "serialised into chains" if self.residual == "srn" else "shortcuts as 1x1 convs"
         lines.append(f"{self.residual:13}{len(blocks)} residual block(s) rewritten ({how}), {len(left)} left")
         return lines + [f"{'  left':13}{where}: {why}" for where, why in left.items()]
+
+    def _hidden_lines(self) -> list[str]:
+        h = self.hidden
+        if not h:
+            return []
+        if not h["sliced"]:
+            return [f"hidden       left as it is: {h['reason']}"]
+        back = f", {h['back_projections']} back-projected" if h["back_projections"] else ""
+        return [
+            f"hidden       {h['kept']} of {h['size']} dimensions kept (rotated; {100 * h['energy_dropped']:.2f} % of "
+            f"the stream's energy dropped), {h['layernorms']} LayerNorms made RMS norms{back}"
+        ]
 
     def _latency_lines(self) -> list[str]:
         lat = self.latency

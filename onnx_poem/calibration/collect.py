@@ -97,7 +97,7 @@ def collect(
         cur = next(cur_runs) if cur_runs else orig
         held = seen >= n_fit
         seen += len(next(iter(orig.values())))
-        mask = _token_mask({n: orig[n] for n in view.inputs})
+        mask = token_mask({n: orig[n] for n in view.inputs})
         for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
             _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=weighted, cfg=cfg)
     if cur_runs:
@@ -118,7 +118,7 @@ def _rows_per_sample(view: GraphView, c: Consumer, positions: int) -> int | None
     return min(positions, positions_of(c, (1, *shape[1:])))  # type: ignore[arg-type]
 
 
-def _token_mask(feed: dict[str, np.ndarray]) -> np.ndarray | None:
+def token_mask(feed: dict[str, np.ndarray]) -> np.ndarray | None:
     """``(B, T)`` valid-token flags from an integer ``*mask*`` input (padding is not calibration data)."""
     for name, v in feed.items():
         if "mask" in name.lower() and v.ndim == 2 and v.dtype.kind in "iub":

@@ -1,0 +1,9 @@
+"""Slicing the hidden size of pre-LN transformers (``--hidden``): find the stream, measure it, rotate and
+slice it (``../docs`` ALGORITHMS.md §10)."""
+
+from .apply import slice_hidden
+from .collect import stream_moments
+from .run import Sliced, slice_run
+from .stream import HiddenStream, NotSliceable, find_stream
+
+__all__ = ["HiddenStream", "NotSliceable", "Sliced", "find_stream", "slice_hidden", "slice_run", "stream_moments"]

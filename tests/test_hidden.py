@@ -163,7 +163,7 @@ def test_prune_with_hidden_counts_the_budget_on_the_original() -> None:
     assert rep.hidden["sliced"] and (rep.hidden["size"], rep.hidden["kept"]) == (64, 48)
     assert 0.6 < rep.macs_ratio < 0.85  # the hidden size alone: the patch conv, q/k/v/o, the FFNs, the head
     onnx.checker.check_model(sliced, full_check=True)
-    _, rep2 = prune(model, target_macs=0.6, calib={"input": x}, samples=64, hidden=0.25)
+    _, rep2 = prune(model, target_macs=0.6, calib={"input": x}, samples=64, hidden=0.25, allocation="uniform")
     assert rep2.hidden["kept"] == 48 and abs(rep2.macs_ratio - 0.6) < 0.02  # against the original
     assert "hidden       48 of 64 dimensions kept" in rep2.summary()
     _, plain = prune(model, ratio=0.0, calib={"input": x}, samples=64, hidden=0.0)

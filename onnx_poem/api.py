@@ -427,7 +427,7 @@ def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     if cfg.hidden > 0:
         with stage("statistics"):
             fit = [c for c in chunks if np.isin(c, split.fit).all()]
-            sliced = slice_run(view, data, fit, cfg.hidden)
+            sliced = slice_run(view, data, fit, cfg.hidden, cfg.hidden_rotation)
         if sliced.model is not None:
             model = sliced.model
             view = GraphView.build(model, input_shapes=data.sample_shapes())

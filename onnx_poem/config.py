@@ -57,6 +57,7 @@ class PruneConfig:
     latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
     augment: int = 0  # augmented copies of every fitting image (calibration.augment)
     hidden: float = 0.0  # fraction of a pre-LN transformer's hidden size sliced first (onnx_poem.hidden)
+    hidden_rotation: str = "norm"  # onnx_poem.hidden.run.ROTATIONS: one basis per normalisation, or one in all
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
 
     @classmethod
@@ -95,6 +96,8 @@ class PruneConfig:
             raise UsageError(f"target_latency_ms must be > 0, got {self.target_latency_ms}")
         if not 0.0 <= self.hidden < 1.0:
             raise UsageError(f"hidden must be in [0, 1), got {self.hidden}")
+        if self.hidden_rotation not in ("norm", "one"):
+            raise UsageError(f"hidden_rotation must be 'norm' or 'one', got {self.hidden_rotation!r}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
         if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:

@@ -18,6 +18,8 @@ Nothing else changes: the rest of the pipeline prunes heads and FFN neurons of t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -28,19 +30,27 @@ from .norms import NormMatch
 from .stream import HiddenStream
 
 
-def slice_hidden(model: onnx.ModelProto, stream: HiddenStream, q: np.ndarray) -> onnx.ModelProto:
-    """A copy of ``model`` (the one ``stream`` was found in; not modified) whose stream is ``x C q``.
+def slice_hidden(
+    model: onnx.ModelProto, stream: HiddenStream, bases: np.ndarray | Mapping[str, np.ndarray]
+) -> onnx.ModelProto:
+    """A copy of ``model`` (the one ``stream`` was found in; not modified) whose stream is ``x C Q``.
 
     Args:
-        q: ``(D, k)`` orthonormal columns, ``k <= D``.
+        bases: ``(D, k)`` orthonormal columns ``Q``, ``k <= D``: one for the whole stream, or one per stretch
+            (:attr:`HiddenStream.segment`: the tensors normalisations read → their ``Q``); a residual ``Add`` that
+            carries one stretch into the next then reads its skip through ``Q_inᵀ Q_out`` ``(k, k)``.
     """
-    d, k = q.shape
-    assert d == stream.size and k <= d
+    per = {a: bases for a in set(stream.segment.values())} if isinstance(bases, np.ndarray) else dict(bases)
+    d, k = next(iter(per.values())).shape
+    assert d == stream.size and all(q.shape == (d, k) for q in per.values())
     out = working_copy(model, inplace=False)
     consts = _Constants(out)
-    cq = q - q.mean(axis=0, keepdims=True) if stream.centred else q  # C Q: each column's mean removed
+
+    def centred(q: np.ndarray) -> np.ndarray:
+        return q - q.mean(axis=0, keepdims=True) if stream.centred else q  # C Q: each column's mean removed
+
     for w in stream.writers:
-        consts.set(w.name, _along(consts.get(w.name), w.axis, cq))
+        consts.set(w.name, _along(consts.get(w.name), w.axis, centred(per[stream.segment[w.tensor]])))
     for fix in stream.fixes:
         shape = consts.get(fix.name).copy()
         shape.reshape(-1)[fix.position] = k
@@ -52,7 +62,7 @@ def slice_hidden(model: onnx.ModelProto, stream: HiddenStream, q: np.ndarray) ->
         m = norm.match
         gamma = consts.get(m.scale).astype(np.float64).reshape(-1)
         beta = consts.get(m.bias).astype(np.float64).reshape(-1) if m.bias is not None else np.zeros(d)
-        back = q.T * gamma[None, :]  # (k, D): Q_kᵀ diag(γ)
+        back = per[m.input].T * gamma[None, :]  # (k, D): Q_kᵀ diag(γ)
         rms = _rms_nodes(out, m, d)
         if norm.project:
             mid = f"{m.output}__poem_normed"
@@ -78,9 +88,22 @@ def slice_hidden(model: onnx.ModelProto, stream: HiddenStream, q: np.ndarray) ->
                 else:
                     added += _new_bias(out, consts, nodes[r.node], shift)
         replaced |= {i: [] for i in m.nodes} | {m.nodes[0]: rms}
+    before: dict[int, list[onnx.NodeProto]] = {}  # the skips' re-rotations, put before their Add
+    for node, slot in stream.skips:
+        n = nodes[node]
+        source = n.input[slot]
+        q_in, q_out = per[stream.segment[source]], per[stream.segment[n.output[0]]]
+        if q_in is q_out:
+            continue
+        name = f"{n.output[0]}__poem_skip{slot}"
+        consts.add(name, (q_in.T @ q_out).astype(np.float32))
+        before.setdefault(node, []).append(
+            helper.make_node("MatMul", [source, name], [f"{name}_out"], name=f"{name}_matmul")
+        )
+        n.input[slot] = f"{name}_out"
     flat: list[onnx.NodeProto] = []
     for i, n in enumerate(nodes):
-        flat += replaced.get(i, [n])
+        flat += before.get(i, []) + replaced.get(i, [n])
     del out.graph.node[:]
     out.graph.node.extend(flat + added)
     _sort(out)

@@ -28,10 +28,11 @@ _PASS = ("Identity", "Dropout")
 
 @dataclass(frozen=True)
 class Writer:
-    """A constant whose ``axis`` holds hidden features written into the stream."""
+    """A constant whose ``axis`` holds hidden features written into the stream tensor ``tensor``."""
 
     name: str
     axis: int
+    tensor: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class HiddenStream:
         fixes: shape constants that hold ``D``.
         norms: the normalisations reading the stream, in node order.
         centred: they are LayerNorms (the writers are then centred), not RMSNorms.
+        segment: tensor → the stream tensor a normalisation reads that it flows into (itself for those): the
+            stretch of the stream that one rotation covers (:func:`onnx_poem.hidden.apply.slice_hidden`).
+        skips: residual ``Add`` inputs that carry one stretch into the next: (node, input slot).
     """
 
     size: int
@@ -85,6 +89,8 @@ class HiddenStream:
     fixes: tuple[ShapeFix, ...]
     norms: tuple[Norm, ...]
     centred: bool = True
+    segment: dict[str, str] = field(default_factory=dict)
+    skips: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class _Trace:
     fixes: dict[str, ShapeFix] = field(default_factory=dict)
     norm_nodes: set[int] = field(default_factory=set)
     todo: list[str] = field(default_factory=list)
+    current: str = ""  # the tensor whose writers are being traced
 
     def rank(self, tensor: str) -> int | None:
         shape = self.view.shapes.get(tensor)
@@ -133,7 +140,7 @@ class _Trace:
             return f"constant {name} of shape {v.shape} does not hold the features on axis {axis}"
         if self.view.const_users(name) != 1:
             return f"constant {name} is shared by several nodes"
-        self.writers[name] = Writer(name, axis % v.ndim)
+        self.writers[name] = Writer(name, axis % v.ndim, self.current)
         return None
 
 
@@ -160,12 +167,40 @@ def find_stream(view: GraphView) -> HiddenStream | NotSliceable:
                 f"the stream is written by the normalisation {owner[p]}: a post-LN block (only pre-LN "
                 "transformers' hidden size is sliced)"
             )
+        t.current = tensor
         why = _backward(t, tensor) or _forward(t, tensor)
         if why is not None:
             return NotSliceable(why)
     read = tuple(_norm(view, m, t.tensors) for m in norms)
     writers, fixes = tuple(t.writers.values()), tuple(t.fixes.values())
-    return HiddenStream(t.size, t.tensors, writers, fixes, read, centred=norms[0].centred)
+    segment = _segments(t, [m.input for m in norms])
+    if isinstance(segment, NotSliceable):
+        return segment
+    skips = tuple(
+        (use.node, use.slot)
+        for tensor in t.tensors
+        for use in view.users(tensor)
+        if (out := view.nodes[use.node].output[0]) in t.tensors and segment[out] != segment[tensor]
+    )
+    return HiddenStream(t.size, t.tensors, writers, fixes, read, norms[0].centred, segment, skips)
+
+
+def _segments(t: _Trace, anchors: list[str]) -> dict[str, str] | NotSliceable:
+    """Each stream tensor's stretch: the first tensor a normalisation reads that it reaches going forward."""
+    view = t.view
+    segment = {a: a for a in anchors}
+    for tensor in t.tensors:
+        path, cur = [], tensor
+        while cur not in segment:
+            path.append(cur)
+            nxt = [view.nodes[u.node].output[0] for u in view.users(cur) if u.node not in t.norm_nodes]
+            nxt = [o for o in nxt if o in t.tensors]
+            if len(set(nxt)) != 1:
+                return NotSliceable(f"stream tensor {cur} reaches {len(set(nxt))} places where one is expected")
+            cur = nxt[0]
+        for p in path:
+            segment[p] = segment[cur]
+    return segment
 
 
 def _backward(t: _Trace, tensor: str) -> str | None:

@@ -699,6 +699,20 @@ def inspect_cmd(model: Path, residual: str, prune_residual: bool, debug: bool) -
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")
     for u in coupling.unprunable:
         click.echo(f"  {u.where}: {u.reason}")
+    click.echo(_hidden_line(view))
+
+
+def _hidden_line(view: GraphView) -> str:
+    """Whether ``--hidden`` applies: the stream's size and normalisations, or why not."""
+    from .hidden import NotSliceable, find_stream
+
+    stream = find_stream(view)
+    if isinstance(stream, NotSliceable):
+        return f"hidden size: not sliceable by --hidden ({stream.reason})"
+    kind = "LayerNorms" if stream.centred else "RMSNorms"
+    return (
+        f"hidden size: {stream.size}, sliceable by --hidden ({len(stream.norms)} {kind}, {len(stream.writers)} writers)"
+    )
 
 
 if __name__ == "__main__":

@@ -204,3 +204,10 @@ def test_one_rotation_per_stretch_is_exact(name: str) -> None:
     want = _runs(model, feed)[0]
     np.testing.assert_allclose(_runs(out, feed)[0], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
     assert sum(n.name.endswith("_matmul") and "__poem_skip" in n.name for n in out.graph.node) == len(stream.skips)
+
+
+def test_inspect_says_whether_hidden_applies() -> None:
+    res = CliRunner().invoke(main, ["inspect", str(ZOO / "llama_gqa_tiny.dynamo.onnx")])
+    assert res.exit_code == 0 and "hidden size: 64, sliceable by --hidden (5 RMSNorms" in res.output
+    res = CliRunner().invoke(main, ["inspect", str(ZOO / "bert_tiny.ts.onnx")])
+    assert res.exit_code == 0 and "hidden size: not sliceable by --hidden (" in res.output and "post-LN" in res.output

@@ -1,6 +1,7 @@
-"""Top-1 agreement with the original on the evaluation split, for the pruned models a ``tools/bench.py`` run saved
-in its ``--work`` folder (``MODEL.METHOD.RATIO.SEED.onnx``): a finer measure than accuracy when the differences
-between methods are under the evaluation split's noise (benchmarks/hidden.md).
+"""Top-1 agreement with the original on the evaluation split (per sample; per token for a language model's
+logits), for the pruned models a ``tools/bench.py`` run saved in its ``--work`` folder
+(``MODEL.METHOD.RATIO.SEED.onnx``): a finer measure than accuracy when the differences between methods are under
+the evaluation split's noise (benchmarks/hidden.md).
 
     python tools/bench_agreement.py WORK --model cifar10_vit [--extra DIR] [--shared ../shared]
 """
@@ -24,7 +25,7 @@ def _predict(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     n = len(next(iter(inputs.values())))
     return np.concatenate(
         [sess.run(None, {k: v[i : i + 500] for k, v in inputs.items()})[0] for i in range(0, n, 500)]
-    ).argmax(1)
+    ).argmax(-1)
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     task = all_tasks[a.model]()
     inputs = task.eval_inputs()
     model_dir = a.extra if a.extra is not None and (a.extra / task.model_file).exists() else a.shared / "models"
-    before = _predict(model_dir / task.model_file, inputs)
+    before = _predict(model_dir / task.model_file, inputs)  # an absolute model_file is read as it is
     rows: dict[tuple[str, str], list[float]] = defaultdict(list)
     for path in sorted(a.work.glob(f"{a.model}.*.onnx")):
         method, whole, frac, _seed = path.name[len(a.model) + 1 : -len(".onnx")].rsplit(".", 3)

@@ -151,10 +151,33 @@ def _minilm(shared: Path) -> Task:
     )
 
 
+def _llama_bytes(folder: Path) -> Task:
+    """``tools/train_llama_bytes.py``'s decoder: calibration on training windows, next-byte top-1 accuracy on the
+    held-out files' windows."""
+    calib = np.load(folder / "llama_bytes_calib.npz")["input_ids"]
+    ev = np.load(folder / "llama_bytes_eval.npz")["input_ids"]
+
+    def evaluate(sess: ort.InferenceSession) -> float:
+        logits = _run_batched(sess, {"input_ids": ev}, batch=100)[0]
+        return float(100.0 * np.mean(np.argmax(logits[:, :-1], -1) == ev[:, 1:]))
+
+    return Task(
+        "llama_bytes",
+        str((folder / "llama_bytes.onnx").resolve()),
+        lambda n: {"input_ids": calib[:n]},
+        evaluate,
+        lambda: {"input_ids": ev},
+        metric="next-byte top-1 %",
+    )
+
+
 def tasks(shared: Path, extra: Path | None = None) -> dict[str, Callable[[], Task]]:
     """Factories of every benchmark task (lazy: data loads on first use); with ``extra``, the development
-    models found there too (``cifar10_vit``: ``tools/train_vit_cifar.py``, CIFAR data and protocol)."""
+    models found there too (``cifar10_vit``: ``tools/train_vit_cifar.py``, CIFAR data and protocol;
+    ``llama_bytes``: ``tools/train_llama_bytes.py``, its own data)."""
     more: dict[str, Callable[[], Task]] = {}
+    if extra is not None and (extra / "llama_bytes.onnx").exists():
+        more["llama_bytes"] = lambda: _llama_bytes(extra)
     if extra is not None and (extra / "cifar10_vit.onnx").exists():
         vit = str((extra / "cifar10_vit.onnx").resolve())  # absolute: read in place of shared/models
         more["cifar10_vit"] = lambda: replace(_cifar(shared, "cifar10_vit", True), model_file=vit)

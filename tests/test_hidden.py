@@ -9,7 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from models import _B
+from models import _B, to_float16
 from onnx_poem import prune
 from onnx_poem.calibration.sources import CalibrationData
 from onnx_poem.cli import main
@@ -211,3 +211,21 @@ def test_inspect_says_whether_hidden_applies() -> None:
     assert res.exit_code == 0 and "hidden size: 64, sliceable by --hidden (5 RMSNorms" in res.output
     res = CliRunner().invoke(main, ["inspect", str(ZOO / "bert_tiny.ts.onnx")])
     assert res.exit_code == 0 and "hidden size: not sliceable by --hidden (" in res.output and "post-LN" in res.output
+
+
+def test_a_float16_model_stays_float16() -> None:
+    model = to_float16(pre_ln())
+    _, stream = _stream(model, {"x": (1, 5, 6)})
+    out = slice_hidden(model, stream, _orthogonal(8)[:, :6])
+    onnx.checker.check_model(out, full_check=True)
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in out.graph.initializer)
+    x = np.random.default_rng(2).standard_normal((3, 5, 6)).astype(np.float16)
+    assert _runs(out, {"x": x})[0].dtype == np.float16
+
+
+def test_the_same_run_gives_the_same_bytes() -> None:
+    model = onnx.load(str(ZOO / "vit_tiny.ts.onnx"))
+    x = np.random.default_rng(0).standard_normal((48, 3, 32, 32)).astype(np.float32)
+    a, _ = prune(model, ratio=0.2, calib={"input": x}, samples=48, hidden=0.2)
+    b, _ = prune(model, ratio=0.2, calib={"input": x}, samples=48, hidden=0.2)
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

@@ -45,6 +45,7 @@ def slice_hidden(
     assert d == stream.size and all(q.shape == (d, k) for q in per.values())
     out = working_copy(model, inplace=False)
     consts = _Constants(out)
+    dtype = consts.get(stream.norms[0].match.scale).dtype  # the stream's element type (float16 models stay so)
 
     def centred(q: np.ndarray) -> np.ndarray:
         return q - q.mean(axis=0, keepdims=True) if stream.centred else q  # C Q: each column's mean removed
@@ -63,13 +64,13 @@ def slice_hidden(
         gamma = consts.get(m.scale).astype(np.float64).reshape(-1)
         beta = consts.get(m.bias).astype(np.float64).reshape(-1) if m.bias is not None else np.zeros(d)
         back = per[m.input].T * gamma[None, :]  # (k, D): Q_kᵀ diag(γ)
-        rms = _rms_nodes(out, m, d)
+        rms = _rms_nodes(out, m, d, dtype)
         if norm.project:
             mid = f"{m.output}__poem_normed"
             rms[-1].output[0] = mid
             p_name, b_name = f"{m.output}__poem_back", f"{m.output}__poem_beta"
-            consts.add(p_name, back.astype(np.float32))
-            consts.add(b_name, beta.astype(np.float32))
+            consts.add(p_name, back.astype(dtype))
+            consts.add(b_name, beta.astype(dtype))
             rms += [
                 helper.make_node("MatMul", [mid, p_name], [f"{mid}_mm"], name=f"{p_name}_matmul"),
                 helper.make_node("Add", [f"{mid}_mm", b_name], [m.output], name=f"{b_name}_add"),
@@ -96,7 +97,7 @@ def slice_hidden(
         if q_in is q_out:
             continue
         name = f"{n.output[0]}__poem_skip{slot}"
-        consts.add(name, (q_in.T @ q_out).astype(np.float32))
+        consts.add(name, (q_in.T @ q_out).astype(dtype))
         before.setdefault(node, []).append(
             helper.make_node("MatMul", [source, name], [f"{name}_out"], name=f"{name}_matmul")
         )
@@ -135,7 +136,7 @@ def _new_bias(
 ) -> list[onnx.NodeProto]:
     """Add ``shift`` to a reader without a bias: a ``Gemm``'s ``C`` (``beta`` 1), after a ``MatMul`` an ``Add``."""
     name = f"{node.input[1]}__poem_beta_bias"
-    consts.add(name, shift.astype(np.float32))
+    consts.add(name, shift.astype(consts.get(node.input[1]).dtype))
     if node.op_type == "Gemm":
         while len(node.input) < 3:
             node.input.append("")
@@ -149,11 +150,11 @@ def _new_bias(
     return [helper.make_node("Add", [node.output[0], name], [out], name=f"{name}_add")]
 
 
-def _rms_nodes(model: onnx.ModelProto, norm: NormMatch, d: int) -> list[onnx.NodeProto]:
+def _rms_nodes(model: onnx.ModelProto, norm: NormMatch, d: int, dtype: np.dtype) -> list[onnx.NodeProto]:
     """Nodes computing ``n = x / sqrt(Σ x²/D + ε)`` over the last axis of ``norm``'s input, written to its output."""
     x, p = norm.input, f"{norm.output}__poem"
-    inv = numpy_helper.from_array(np.asarray(1.0 / d, dtype=np.float32), f"{p}_inv_d")
-    eps = numpy_helper.from_array(np.asarray(norm.epsilon, dtype=np.float32), f"{p}_eps")
+    inv = numpy_helper.from_array(np.asarray(1.0 / d, dtype=dtype), f"{p}_inv_d")
+    eps = numpy_helper.from_array(np.asarray(norm.epsilon, dtype=dtype), f"{p}_eps")
     model.graph.initializer.extend([inv, eps])
     if opset_of(model) >= 18:
         axes = numpy_helper.from_array(np.asarray([-1], dtype=np.int64), f"{p}_axes")

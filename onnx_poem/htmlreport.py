@@ -50,6 +50,7 @@ def render_html(report: PruneReport, family: Sequence[PruneReport] = ()) -> str:
         *_latency_notes(r.latency),
         f"<p>{sum(g['kept'] < g['channels'] for g in r.groups)} of {len(r.groups)} channel groups pruned; "
         f"{len(r.unprunable)} parts left unpruned (listed below).</p>",
+        *([f"<p>Hidden size (--hidden): {escape(r.hidden_text())}.</p>"] if r.hidden else []),
         "<h2>Agreement with the original</h2>",
         _agreement(r),
         "<h2>Kept channels per group</h2>",

@@ -258,17 +258,21 @@ class PruneReport:
         lines.append(f"{self.residual:13}{len(blocks)} residual block(s) rewritten ({how}), {len(left)} left")
         return lines + [f"{'  left':13}{where}: {why}" for where, why in left.items()]
 
-    def _hidden_lines(self) -> list[str]:
+    def hidden_text(self) -> str:
+        """What ``--hidden`` did, in words ("" without it)."""
         h = self.hidden
         if not h:
-            return []
+            return ""
         if not h["sliced"]:
-            return [f"hidden       left as it is: {h['reason']}"]
+            return f"left as it is: {h['reason']}"
         back = f", {h['back_projections']} back-projected" if h["back_projections"] else ""
-        return [
-            f"hidden       {h['kept']} of {h['size']} dimensions kept (rotated; {100 * h['energy_dropped']:.2f} % of "
-            f"the stream's energy dropped), {h['layernorms']} LayerNorms made RMS norms{back}"
-        ]
+        return (
+            f"{h['kept']} of {h['size']} dimensions kept (rotated; {100 * h['energy_dropped']:.2f} % of the stream's "
+            f"normalised energy dropped), {h['layernorms']} normalisations made RMS norms{back}"
+        )
+
+    def _hidden_lines(self) -> list[str]:
+        return [f"hidden       {self.hidden_text()}"] if self.hidden else []
 
     def _latency_lines(self) -> list[str]:
         lat = self.latency

@@ -16,6 +16,7 @@ from onnx_poem.cli import main
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView, session
 from onnx_poem.hidden import HiddenStream, NotSliceable, find_stream, slice_hidden, stream_moments
+from onnx_poem.htmlreport import render_html
 from onnx_poem.solvers.rotation import principal_basis
 
 ZOO = Path(__file__).parent / "zoo"
@@ -166,6 +167,7 @@ def test_prune_with_hidden_counts_the_budget_on_the_original() -> None:
     _, rep2 = prune(model, target_macs=0.6, calib={"input": x}, samples=64, hidden=0.25, allocation="uniform")
     assert rep2.hidden["kept"] == 48 and abs(rep2.macs_ratio - 0.6) < 0.02  # against the original
     assert "hidden       48 of 64 dimensions kept" in rep2.summary()
+    assert "Hidden size (--hidden): 48 of 64 dimensions kept" in render_html(rep2)
     _, plain = prune(model, ratio=0.0, calib={"input": x}, samples=64, hidden=0.0)
     assert plain.hidden == {} and plain.macs_ratio == 1.0
 

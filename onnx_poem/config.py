@@ -57,7 +57,7 @@ class PruneConfig:
     latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
     augment: int = 0  # augmented copies of every fitting image (calibration.augment)
     hidden: float = 0.0  # fraction of a pre-LN transformer's hidden size sliced first (onnx_poem.hidden)
-    hidden_rotation: str = "norm"  # onnx_poem.hidden.run.ROTATIONS: one basis per normalisation, or one in all
+    hidden_rotation: str = "one"  # onnx_poem.hidden.run.ROTATIONS: one basis for the stream, or one per norm
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
 
     @classmethod

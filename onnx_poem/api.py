@@ -940,7 +940,8 @@ def _budget_warnings(
     skipped: Mapping[str, str],
     srn_asked: float | None = None,
 ) -> list[str]:
-    """Warnings when the reached MACs fraction is more than one point above what was asked for.
+    """Warnings when the reached MACs fraction is more than one point above what was asked for, or (a MACs target)
+    more than two points below it.
 
     Asked for: ``--target-macs``, or with ``--ratio`` the MACs that removing that fraction of every
     prunable group (the under-determined ones included, unrounded) would leave.
@@ -958,6 +959,11 @@ def _budget_warnings(
         what = f"--ratio {ratio:g} (MACs {asked:.3f} of the original)"
     else:
         return []
+    if cfg.target_macs is not None and reached < asked - 0.02:
+        return [
+            f"pruned more than asked: asked for MACs {asked:.3f} of the original, reached {reached:.3f} (the "
+            "allocation keeps whole units, and units such as attention heads move the MACs in large steps)"
+        ]
     if reached <= asked + 0.01:
         return []
     why = []

@@ -191,6 +191,8 @@ def run_family(
         cfg.validate()
     if cfgs[0].residual == "auto":
         raise UsageError("a family shares one analysis: give a fixed --residual (internal, stream, srn or project)")
+    if cfgs[0].hidden_auto:
+        raise UsageError("a family shares one analysis: give a fixed --hidden fraction, not auto")
     t0 = time.perf_counter()
     results: list[PruneResult] = []
     with limit_threads(cfgs[0].threads), bind(Clock()) as shared_clock, stage("other"):
@@ -234,6 +236,8 @@ def _prune(
         inputs = _inputs(model, cfg, calib, image_options, verify_data)
     if cfg.residual == "auto":
         return _prune_auto(inputs, progress)
+    if cfg.hidden_auto:
+        return _prune_hidden_auto(inputs, progress)
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
         ctx = _context(inputs, Path(tmp))
         analysis = _analyse(ctx)
@@ -279,6 +283,44 @@ def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
     verified = _verify(ctx, analysis, solved)
     report = _report(ctx, analysis, allocation, verified)
     report.residual_auto = {policy: float(errors.mean()) for errors, policy, *_ in tried}
+    return PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
+
+
+#: --hidden auto: the fractions of the hidden size tried (0 first: slicing needs the evidence)
+HIDDEN_CANDIDATES = (0.0, 0.1, 0.2, 0.3, 0.4)
+
+
+def _prune_hidden_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
+    """``--hidden auto``: the model pruned at the same budget with each fraction of :data:`HIDDEN_CANDIDATES` sliced
+    first; a fraction replaces the one kept so far only when its relative output error on the fitting and selection
+    samples is lower by more than two standard errors of the paired per-sample difference (:func:`clearly_lower`),
+    then the kept model is verified on the verification samples, which the choice never reads.  A model whose
+    stream cannot be sliced is pruned once, with the reason in the report."""
+    tried: list[tuple[np.ndarray, float, RunContext, Analysis, Allocation, Solved]] = []
+    with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
+        base = _context(inputs, Path(tmp))  # the split, augmented copies and view shared by the candidates
+        for fraction in HIDDEN_CANDIDATES:
+            workdir = base.workdir / f"hidden_{fraction:g}"  # each solve's cached frontiers in a folder of its own
+            workdir.mkdir()
+            ctx = replace(base, workdir=workdir) if fraction == 0 else _sliced(replace(base, workdir=workdir), fraction)
+            if ctx.hidden is not None and ctx.hidden.model is None:  # not sliceable: the unsliced run, and why
+                errors, _, first, *rest = tried[0]
+                tried[0] = (errors, 0.0, replace(first, hidden=ctx.hidden), *rest)  # type: ignore[assignment]
+                break
+            analysis = _analyse(ctx)
+            allocation = _allocate(ctx, analysis, progress)
+            solved = _solve(ctx, analysis, allocation, progress)
+            errors = _choice_errors(ctx, solved.model)
+            logger.info("--hidden auto: %g: output error %.4f (fitting and selection samples)", fraction, errors.mean())
+            tried.append((errors, fraction, ctx, analysis, allocation, solved))
+    best = tried[0]
+    for t in tried[1:]:
+        if clearly_lower(t[0], best[0]):
+            best = t
+    _, _, ctx, analysis, allocation, solved = best
+    verified = _verify(ctx, analysis, solved)
+    report = _report(ctx, analysis, allocation, verified)
+    report.hidden_auto = {f"{fraction:g}": float(errors.mean()) for errors, fraction, *_ in tried}
     return PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
 
 
@@ -423,18 +465,23 @@ def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     chunks = [
         idx[i : i + cfg.batch_size] for idx in (split.fit, split.select) for i in range(0, len(idx), cfg.batch_size)
     ]
-    model, sliced = inputs.model, None
-    if cfg.hidden > 0:
-        with stage("statistics"):
-            fit = [c for c in chunks if np.isin(c, split.fit).all()]
-            sliced = slice_run(view, data, fit, cfg.hidden, cfg.hidden_rotation)
-        if sliced.model is not None:
-            model = sliced.model
-            view = GraphView.build(model, input_shapes=data.sample_shapes())
-    return RunContext(
-        cfg, inputs.name, model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
-        workdir, inputs.loaded, sliced,
+    ctx = RunContext(
+        cfg, inputs.name, inputs.model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
+        workdir, inputs.loaded,
     )  # fmt: skip
+    return _sliced(ctx, cfg.hidden) if cfg.hidden > 0 else ctx
+
+
+def _sliced(ctx: RunContext, fraction: float) -> RunContext:
+    """``ctx`` with ``fraction`` of the hidden size sliced (:func:`onnx_poem.hidden.slice_run` on the fitting
+    samples): its model and view are the sliced ones, or ``ctx`` as it was with the reason when nothing is sliced."""
+    with stage("statistics"):
+        fit = [c for c in ctx.chunks if np.isin(c, ctx.split.fit).all()]
+        sliced = slice_run(ctx.view, ctx.data, fit, fraction, ctx.cfg.hidden_rotation)
+    if sliced.model is None:
+        return replace(ctx, hidden=sliced)
+    view = GraphView.build(sliced.model, input_shapes=ctx.data.sample_shapes())
+    return replace(ctx, model=sliced.model, view=view, hidden=sliced)
 
 
 def _analyse(ctx: RunContext) -> Analysis:

@@ -128,6 +128,28 @@ def _size(text: str | None) -> tuple[int, int] | None:
     return vals[0], vals[1]
 
 
+class _HiddenType(click.ParamType):
+    """``--hidden``: a fraction in [0, 1) or ``auto``."""
+
+    name = "F|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | str:
+        if isinstance(value, float) or value == "auto":
+            return value  # type: ignore[no-any-return]
+        try:
+            f = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a fraction nor auto", param, ctx)
+        if not 0.0 <= f < 1.0:
+            self.fail(f"{f} is not in [0, 1)", param, ctx)
+        return f
+
+
+def _hidden_options(hidden: float | str) -> dict[str, Any]:
+    """The :class:`onnx_poem.PruneConfig` fields of ``--hidden``."""
+    return {"hidden_auto": True} if hidden == "auto" else {"hidden": float(hidden)}
+
+
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnx-poem")
 def main() -> None:
@@ -262,15 +284,17 @@ def main() -> None:
 )
 @click.option(
     "--hidden",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    default=0.0,
+    type=_HiddenType(),
+    default="0",
     show_default=True,
     help="First remove this fraction of a pre-LayerNorm transformer's hidden size (ViT, LLaMA-style decoders; "
     "post-LN models are left as they are, with why), by rotating its residual stream to its principal directions "
     "(SliceGPT-style, one rotation; ALGORITHMS.md 10); the budget stays against the original's MACs and the rest "
     "of it goes to heads and neurons. Measured on a trained byte-level LLaMA at 0.7 / 0.5 of the MACs: 0.2 / 0.3 "
     "kept 66.43 / 62.65 % next-byte accuracy where heads and neurons alone kept 65.05 / 57.05 (original 66.80); "
-    "on a CIFAR ViT closer to the original at 0.5, accuracy within noise (benchmarks/hidden.md).",
+    "on a CIFAR ViT closer to the original at 0.5, accuracy within noise (benchmarks/hidden.md). auto: prune with "
+    "0, 0.1, 0.2, 0.3 and 0.4 sliced and keep a larger fraction only when it is clearly closer to the original on "
+    "the fitting and selection samples (five prunes' time).",
 )
 @click.option(
     "--threads",
@@ -344,7 +368,7 @@ def prune_cmd(
     seed: int,
     threads: int | None,
     augment: int,
-    hidden: float,
+    hidden: float | str,
     verify_data: Path | None,
     synthetic: bool,
     report: Path | None,
@@ -396,7 +420,8 @@ def prune_cmd(
         if family is not None:
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
                     samples=samples, positions=positions, damping=damping, seed=seed, verify_data=verify_data,
-                    threads=threads, augment=augment, hidden=hidden, residual=residual, allocation=allocation,
+                    threads=threads, augment=augment, **_hidden_options(hidden), residual=residual,
+                    allocation=allocation,
                     round_to=round_to, synthetic=synthetic, latency_on=latency_on, latency_batch=latency_batch,
                     latency_cache=None if latency_cache is None else str(latency_cache),
                     allow_unpruned=allow_unpruned, image_options=ImageOptions(size=_size(input_size),
@@ -436,7 +461,7 @@ def prune_cmd(
                     damping=damping,
                     seed=seed,
                     augment=augment,
-                    hidden=hidden,
+                    **_hidden_options(hidden),
                     image_options=opts,
                     verify_data=verify_data,
                     progress=progress,

@@ -58,6 +58,7 @@ class PruneConfig:
     augment: int = 0  # augmented copies of every fitting image (calibration.augment)
     hidden: float = 0.0  # fraction of a pre-LN transformer's hidden size sliced first (onnx_poem.hidden)
     hidden_rotation: str = "one"  # onnx_poem.hidden.run.ROTATIONS: one basis for the stream, or one per norm
+    hidden_auto: bool = False  # --hidden auto: the fraction chosen among api.HIDDEN_CANDIDATES by measurement
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
 
     @classmethod
@@ -96,6 +97,8 @@ class PruneConfig:
             raise UsageError(f"target_latency_ms must be > 0, got {self.target_latency_ms}")
         if not 0.0 <= self.hidden < 1.0:
             raise UsageError(f"hidden must be in [0, 1), got {self.hidden}")
+        if self.hidden_auto and (self.hidden or self.residual == "auto"):
+            raise UsageError("hidden_auto chooses the fraction itself: no hidden fraction nor residual='auto' with it")
         if self.hidden_rotation not in ("norm", "one"):
             raise UsageError(f"hidden_rotation must be 'norm' or 'one', got {self.hidden_rotation!r}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:

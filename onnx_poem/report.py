@@ -158,6 +158,8 @@ class PruneReport:
     #: stream's normalised energy in the dropped rotated dimensions), ``layernorms``, ``back_projections``;
     #: else the ``reason`` (:class:`onnx_poem.hidden.Sliced`)
     hidden: dict[str, Any] = field(default_factory=dict)
+    #: --hidden auto: each fraction tried → its mean relative squared output error on the fitting and selection samples
+    hidden_auto: dict[str, float] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -272,7 +274,19 @@ class PruneReport:
         )
 
     def _hidden_lines(self) -> list[str]:
-        return [f"hidden       {self.hidden_text()}"] if self.hidden else []
+        lines = [f"hidden       {self.hidden_text()}"] if self.hidden else []
+        if self.hidden_auto:
+            chosen = (
+                f"{self.hidden['size'] - self.hidden['kept']} of {self.hidden['size']} dimensions"
+                if self.hidden.get("sliced")
+                else "nothing"
+            )
+            tried = ", ".join(f"{f} {e:.4f}" for f, e in self.hidden_auto.items())
+            lines.append(
+                f"{'' if self.hidden else 'hidden':13}auto sliced {chosen} (relative squared output error on the fitting and selection samples per "
+                f"fraction: {tried}; a larger one only when lower by > 2 standard errors)"
+            )
+        return lines
 
     def _latency_lines(self) -> list[str]:
         lat = self.latency

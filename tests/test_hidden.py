@@ -231,3 +231,28 @@ def test_the_same_run_gives_the_same_bytes() -> None:
     a, _ = prune(model, ratio=0.2, calib={"input": x}, samples=48, hidden=0.2)
     b, _ = prune(model, ratio=0.2, calib={"input": x}, samples=48, hidden=0.2)
     assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def test_hidden_auto_tries_the_fractions_and_keeps_one() -> None:
+    model = onnx.load(str(ZOO / "vit_tiny.ts.onnx"))
+    x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    pruned, rep = prune(model, target_macs=0.6, calib={"input": x}, samples=64, hidden_auto=True, allocation="uniform")
+    assert list(rep.hidden_auto) == ["0", "0.1", "0.2", "0.3", "0.4"]
+    assert abs(rep.macs_ratio - 0.6) < 0.03
+    onnx.checker.check_model(pruned, full_check=True)
+    assert "auto sliced" in rep.summary()
+    kept = rep.hidden["kept"] if rep.hidden else 64
+    lowest = min(rep.hidden_auto.values())
+    assert rep.hidden_auto[f"{round((64 - kept) / 64, 1):g}"] <= 2 * lowest  # the kept fraction is not far off
+    post = onnx.load(str(ZOO / "bert_tiny.ts.onnx"))
+    feed = _zoo_feed(post, 32, 8)
+    _, rep2 = prune(post, ratio=0.2, calib=feed, samples=32, hidden_auto=True)
+    assert list(rep2.hidden_auto) == ["0"] and "post-LN" in rep2.hidden["reason"]
+
+
+def test_hidden_auto_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["prune", str(ZOO / "vit_tiny.ts.onnx"), "--ratio", "0.1,0.2", "--hidden", "auto",
+                                    "--synthetic", "-o", str(tmp_path / "o.onnx")])  # fmt: skip
+    assert res.exit_code != 0 and "--hidden" in res.output
+    res = CliRunner().invoke(main, ["prune", str(ZOO / "vit_tiny.ts.onnx"), "--ratio", "0.2", "--hidden", "sometimes"])
+    assert res.exit_code != 0 and "neither a fraction nor auto" in res.output

@@ -6,7 +6,7 @@ prune residual streams too (``poem+res``), ``+srn`` / ``+project`` / ``+auto`` f
 allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
 ``--damping X`` (else the default: per group, ``onnx_poem.damping``), ``+aug1`` (any ``+augN``) for
 ``--augment N``, ``+h0.2`` (any ``+hX``) for ``--hidden X`` (``+h0.2n``: with a rotation per normalisation,
-``hidden_rotation="norm"``; at ac3936f-bc955a6 ``+hX`` meant that and ``+hXg`` one rotation), and ``+r8``
+``hidden_rotation="norm"``; ``+hauto``: ``--hidden auto``; at ac3936f-bc955a6 ``+hX`` meant that and ``+hXg`` one rotation), and ``+r8``
 (any ``+rK``) for ``--round-to K``;
 ``--target`` turns ``--ratios`` into MACs targets.
 
@@ -123,7 +123,8 @@ def run_one(args: argparse.Namespace) -> dict:
             round_to=next((int(v[1:]) for v in variants if v[:1] == "r" and v[1:].isdigit()), 1),
             damping=next((float(v[1:]) for v in variants if v[:1] == "d"), None),
             augment=next((int(v[3:]) for v in variants if v.startswith("aug")), 0),
-            hidden=next((float(v[1:].rstrip("n")) for v in variants if v[:1] == "h"), 0.0),
+            hidden=next((float(v[1:].rstrip("n")) for v in variants if v[:1] == "h" and v != "hauto"), 0.0),
+            hidden_auto="hauto" in variants,
             hidden_rotation="norm" if any(v[:1] == "h" and v.endswith("n") for v in variants) else "one",
             **amount,
         )

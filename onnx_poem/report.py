@@ -283,7 +283,8 @@ class PruneReport:
             )
             tried = ", ".join(f"{f} {e:.4f}" for f, e in self.hidden_auto.items())
             lines.append(
-                f"{'' if self.hidden else 'hidden':13}auto sliced {chosen} (relative squared output error on the fitting and selection samples per "
+                f"{'' if self.hidden else 'hidden':13}auto sliced {chosen} (relative squared output error on the "
+                f"fitting and selection samples per "
                 f"fraction: {tried}; a larger one only when lower by > 2 standard errors)"
             )
         return lines

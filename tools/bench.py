@@ -6,7 +6,8 @@ prune residual streams too (``poem+res``), ``+srn`` / ``+project`` / ``+auto`` f
 allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
 ``--damping X`` (else the default: per group, ``onnx_poem.damping``), ``+aug1`` (any ``+augN``) for
 ``--augment N``, ``+h0.2`` (any ``+hX``) for ``--hidden X`` (``+h0.2n``: with a rotation per normalisation,
-``hidden_rotation="norm"``; ``+hauto``: ``--hidden auto``; at ac3936f-bc955a6 ``+hX`` meant that and ``+hXg`` one rotation), and ``+r8``
+``hidden_rotation="norm"``; ``+hauto``: ``--hidden auto``;
+at ac3936f-bc955a6 ``+hX`` meant that and ``+hXg`` one rotation), and ``+r8``
 (any ``+rK``) for ``--round-to K``;
 ``--target`` turns ``--ratios`` into MACs targets.
 

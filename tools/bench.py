@@ -131,6 +131,8 @@ def run_one(args: argparse.Namespace) -> dict:
         )
         if rep.residual_auto:
             chosen = {"residual": rep.residual, "residual_auto": rep.residual_auto}
+        if rep.hidden_auto:  # the hidden size kept (None: nothing sliced) and each fraction's selection error
+            chosen |= {"hidden_kept": rep.hidden.get("kept"), "hidden_auto": rep.hidden_auto}
     prune_s = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     out = Path(args.work) / f"{args.model}.{args.method}.{args.ratio}.{args.seed}.onnx"

@@ -37,7 +37,7 @@ from .coupling import ChannelGroup, Coupling, find_groups
 from .errors import UsageError, VerificationError, one_line
 from .fold import fold_constants
 from .graph import GraphView, check_model, check_structure, declared_shape, load_model, release_segments, trim_heap
-from .hidden import Sliced, slice_run
+from .hidden import Measured, NotSliceable, Sliced, measure, slice_measured
 from .latency import (
     Fit,
     LatencyCost,
@@ -264,26 +264,44 @@ def _prune_auto(inputs: _Inputs, progress: Progress | None) -> PruneResult:
     seeds at half the MACs where ``project`` was 1.8 and 2.7 points better (paired t −0.7 and −1.0); on the fitting
     and selection samples the same difference reads t −6.5 and −7.0 (benchmarks/residual_srn.md).
     """
-    tried: list[tuple[np.ndarray, str, RunContext, Analysis, Allocation, Solved]] = []
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
         base = _context(inputs, Path(tmp))  # split, augmented copies, view: shared by the candidates
-        for policy, ctx in _auto_contexts(inputs, base):
-            ctx.workdir.mkdir()
-            analysis = _analyse(ctx)
-            allocation = _allocate(ctx, analysis, progress)
-            solved = _solve(ctx, analysis, allocation, progress)
-            errors = _choice_errors(ctx, solved.model)
-            logger.info("--residual auto: %s: output error %.4f (fitting and selection samples)", policy, errors.mean())
-            tried.append((errors, policy, ctx, analysis, allocation, solved))
-    best = tried[0]
-    for t in tried[1:]:
+        tried = _pruned_candidates(_auto_contexts(inputs, base), progress, "--residual auto")
+    result, errors = _kept_candidate(tried)
+    result.report.residual_auto = errors
+    return result
+
+
+def _pruned_candidates(
+    candidates: Iterable[tuple[str, RunContext]], progress: Progress | None, option: str
+) -> dict[str, _Tried]:
+    """Each candidate context (label → context, in order) analysed, allocated and solved, with its per-sample
+    relative output errors on the fitting and selection samples (:func:`_choice_errors`)."""
+    tried: dict[str, _Tried] = {}
+    for label, ctx in candidates:
+        ctx.workdir.mkdir()
+        analysis = _analyse(ctx)
+        allocation = _allocate(ctx, analysis, progress)
+        solved = _solve(ctx, analysis, allocation, progress)
+        errors = _choice_errors(ctx, solved.model)
+        logger.info("%s: %s: output error %.4f (fitting and selection samples)", option, label, errors.mean())
+        tried[label] = (errors, ctx, analysis, allocation, solved)
+    return tried
+
+
+def _kept_candidate(tried: dict[str, _Tried]) -> tuple[PruneResult, dict[str, float]]:
+    """The first candidate unless a later one is :func:`clearly_lower` than the one kept so far, verified on the
+    verification samples (which the choice never reads), and every candidate's mean error."""
+    runs = list(tried.values())
+    best = runs[0]
+    for t in runs[1:]:
         if clearly_lower(t[0], best[0]):
             best = t
-    _, _, ctx, analysis, allocation, solved = best
+    _, ctx, analysis, allocation, solved = best
     verified = _verify(ctx, analysis, solved)
     report = _report(ctx, analysis, allocation, verified)
-    report.residual_auto = {policy: float(errors.mean()) for errors, policy, *_ in tried}
-    return PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
+    result = PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
+    return result, {label: float(t[0].mean()) for label, t in tried.items()}
 
 
 #: --hidden auto: the fractions of the hidden size tried (0 first: slicing needs the evidence)
@@ -296,32 +314,25 @@ def _prune_hidden_auto(inputs: _Inputs, progress: Progress | None) -> PruneResul
     samples is lower by more than two standard errors of the paired per-sample difference (:func:`clearly_lower`),
     then the kept model is verified on the verification samples, which the choice never reads.  A model whose
     stream cannot be sliced is pruned once, with the reason in the report."""
-    tried: list[tuple[np.ndarray, float, RunContext, Analysis, Allocation, Solved]] = []
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
         base = _context(inputs, Path(tmp))  # the split, augmented copies and view shared by the candidates
-        for fraction in HIDDEN_CANDIDATES:
-            workdir = base.workdir / f"hidden_{fraction:g}"  # each solve's cached frontiers in a folder of its own
-            workdir.mkdir()
-            ctx = replace(base, workdir=workdir) if fraction == 0 else _sliced(replace(base, workdir=workdir), fraction)
-            if ctx.hidden is not None and ctx.hidden.model is None:  # not sliceable: the unsliced run, and why
-                errors, _, first, *rest = tried[0]
-                tried[0] = (errors, 0.0, replace(first, hidden=ctx.hidden), *rest)  # type: ignore[assignment]
-                break
-            analysis = _analyse(ctx)
-            allocation = _allocate(ctx, analysis, progress)
-            solved = _solve(ctx, analysis, allocation, progress)
-            errors = _choice_errors(ctx, solved.model)
-            logger.info("--hidden auto: %g: output error %.4f (fitting and selection samples)", fraction, errors.mean())
-            tried.append((errors, fraction, ctx, analysis, allocation, solved))
-    best = tried[0]
-    for t in tried[1:]:
-        if clearly_lower(t[0], best[0]):
-            best = t
-    _, _, ctx, analysis, allocation, solved = best
-    verified = _verify(ctx, analysis, solved)
-    report = _report(ctx, analysis, allocation, verified)
-    report.hidden_auto = {f"{fraction:g}": float(errors.mean()) for errors, fraction, *_ in tried}
-    return PruneResult(verified.model, report, verified.plan, _plan_context(ctx))
+        tried = _pruned_candidates(_hidden_contexts(base), progress, "--hidden auto")
+    result, errors = _kept_candidate(tried)
+    result.report.hidden_auto = errors
+    return result
+
+
+def _hidden_contexts(base: RunContext) -> Iterator[tuple[str, RunContext]]:
+    """``base`` with each fraction of :data:`HIDDEN_CANDIDATES` sliced, from one measurement of its stream (each in
+    a work folder of its own); ``base`` alone, with the reason, when the stream cannot be sliced."""
+    with stage("statistics"):
+        measured = measure(base.view, base.data, _fit_chunks(base))
+    if isinstance(measured, NotSliceable):
+        yield "0", replace(base, workdir=base.workdir / "hidden_0", hidden=Sliced(None, reason=measured.reason))
+        return
+    for fraction in HIDDEN_CANDIDATES:
+        ctx = replace(base, workdir=base.workdir / f"hidden_{fraction:g}")
+        yield f"{fraction:g}", _sliced(ctx, fraction, measured) if fraction else ctx
 
 
 def clearly_lower(new: np.ndarray, old: np.ndarray, margin: float = 2.0) -> bool:
@@ -455,6 +466,10 @@ class Solved:
     latency: float | None = None  # the pruned model's latency over the original's (--latency-on)
 
 
+#: a candidate of --residual auto / --hidden auto: its per-sample errors, context, analysis, allocation and solve
+_Tried = tuple[np.ndarray, RunContext, Analysis, Allocation, Solved]
+
+
 def _context(inputs: _Inputs, workdir: Path) -> RunContext:
     cfg, data = inputs.cfg, inputs.data
     split = split_samples(len(data), seed=cfg.seed, verify=inputs.checks is None)
@@ -469,17 +484,26 @@ def _context(inputs: _Inputs, workdir: Path) -> RunContext:
         cfg, inputs.name, inputs.model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
         workdir, inputs.loaded,
     )  # fmt: skip
-    return _sliced(ctx, cfg.hidden) if cfg.hidden > 0 else ctx
-
-
-def _sliced(ctx: RunContext, fraction: float) -> RunContext:
-    """``ctx`` with ``fraction`` of the hidden size sliced (:func:`onnx_poem.hidden.slice_run` on the fitting
-    samples): its model and view are the sliced ones, or ``ctx`` as it was with the reason when nothing is sliced."""
+    if cfg.hidden <= 0:
+        return ctx
     with stage("statistics"):
-        fit = [c for c in ctx.chunks if np.isin(c, ctx.split.fit).all()]
-        sliced = slice_run(ctx.view, ctx.data, fit, fraction, ctx.cfg.hidden_rotation)
-    if sliced.model is None:
-        return replace(ctx, hidden=sliced)
+        measured = measure(view, data, _fit_chunks(ctx))
+    if isinstance(measured, NotSliceable):
+        return replace(ctx, hidden=Sliced(None, reason=measured.reason))
+    return _sliced(ctx, cfg.hidden, measured)
+
+
+def _fit_chunks(ctx: RunContext) -> list[np.ndarray]:
+    """The batches of fitting samples among the run's (the rest are selection samples)."""
+    return [c for c in ctx.chunks if np.isin(c, ctx.split.fit).all()]
+
+
+def _sliced(ctx: RunContext, fraction: float, measured: Measured) -> RunContext:
+    """``ctx`` with ``fraction`` of the hidden size sliced (:func:`onnx_poem.hidden.slice_measured`): its model and
+    view are the sliced ones."""
+    with stage("statistics"):
+        sliced = slice_measured(ctx.model, measured, fraction, ctx.cfg.hidden_rotation)
+    assert sliced.model is not None  # slice_measured always slices
     view = GraphView.build(sliced.model, input_shapes=ctx.data.sample_shapes())
     return replace(ctx, model=sliced.model, view=view, hidden=sliced)
 

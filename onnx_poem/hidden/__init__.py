@@ -3,7 +3,18 @@ slice it (``../docs`` ALGORITHMS.md §10)."""
 
 from .apply import slice_hidden
 from .collect import stream_moments
-from .run import Sliced, slice_run
+from .run import Measured, Sliced, measure, slice_measured, slice_run
 from .stream import HiddenStream, NotSliceable, find_stream
 
-__all__ = ["HiddenStream", "NotSliceable", "Sliced", "find_stream", "slice_hidden", "slice_run", "stream_moments"]
+__all__ = [
+    "HiddenStream",
+    "Measured",
+    "NotSliceable",
+    "Sliced",
+    "measure",
+    "slice_measured",
+    "find_stream",
+    "slice_hidden",
+    "slice_run",
+    "stream_moments",
+]

@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..fold import drop_unused
-from ..graph import opset_of, working_copy
+from ..graph import constant_tensors, opset_of, working_copy
 from .norms import NormMatch
 from .stream import HiddenStream
 
@@ -44,7 +44,7 @@ def slice_hidden(
     d, k = next(iter(per.values())).shape
     assert d == stream.size and all(q.shape == (d, k) for q in per.values())
     out = working_copy(model, inplace=False)
-    consts = _Constants(out)
+    consts = _Constants(out, _touched(stream))
     dtype = consts.get(stream.norms[0].match.scale).dtype  # the stream's element type (float16 models stay so)
 
     def centred(q: np.ndarray) -> np.ndarray:
@@ -193,32 +193,29 @@ def _sort(model: onnx.ModelProto) -> None:
     g.node.extend(order)
 
 
-class _Constants:
-    """Read and replace initializers and ``Constant``-node values by name."""
+def _touched(stream: HiddenStream) -> set[str]:
+    """The constants :func:`slice_hidden` reads or rewrites."""
+    names = {w.name for w in stream.writers} | {f.name for f in stream.fixes}
+    for norm in stream.norms:
+        names |= {norm.match.scale, norm.match.bias or ""}
+        names |= {t for r in norm.readers for t in (r.weight, r.bias or "")}
+    return names - {""}
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+
+class _Constants:
+    """Read and replace constants (initializers or ``Constant``-node values, :func:`constant_tensors`) by name."""
+
+    def __init__(self, model: onnx.ModelProto, names: set[str]) -> None:
         self.model = model
-        self.init = {t.name: t for t in model.graph.initializer}
-        self.node = {
-            n.output[0]: a
-            for n in model.graph.node
-            if n.op_type == "Constant"
-            for a in n.attribute
-            if a.name == "value"
-        }
+        self.tensors = constant_tensors(model.graph, names)
 
     def get(self, name: str) -> np.ndarray:
-        if name in self.init:
-            return numpy_helper.to_array(self.init[name])
-        return numpy_helper.to_array(self.node[name].t)
+        return numpy_helper.to_array(self.tensors[name])
 
     def set(self, name: str, value: np.ndarray) -> None:
-        if name in self.init:
-            self.init[name].CopyFrom(numpy_helper.from_array(value, name))
-        else:
-            self.node[name].t.CopyFrom(numpy_helper.from_array(value, self.node[name].t.name))
+        t = self.tensors[name]
+        t.CopyFrom(numpy_helper.from_array(value, t.name))
 
     def add(self, name: str, value: np.ndarray) -> None:
-        t = numpy_helper.from_array(value, name)
-        self.model.graph.initializer.append(t)
-        self.init[name] = self.model.graph.initializer[-1]
+        self.model.graph.initializer.append(numpy_helper.from_array(value, name))
+        self.tensors[name] = self.model.graph.initializer[-1]

@@ -14,7 +14,7 @@ from ..graph import GraphView
 from ..solvers.rotation import principal_basis
 from .apply import slice_hidden
 from .collect import stream_moments
-from .stream import NotSliceable, find_stream
+from .stream import HiddenStream, NotSliceable, find_stream
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,38 @@ class Sliced:
 ROTATIONS = ("one", "norm")
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A model's stream and its moments at every normalisation's input (:func:`measure`): what slicing at any
+    fraction needs."""
+
+    stream: HiddenStream
+    moments: list[np.ndarray]
+
+
+def measure(view: GraphView, data: CalibrationData, chunks: Sequence[np.ndarray]) -> Measured | NotSliceable:
+    """The stream of ``view``'s model with its moments on the samples of ``chunks`` (the fitting samples: the choice
+    of ``Q`` is fitting), or why it cannot be sliced (logged)."""
+    stream = find_stream(view)
+    if isinstance(stream, NotSliceable):
+        logger.warning("--hidden: the hidden size is left as it is: %s", stream.reason)
+        return stream
+    return Measured(stream, stream_moments(view.model, stream, data, chunks))
+
+
 def slice_run(
     view: GraphView, data: CalibrationData, chunks: Sequence[np.ndarray], fraction: float, rotation: str = "one"
 ) -> Sliced:
     """Remove ``round(fraction·D)`` of the hidden size of ``view``'s model, rotated by the principal directions of
-    its stream on the samples of ``chunks`` (the fitting samples: the choice of ``Q`` is fitting).
+    its stream on the samples of ``chunks`` (:func:`measure`, then :func:`slice_measured`)."""
+    measured = measure(view, data, chunks)
+    if isinstance(measured, NotSliceable):
+        return Sliced(None, reason=measured.reason)
+    return slice_measured(view.model, measured, fraction, rotation)
+
+
+def slice_measured(model: onnx.ModelProto, measured: Measured, fraction: float, rotation: str = "one") -> Sliced:
+    """Remove ``round(fraction·D)`` of the hidden size of ``model`` (the one ``measured`` was taken on).
 
     [R] ``rotation="one"`` (the default), measured against SliceGPT's ``norm``: per normalisation, 3-5x less of the
     normalised energy is dropped, and slicing alone kept more top-1 agreement on the CIFAR ViT at equal MACs (97.84 %
@@ -64,17 +91,13 @@ def slice_run(
     ``one`` kept 96.03 / 96.80 / 97.51 %, and on the byte-level LLaMA slicing 20 % alone left 0.919 of the MACs
     with ``norm``, 0.826 with ``one``, at about the same accuracy (66.68 / 66.58 %, original 66.80 %).
     """
-    stream = find_stream(view)
-    if isinstance(stream, NotSliceable):
-        logger.warning("--hidden: the hidden size is left as it is: %s", stream.reason)
-        return Sliced(None, reason=stream.reason)
+    stream, moments = measured.stream, measured.moments
     d = stream.size
     k = max(1, d - round(fraction * d))
-    moments = stream_moments(view.model, stream, data, chunks)
     if rotation == "one":
         q, energy = principal_basis(moments)
         dropped = float(energy[k:].sum() / max(energy.sum(), 1e-300))
-        model = slice_hidden(view.model, stream, q[:, :k])
+        sliced = slice_hidden(model, stream, q[:, :k])
     else:
         bases, drops = {}, []
         for anchor in dict.fromkeys(stream.segment.values()):
@@ -84,10 +107,10 @@ def slice_run(
             bases[anchor] = q[:, :k]
             drops.append(float(energy[k:].sum() / max(energy.sum(), 1e-300)))
         dropped = float(np.mean(drops))
-        model = slice_hidden(view.model, stream, bases)
+        sliced = slice_hidden(model, stream, bases)
     projected = sum(n.project for n in stream.norms)
     logger.info(
         "--hidden: %d of %d hidden dimensions kept (%.2f %% of the normalised stream energy dropped), %d LayerNorms",
         k, d, 100 * dropped, len(stream.norms),
     )  # fmt: skip
-    return Sliced(model, d, k, dropped, len(stream.norms), projected)
+    return Sliced(sliced, d, k, dropped, len(stream.norms), projected)

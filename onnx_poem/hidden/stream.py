@@ -154,8 +154,8 @@ def find_stream(view: GraphView) -> HiddenStream | NotSliceable:
     sizes = {(view.shapes.get(m.input) or (None,))[-1] for m in norms}
     if len(sizes) != 1 or None in sizes:
         return NotSliceable(f"the normalisations normalise different sizes {sorted(map(str, sizes))}")
-    t = _Trace(view, int(sizes.pop()), norm_nodes={i for m in norms for i in m.nodes})  # type: ignore[arg-type]
-    owner = {i: m.label for m in norms for i in m.nodes}
+    owner = {i: m.label for m in norms for i in m.nodes}  # the normalisations' nodes → their label
+    t = _Trace(view, int(sizes.pop()), norm_nodes=set(owner))  # type: ignore[arg-type]
     for m in norms:
         if (why := t.add(m.input, -1)) is not None:
             return NotSliceable(why)

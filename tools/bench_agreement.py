@@ -17,15 +17,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import session, tasks
+from bench_data import _run_batched, session, tasks
 
 
 def _predict(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    sess = session(str(path), 2)
-    n = len(next(iter(inputs.values())))
-    return np.concatenate(
-        [sess.run(None, {k: v[i : i + 500] for k, v in inputs.items()})[0] for i in range(0, n, 500)]
-    ).argmax(-1)
+    return _run_batched(session(str(path), 2), inputs, batch=500)[0].argmax(-1)
 
 
 def main() -> None:

@@ -12,17 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import tasks
+from bench_data import _run_batched, session, tasks
 
 from onnx_poem import prune
 
 
 def _predict(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([s.run(None, {"input": x[i : i + 500]})[0] for i in range(0, len(x), 500)]).argmax(1)
+    return _run_batched(session(model.SerializeToString(), 2), {"input": x}, batch=500)[0].argmax(1)
 
 
 def main() -> None:

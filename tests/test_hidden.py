@@ -13,6 +13,7 @@ from models import _B, to_float16
 from onnx_poem import prune
 from onnx_poem.calibration.sources import CalibrationData
 from onnx_poem.cli import main
+from onnx_poem.errors import UsageError
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView, session
 from onnx_poem.hidden import HiddenStream, NotSliceable, find_stream, slice_hidden, stream_moments
@@ -187,6 +188,7 @@ def test_cli_refuses_a_plan_of_a_sliced_model(tmp_path: Path) -> None:
          "--save-plan", str(tmp_path / "p.json"), "-o", str(tmp_path / "o.onnx")],
     )  # fmt: skip
     assert res.exit_code != 0 and "--hidden" in res.output
+    assert not any(tmp_path.iterdir())  # refused before any work: nothing written
     res = CliRunner().invoke(main, ["prune", str(ZOO / "vit_tiny.ts.onnx"), "--ratio", "0.2", "--hidden", "1.0"])
     assert res.exit_code != 0 and "--hidden" in res.output
 
@@ -254,5 +256,10 @@ def test_hidden_auto_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["prune", str(ZOO / "vit_tiny.ts.onnx"), "--ratio", "0.1,0.2", "--hidden", "auto",
                                     "--synthetic", "-o", str(tmp_path / "o.onnx")])  # fmt: skip
     assert res.exit_code != 0 and "--hidden" in res.output
+    assert not any(tmp_path.iterdir())
     res = CliRunner().invoke(main, ["prune", str(ZOO / "vit_tiny.ts.onnx"), "--ratio", "0.2", "--hidden", "sometimes"])
     assert res.exit_code != 0 and "neither a fraction nor auto" in res.output
+    for options in ({"hidden_auto": True, "hidden": 0.2}, {"hidden_auto": True, "residual": "auto"}, {"hidden": -0.1},
+                    {"hidden_rotation": "twice"}):  # fmt: skip
+        with pytest.raises(UsageError, match="hidden"):
+            prune(onnx.load(str(ZOO / "vit_tiny.ts.onnx")), ratio=0.2, synthetic=True, **options)

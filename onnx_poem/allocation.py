@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from .calibration.im2col import positions_of
-from .coupling import ChannelGroup
+from .coupling import ChannelGroup, Grouped
 from .graph import GraphView
 from .weights import weight_matrix
 
@@ -100,7 +100,7 @@ class MacsTable:
                 inp[c.node] = g.id
             for p in g.producers or (g.producer,):
                 out[p] = g.id
-            for gr in g.grouped:
+            for gr in g.edits_of(Grouped):
                 out[gr.node] = g.id  # depthwise: scales once with its group
             for node in g.scaled:
                 out[node] = g.id  # attention's q·kᵀ and p·v: scale once with the kept heads

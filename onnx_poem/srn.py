@@ -35,13 +35,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .coupling.ops.activations import IDENTITY_ON
 from .external import remove_where
 from .modelio import copy_model
 
 logger = logging.getLogger(__name__)
-
-#: inner activations and the interval on which each is the identity (``Clip`` reads its bounds)
-_IDENTITY_ON = {"Relu": (0.0, math.inf), "LeakyRelu": (0.0, math.inf), "PRelu": (0.0, math.inf)}
 
 
 @dataclass(frozen=True)
@@ -254,7 +252,7 @@ def _branch(branch: str, x: str, net: _Net) -> tuple[tuple[onnx.NodeProto, ...],
             return tuple(convs), tuple(acts)
         t = n.input[0]
         a = net.producer.get(t)
-        if a is None or a.op_type not in (*_IDENTITY_ON, "Clip"):
+        if a is None or a.op_type not in (*IDENTITY_ON, "Clip"):
             raise _Skip(f"the branch holds {a.op_type if a else 'a graph input'} between its convs")
         net.only_reader(t)
         acts.insert(0, a)
@@ -268,7 +266,7 @@ def _check_chain(convs: Sequence[onnx.NodeProto], acts: Sequence[onnx.NodeProto]
         raise _Skip("a branch of one conv has nothing to carry")
     lo, hi = _value_range(sc.x, net)
     for a in acts:
-        ilo, ihi = _clip_bounds(a, net) if a.op_type == "Clip" else _IDENTITY_ON[a.op_type]
+        ilo, ihi = _clip_bounds(a, net) if a.op_type == "Clip" else IDENTITY_ON[a.op_type]
         if lo < ilo or hi > ihi:
             raise _Skip(
                 f"the block input can take values in [{lo:g}, {hi:g}], which its inner {a.op_type} does not pass "
@@ -345,7 +343,7 @@ def _shortcut(short: str, net: _Net) -> _Shortcut:
 def _channels(tensor: str, net: _Net) -> int | None:
     """The channel count of ``tensor``: its producing conv's (through per-channel activations, Adds, pooling)."""
     n = net.producer.get(tensor)
-    while n is not None and n.op_type in (*_IDENTITY_ON, "Clip", "Add", "MaxPool", "AveragePool"):
+    while n is not None and n.op_type in (*IDENTITY_ON, "Clip", "Add", "MaxPool", "AveragePool"):
         n = net.producer.get(n.input[0])
     if n is not None and n.op_type == "Conv" and n.input[1] in net.inits:
         return int(net.inits[n.input[1]].dims[0])

@@ -15,7 +15,7 @@ A Reshape reinterprets the same row-major buffer and MatMul batches over every l
 axes copied), gives a Transpose between it and the MatMul the extra axis in its permutation, and leaves
 the MatMul's output ``(N, H, a, c)`` to the Reshapes that read it: their constant shapes, without 0
 entries, give the same tensor from it as from ``(N·H, a, c)``.  The heads then stay on their own axis
-from the split to the merge (:mod:`onnx_poem.coupling.attention`).
+from the split to the merge (:mod:`onnx_poem.coupling.ops.attention`).
 
 Only where that is exact and local: a MatMul of two computed operands, each a Reshape to a constant
 ``[-1, a, b]`` (optionally followed by a Transpose that keeps axis 0) of a tensor whose second axis is

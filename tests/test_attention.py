@@ -1,4 +1,4 @@
-"""Attention heads as coupled groups (onnx_poem.coupling.attention): found, pruned, rewritten, exact."""
+"""Attention heads as coupled groups (onnx_poem.coupling.ops.attention): found, pruned, rewritten, exact."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from models import attention, attention_inputs
 from onnx_poem import prune
 from onnx_poem.allocation import MacsTable
 from onnx_poem.cli import main
-from onnx_poem.coupling import find_groups
-from onnx_poem.coupling.attention import carries
-from onnx_poem.coupling.rules import Edge
+from onnx_poem.coupling import ReshapeFix, find_groups
+from onnx_poem.coupling.flow import Edge
+from onnx_poem.coupling.ops.attention import carries
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
 from onnx_poem.report import count_macs, node_macs
@@ -44,8 +44,8 @@ def test_heads_are_one_group_of_q_k_v_and_the_output_projection(style: str) -> N
     assert [view.nodes[c.node].op_type for c in g.consumers] == ["MatMul"]
     assert g.consumers[0].in_channels == 4
     assert sorted(view.nodes[n].op_type for n in g.scaled) == ["MatMul", "MatMul"]  # q·kᵀ and p·v
-    assert len(g.reshapes) == 4  # three splits (head count) and the merge (H·d)
-    assert sorted(r.per for r in g.reshapes) == [1, 4, 4, 4]
+    assert len(g.edits_of(ReshapeFix)) == 4  # three splits (head count) and the merge (H·d)
+    assert sorted(r.per for r in g.edits_of(ReshapeFix)) == [1, 4, 4, 4]
 
 
 def test_broadcast_mask_does_not_carry_the_channels() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from models import BUILDERS, concat, grouped_conv, inputs_for
 from onnx_poem import prune
-from onnx_poem.coupling import find_groups
+from onnx_poem.coupling import Grouped, PadFix, ReshapeFix, find_groups
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
 from onnx_poem.weights import effective
@@ -43,7 +43,7 @@ def test_flatten_gives_spatial_columns() -> None:
         W0, _ = effective(view, g.consumers[0])
         assert (W0.shape[1] - 1) // g.consumers[0].in_channels == 16  # 4x4 positions per channel
     g = find_groups(GraphView.build(BUILDERS["reshape_gemm"]())).groups[0]
-    assert len(g.reshapes) == 1
+    assert len(g.edits_of(ReshapeFix)) == 1
 
 
 def test_residual_block_internal_only() -> None:
@@ -56,7 +56,7 @@ def test_residual_block_internal_only() -> None:
 
 def test_depthwise_is_carried_through() -> None:
     g = find_groups(GraphView.build(BUILDERS["depthwise"]())).groups[0]
-    assert len(g.grouped) == 1 and g.channels == 8
+    assert len(g.edits_of(Grouped)) == 1 and g.channels == 8
     assert g.consumers[0].kind == "conv"
 
 
@@ -79,7 +79,7 @@ def test_residual_stream_is_one_group_with_option_a_offsets() -> None:
     c = find_groups(view, residual=True)
     (stream,) = [g for g in c.groups if g.residual]
     assert stream.channels == 8  # stage-2 channels; the 4 stage-1 channels sit at positions 2..5
-    assert len(stream.producers) == 3 and len(stream.pads) == 1
+    assert len(stream.producers) == 3 and len(stream.edits_of(PadFix)) == 1
     stage1 = [p for p in stream.params if p.index is not None and sum(i >= 0 for i in p.index) == 4]
     assert stage1
     idx = stage1[0].index
@@ -156,7 +156,7 @@ def test_grouped_conv_is_pruned_by_whole_groups() -> None:
     """ResNeXt: an atom is one conv group (2 channels); the grouped conv keeps its channels per group."""
     model = grouped_conv()
     (g,) = find_groups(GraphView.build(model)).groups
-    assert g.block == 2 and g.channels == 4 and g.grouped[0].per_group == 2
+    assert g.block == 2 and g.channels == 4 and g.edits_of(Grouped)[0].per_group == 2
     assert g.consumers[0].in_channels == 4  # counted in blocks: 2·9 columns per block
     pruned, rep = prune(model, ratio=0.5, calib=inputs_for(model, 64), seed=0)
     conv = [n for n in pruned.graph.node if n.op_type == "Conv"]

@@ -8,7 +8,7 @@ import onnxruntime as ort
 
 from models import channel_shuffle, contrib_op, inputs_for, torchscript_shapes, torchscript_tokens
 from onnx_poem import prune
-from onnx_poem.coupling import find_groups
+from onnx_poem.coupling import ShuffleFix, find_groups
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
 from onnx_poem.shapefold import fold_shapes
@@ -81,7 +81,7 @@ def test_shape_folded_model_prunes_to_a_smaller_valid_model() -> None:
 def test_channel_shuffle_is_a_permutation_replaced_by_a_gather() -> None:
     model = channel_shuffle()
     (g,) = find_groups(GraphView.build(fold_constants(model))).groups
-    assert g.channels == 12 and len(g.shuffles) == 1  # 8 + the branch conv's 4, joined by the Concat
+    assert g.channels == 12 and len(g.edits_of(ShuffleFix)) == 1  # 8 + the branch conv's 4, joined by the Concat
     pruned, _rep = prune(model, ratio=0.5, calib=inputs_for(model, 64), seed=0)
     ops = [n.op_type for n in pruned.graph.node]
     assert "Gather" in ops and "Transpose" not in ops

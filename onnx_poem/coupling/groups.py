@@ -16,9 +16,15 @@ every :class:`Consumer`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..graph import GraphView
+    from .edits import Rewrite
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,32 @@ class ParamSlice:
     index: tuple[int, ...] | None = None
     unit: int = 1  # the group's blocks per position (see ChannelGroup.repeat)
 
+    def constants(self, view: GraphView) -> Iterable[str]:
+        return (self.name,)
+
+    def apply(self, rw: Rewrite, g: ChannelGroup, keep: np.ndarray) -> None:
+        """Keep the kept atoms' positions along :attr:`axis` (of the value so far: a consumer update first)."""
+        rw.arrays[self.name] = np.take(rw.get(self.name), g.positions(self.index, keep, self.unit), axis=self.axis)
+
 
 Index = tuple[int, ...] | None
+
+
+class Edit(Protocol):
+    """A change the rewrite makes when a group is pruned: a fix an op kind recorded while tracing (a shape
+    constant, a grouped conv's ``group``, a channel ``Pad``'s amounts, ...), placed in the group's atoms."""
+
+    def constants(self, view: GraphView) -> Iterable[str]:
+        """The model's constants whose values :meth:`apply` changes (sessions share every other one)."""
+        ...
+
+    def apply(self, rw: Rewrite, g: ChannelGroup, keep: np.ndarray) -> None:
+        """Record the change for the kept atoms ``keep`` in ``rw`` (new constant values, or graph edits
+        deferred until the pruned copy exists)."""
+        ...
+
+
+E = TypeVar("E")
 
 
 def positions(index: Index, keep: np.ndarray, block: int = 1) -> np.ndarray:
@@ -122,78 +152,6 @@ class Consumer:
 
 
 @dataclass(frozen=True)
-class ReshapeFix:
-    """A ``Reshape`` whose shape constant ``shape`` holds ``channels·cols_per_channel / per`` at ``position``.
-
-    ``shape`` is the Reshape's shape input, or the constant piece of the ``Concat`` that computes it
-    (TorchScript's ``view`` into heads); ``per > 1``: the entry counts attention heads of ``per`` channels.
-    """
-
-    node: int
-    shape: str
-    position: int
-    cols_per_channel: int
-    index: tuple[int, ...] | None = None
-    per: int = 1
-    unit: int = 1  # the group's blocks per position (see ChannelGroup.repeat)
-
-
-@dataclass(frozen=True)
-class Grouped:
-    """A grouped conv carried by the group: depthwise (``group`` equals its channel count,
-    ``per_group = 1``) or with ``per_group`` input channels per conv group (ResNeXt, RegNet),
-    pruned by whole conv groups.  Its ``group`` attribute becomes kept channels / ``per_group``."""
-
-    node: int
-    index: tuple[int, ...] | None = None
-    per_group: int = 1
-
-
-@dataclass(frozen=True)
-class PadFix:
-    """A channel ``Pad`` whose pads constant ``pads`` changes with the kept atoms.
-
-    ``index`` maps atoms to output positions (in the group's blocks); ``before``/``after``
-    are the padded channel counts and ``size`` the output channel count before pruning.
-    """
-
-    node: int
-    pads: str
-    axis: int
-    rank: int
-    index: tuple[int, ...]
-    before: int
-    after: int
-    size: int
-
-
-@dataclass(frozen=True)
-class RangeFix:
-    """A channel ``Split`` or ``Slice`` whose ranges change with the kept atoms.
-
-    ``index`` maps atoms to input positions (in the group's blocks); ``parts`` are the
-    ``(start, length)`` input channel ranges of the outputs before pruning; ``entry`` is the position of the
-    channel axis in a Slice's ``starts``/``ends``.
-    """
-
-    node: int
-    index: tuple[int, ...]
-    parts: tuple[tuple[int, int], ...]
-    entry: int = 0
-
-
-@dataclass(frozen=True)
-class ShuffleFix:
-    """A channel shuffle ``Reshape → Transpose → Reshape`` (``nodes``) that the rewrite replaces by a
-    ``Gather`` of the kept channels in their shuffled order.  ``source``/``target`` map atoms to the
-    channel positions before and after the shuffle."""
-
-    nodes: tuple[int, int, int]
-    source: tuple[int, ...]
-    target: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class ChannelGroup:
     """Channels that must be pruned together (see module docstring).
 
@@ -203,16 +161,13 @@ class ChannelGroup:
         channels: number of atoms before pruning.
         params: every constant sliced along its channel axis (producer weight and bias first).
         consumers: the layers reconstructed after pruning.
-        reshapes: Reshape shape constants to rewrite.
-        grouped: depthwise conv nodes whose ``group`` attribute equals the channel count.
+        edits: the fixes the op kinds recorded (:class:`Edit`; :meth:`edits_of` picks one kind),
+            applied by the rewrite in this order.
         tensors: the tensors that carry the channels (for reports).
         producers: every producer layer of the group (``producer`` is the first).
-        pads: channel ``Pad`` nodes whose pads change.
         residual: some atom is produced by several layers joined by an ``Add``/``Sub``
             (a residual stream), as opposed to producers side by side (``Concat``) or a
             squeeze-excite gate (``Mul``).
-        ranges: channel Split/Slice nodes whose ranges change.
-        shuffles: channel shuffles, replaced by a ``Gather`` when the group is pruned.
         block: channels per atom.  1 except where the channels pass a grouped conv with
             ``1 < group < C`` (ResNeXt, RegNet): an atom is then one conv group, ``block``
             consecutive channels in every member, and ``index``/``channels``/a consumer's
@@ -221,7 +176,7 @@ class ChannelGroup:
             (e.g. the channels of one ResNet stage); ratios apply per region.
             ``None``: a single region.
         heads: the atoms are attention heads of ``block`` channels (q, k and v's columns of one
-            head and the output projection's inputs of that head; :mod:`onnx_poem.coupling.attention`).
+            head and the output projection's inputs of that head; :mod:`onnx_poem.coupling.ops.attention`).
         scaled: MatMul nodes of two computed operands (``q·kᵀ``, ``p·v``) whose MACs scale with the
             kept fraction of the group's atoms.
         repeat: query heads per key/value head of grouped-query attention (1 elsewhere): an atom is a
@@ -234,16 +189,12 @@ class ChannelGroup:
     channels: int
     params: tuple[ParamSlice, ...]
     consumers: tuple[Consumer, ...]
-    reshapes: tuple[ReshapeFix, ...] = ()
-    grouped: tuple[Grouped, ...] = ()
+    edits: tuple[Edit, ...] = ()
     tensors: tuple[str, ...] = ()
     producers: tuple[int, ...] = ()
-    pads: tuple[PadFix, ...] = ()
     residual: bool = False
     regions: tuple[int, ...] | None = None
-    ranges: tuple[RangeFix, ...] = ()
     block: int = 1
-    shuffles: tuple[ShuffleFix, ...] = ()
     heads: bool = False
     scaled: tuple[int, ...] = ()
     repeat: int = 1
@@ -252,6 +203,10 @@ class ChannelGroup:
         """Channel positions of the kept atoms ``keep`` in a member with ``index`` and ``unit`` blocks per
         position (blocks expanded)."""
         return positions(index, keep, self.block * unit)
+
+    def edits_of(self, kind: type[E]) -> tuple[E, ...]:
+        """The group's edits of one type (e.g. ``ReshapeFix``), in order."""
+        return tuple(e for e in self.edits if isinstance(e, kind))
 
 
 @dataclass(frozen=True)

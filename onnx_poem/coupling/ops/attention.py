@@ -14,7 +14,7 @@ input columns of ``Wo``, and leaves every other head's context vector exactly as
 output projection is the group's consumer, refit by least squares from the kept heads' context
 vectors, and its output error is the error of the removal (what POEM and PRO measure).
 
-The generic tracer (:mod:`onnx_poem.coupling.trace`) finds such a group with these rules:
+The generic tracer (:mod:`onnx_poem.coupling.trace`) finds such a group with these op kinds:
 
 * a ``Reshape`` that splits the features into heads moves the channels to the head axis with
   ``Edge.per = d`` (one entry per head) and makes the group's atoms blocks of ``d`` channels; the
@@ -38,14 +38,18 @@ The generic tracer (:mod:`onnx_poem.coupling.trace`) finds such a group with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import numpy_helper
 
-from ..graph import GraphView
-from .groups import ReshapeFix
-from .rules import INPUT_EDGES, RULES, Edge, Step, Stop, Through, _axes, coupling_rule
+from ...graph import GraphView
+from ..flow import At, Edge, OpKind, Step, Stop, Through, const_axes, register
+from .reshape import ReshapeFix
+
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
 
 @dataclass(frozen=True)
@@ -199,12 +203,9 @@ def _fix(view: GraphView, node: int, entry: Entry, want: int, per: int) -> Resha
     return ReshapeFix(node, entry.const, entry.position, 1, per=per)
 
 
-_plain_reshape = RULES["Reshape"]
-
-
-@coupling_rule("Reshape")
-def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
-    """Heads split out of the features or merged back (see module docstring); otherwise the plain rule."""
+def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step | None:
+    """Heads split out of the features or merged back (see module docstring); ``None`` (the plain rule of
+    :mod:`onnx_poem.coupling.ops.reshape`) for any other Reshape of channels that are not heads."""
     hr = head_reshape(view, node) if slot == 0 and edge.rank is not None else None
     out = view.nodes[node].output[0]
     if hr is not None and edge.rank == hr.in_rank:
@@ -216,16 +217,17 @@ def _reshape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -
             fix = _fix(view, node, hr.entry, hr.heads, hr.size)
             if isinstance(fix, Stop):
                 return fix
-            return Through((Edge(out, hr.axis_out, hr.out_rank, per=hr.size),), reshape=fix, heads=hr.size)
+            edits = (fix,) if fix is not None else ()
+            return Through((Edge(out, hr.axis_out, hr.out_rank, per=hr.size),), edits=edits, heads=hr.size)
         if not hr.split and ax == hr.axis_in and edge.per == hr.size:
             fix = _fix(view, node, hr.entry, hr.heads * hr.size, 1)
             if isinstance(fix, Stop):
                 return fix
-            return Through((Edge(out, hr.axis_out, hr.out_rank),), reshape=fix)
+            return Through((Edge(out, hr.axis_out, hr.out_rank),), edits=(fix,) if fix is not None else ())
     if edge.per != 1:
         kept = _keeps_heads(view, node, edge) if slot == 0 else None
         return kept or Stop("Reshape of attention heads other than merging them back into the features")
-    return _plain_reshape(view, node, slot, edge, channels)
+    return None
 
 
 def _kept_axis(a: tuple[int | None, ...], b: tuple[int | None, ...], ax: int) -> int | None:
@@ -271,7 +273,7 @@ def _keeps_heads(view: GraphView, node: int, edge: Edge) -> Through | Stop | Non
     fix = None if entry.value == 0 else _fix(view, node, entry, heads, edge.per)
     if isinstance(fix, Stop):
         return fix
-    return Through((Edge(n.output[0], at, len(b), per=edge.per),), reshape=fix)
+    return Through((Edge(n.output[0], at, len(b), per=edge.per),), edits=(fix,) if fix is not None else ())
 
 
 def _reshape_input(view: GraphView, node: int, out: Edge) -> Edge | None:
@@ -303,10 +305,6 @@ def _reshape_input_heads(view: GraphView, node: int, out: Edge) -> Edge | None:
     return None if at is None else Edge(n.input[0], at, len(a), per=out.per)
 
 
-INPUT_EDGES["Reshape"] = _reshape_input_heads
-
-
-@coupling_rule("Softmax", "LogSoftmax")
 def _softmax(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     """Normalisation over an axis other than the channel axis (the keys of attention scores).
 
@@ -356,7 +354,6 @@ def _dims_read(view: GraphView, tensor: str, rank: int, first: int) -> set[int] 
     return read
 
 
-@coupling_rule("Shape")
 def _shape(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     """The shape of a channel tensor read only at other dimensions (the batch and token counts of an
     exporter's computed ``Reshape``) does not change when channels go."""
@@ -477,7 +474,7 @@ def repeat_at(view: GraphView, node: int, edge: Edge) -> Repeat | None:
     if n.op_type != "Unsqueeze" or edge.rank is None or edge.per == 1 or edge.cols != 1:
         return None
     ax, rank = edge.axis % edge.rank, edge.rank
-    axes = _axes(view, node)
+    axes = const_axes(view, node)
     if axes is None or [a % (rank + 1) for a in axes] != [ax + 1]:
         return None
     e = _only_user(view, n.output[0], "Expand")
@@ -524,3 +521,78 @@ def repeat_fixes(view: GraphView, rp: Repeat) -> tuple[ReshapeFix | None, Reshap
             return Stop(f"grouped-query attention: {f.reason}")
     assert not isinstance(fix_e, Stop) and not isinstance(fix_s, Stop)  # for the type checker
     return fix_e, fix_s
+
+
+def _both_computed(view: GraphView, node: int) -> bool:
+    """A MatMul (or two-operand Einsum) of two computed tensors (attention's ``q·kᵀ``, ``p·v``), not a layer."""
+    n = view.nodes[node]
+    two = n.op_type == "MatMul" or (n.op_type == "Einsum" and len(n.input) == 2)
+    return two and not any(view.is_const(x) for x in n.input[:2])
+
+
+def _batched(tr: Tracer, node: int, slot: int | None, space: int, edge: Edge) -> bool:
+    """A MatMul of two computed tensors reached (from either side) with the channels on a batch axis:
+    both operands and the output carry them; its MACs scale with the group."""
+    if not _both_computed(tr.view, node):
+        return False
+    edges = batched_matmul(tr.view, node, edge)
+    if isinstance(edges, Stop):
+        tr.stop(node, edges.reason)
+    tr.scaled.add(node)
+    for e in edges:
+        tr.join(e.tensor, space, e, via=node)
+    return True
+
+
+def _repeat(tr: Tracer, rp: Repeat) -> None:
+    """Grouped-query attention: the key/value heads of ``rp.source`` repeated for their query heads in
+    ``rp.target``; the query side counts units of ``rp.rep`` heads."""
+    u, e, s = rp.nodes
+    edge = Edge(rp.source, rp.axis, rp.rank, per=rp.size)
+    kv = tr.space_for(u, rp.source, rp.heads * rp.size, edge)
+    q = tr.space_for(s, rp.target, rp.heads * rp.rep * rp.size, replace(edge, tensor=rp.target))
+    if tr.sizes[kv] != rp.heads * rp.size or tr.sizes[q] != rp.heads * rp.rep * rp.size:
+        tr.stop(u, "grouped-query attention of unexpected head counts")
+    tr.heads_of(rp.size)
+    if not tr.repeat(kv, q, rp.heads, rp.rep):
+        tr.stop(u, "key/value heads repeated twice")
+    fixes = repeat_fixes(tr.view, rp)
+    if isinstance(fixes, Stop):
+        tr.stop(e, fixes.reason)
+    for fix, space in zip(fixes, (kv, q), strict=True):
+        if fix is not None:
+            tr.record(At(fix, space))
+    tr.visited.update({(e, tr.view.nodes[u].output[0]), (s, tr.view.nodes[e].output[0])})
+
+
+def _repeat_from(tr: Tracer, node: int, slot: int | None, space: int, edge: Edge) -> bool:
+    """Forward into the ``Unsqueeze`` that starts a key/value repeat."""
+    rp = repeat_at(tr.view, node, edge) if slot == 0 else None
+    if rp is not None:
+        _repeat(tr, rp)
+    return rp is not None
+
+
+def _repeat_to(tr: Tracer, node: int, slot: int | None, space: int, edge: Edge) -> bool:
+    """Backward into the ``Reshape`` that ends a key/value repeat."""
+    rp = repeat_ending_at(tr.view, node, edge) if slot is None else None
+    if rp is not None:
+        _repeat(tr, rp)
+    return rp is not None
+
+
+register(OpKind("attention scores", ("MatMul", "Einsum"), early=_batched))
+register(OpKind("key/value repeat", ("Unsqueeze",), early=_repeat_from))
+register(
+    OpKind("heads reshape", ("Reshape",), flow=_reshape, early=_repeat_to, input_edge=_reshape_input_heads, heads=True),
+    before="reshape",
+)
+register(OpKind("softmax", ("Softmax", "LogSoftmax"), flow=_softmax, heads=True))
+register(OpKind("shape", ("Shape",), flow=_shape, heads=True))
+register(
+    OpKind(
+        "expand",
+        ("Expand",),
+        heads_reason="grouped-query attention (key/value heads shared by several query heads) is not pruned yet",
+    )
+)

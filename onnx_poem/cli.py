@@ -158,6 +158,7 @@ def main() -> None:
     \b
     onnx-poem MODEL.onnx --ratio 0.5 --calib data.npz    prune (the default command)
     onnx-poem inspect MODEL.onnx                          show what can be pruned
+    onnx-poem ops                                         the ops channels are followed through
     """
 
 
@@ -727,6 +728,39 @@ def inspect_cmd(model: Path, residual: str, prune_residual: bool, debug: bool) -
     for u in coupling.unprunable:
         click.echo(f"  {u.where}: {u.reason}")
     click.echo(_hidden_line(view))
+
+
+@main.command("ops")
+def ops_cmd() -> None:
+    """List the ONNX ops channels are followed through (the op kinds of onnx_poem/coupling/ops), and what each does
+    to them; a group that reaches any other op is left unpruned, with the op named in the report."""
+    _setup_logging(0, False)
+    from .coupling.flow import KINDS
+    from .coupling.ops.activations import ELEMENTWISE
+
+    width = max(len(op) for op in KINDS)
+    for op in sorted(KINDS):
+        kinds = KINDS[op]
+        roles = sorted({r for k in kinds for r in _roles(k)})
+        what = "; ".join(f"{k.name}: {k.doc}" for k in kinds)
+        act = ELEMENTWISE[op].kind if op in ELEMENTWISE else None
+        if act is not None:
+            what += f"; after a layer, the activation POEM fits through ({act})"
+        click.echo(f"{op:<{width}}  [{', '.join(roles)}]  {what}")
+
+
+def _roles(kind: Any) -> list[str]:
+    """What an op kind answers: flow through it, new channel spaces or joins, a producer, attention heads."""
+    return [
+        role
+        for role, on in (
+            ("flow", kind.flow is not None),
+            ("spaces", kind.hook is not None or kind.early is not None),
+            ("producer", kind.producer is not None),
+            ("heads", kind.heads),
+        )
+        if on
+    ]
 
 
 def _hidden_line(view: GraphView) -> str:

@@ -222,3 +222,20 @@ def test_folded_builders_give_the_same_groups_twice() -> None:
     for name in ("channel_shuffle", "resnet_option_a", "split_slice"):
         view = GraphView.build(fold_constants(BUILDERS[name]()))
         assert find_groups(view, residual=True) == find_groups(view, residual=True)
+
+
+def test_the_ops_command_lists_every_registered_op(registry: dict[str, list[flow.OpKind]]) -> None:
+    """``onnx-poem ops`` prints one line per op type with its kinds' descriptions; an op registered later is
+    listed too (the command reads the registry), and every kind says what it does."""
+    from click.testing import CliRunner
+
+    from onnx_poem.cli import main
+
+    assert all(k.doc for kinds in registry.values() for k in kinds)
+    flow.register(flow.OpKind("sine", ("Sin",), doc="elementwise sine: channels pass"))
+    res = CliRunner().invoke(main, ["ops"])
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line for line in res.output.splitlines()}
+    assert set(lines) == set(registry)
+    assert "sine: elementwise sine" in lines["Sin"]
+    assert "[flow, producer]" in lines["Conv"] and "(relu)" in lines["Relu"] and "(relu)" not in lines["Abs"]

@@ -219,6 +219,7 @@ class OpKind:
 
     name: str
     ops: tuple[str, ...]
+    doc: str = ""  # what it does to channels, in one line (``onnx-poem ops``)
     flow: Rule | None = None
     hook: Hook | None = None
     early: Hook | None = None

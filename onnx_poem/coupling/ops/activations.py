@@ -159,6 +159,22 @@ def _prelu(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> 
     return Through((out_edge(view, node, edge),), (p,) if p is not None else ())
 
 
-register(OpKind("elementwise", tuple(op for op, e in ELEMENTWISE.items() if e.unary), flow=_unary, heads=True))
-register(OpKind("clip", ("Clip",), flow=_clip, heads=True))
-register(OpKind("prelu", ("PRelu",), flow=_prelu))
+register(
+    OpKind(
+        "elementwise",
+        tuple(op for op, e in ELEMENTWISE.items() if e.unary),
+        flow=_unary,
+        heads=True,
+        doc="elementwise on one tensor: channels pass",
+    )
+)
+register(
+    OpKind(
+        "clip",
+        ("Clip",),
+        flow=_clip,
+        heads=True,
+        doc="with constant scalar bounds (ReLU6): channels pass",
+    )
+)
+register(OpKind("prelu", ("PRelu",), flow=_prelu, doc="channels pass, the per-channel slope sliced with them"))

@@ -80,6 +80,18 @@ def _pow(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> St
     return Through((out_edge(view, node, edge),))
 
 
-register(OpKind("arithmetic", ("Add", "Sub", "Mul", "Div"), flow=_binary, early=_join, heads=True))
-register(OpKind("extremum", ("Max", "Min"), early=_join))
-register(OpKind("power", ("Pow",), flow=_pow, heads=True))
+register(
+    OpKind(
+        "arithmetic",
+        ("Add", "Sub", "Mul", "Div"),
+        flow=_binary,
+        early=_join,
+        heads=True,
+        doc="with a constant: channels pass, a per-channel constant sliced; "
+        "of two computed tensors: a join (residual add, gate)",
+    )
+)
+register(
+    OpKind("extremum", ("Max", "Min"), early=_join, doc="of two computed tensors: a join, both operands in one group")
+)
+register(OpKind("power", ("Pow",), flow=_pow, heads=True, doc="a constant scalar exponent: channels pass"))

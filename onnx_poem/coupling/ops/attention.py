@@ -581,18 +581,57 @@ def _repeat_to(tr: Tracer, node: int, slot: int | None, space: int, edge: Edge) 
     return rp is not None
 
 
-register(OpKind("attention scores", ("MatMul", "Einsum"), early=_batched))
-register(OpKind("key/value repeat", ("Unsqueeze",), early=_repeat_from))
 register(
-    OpKind("heads reshape", ("Reshape",), flow=_reshape, early=_repeat_to, input_edge=_reshape_input_heads, heads=True),
+    OpKind(
+        "attention scores",
+        ("MatMul", "Einsum"),
+        early=_batched,
+        doc="of two computed tensors (q·kᵀ, p·v): attention heads pass on a batch axis",
+    )
+)
+register(
+    OpKind(
+        "key/value repeat",
+        ("Unsqueeze",),
+        early=_repeat_from,
+        doc="grouped-query attention's key/value repeat: a key/value head and its query heads are one unit",
+    )
+)
+register(
+    OpKind(
+        "heads reshape",
+        ("Reshape",),
+        flow=_reshape,
+        early=_repeat_to,
+        input_edge=_reshape_input_heads,
+        heads=True,
+        doc="splits the features into attention heads or merges them back: the head count rewritten",
+    ),
     before="reshape",
 )
-register(OpKind("softmax", ("Softmax", "LogSoftmax"), flow=_softmax, heads=True))
-register(OpKind("shape", ("Shape",), flow=_shape, heads=True))
+register(
+    OpKind(
+        "softmax",
+        ("Softmax", "LogSoftmax"),
+        flow=_softmax,
+        heads=True,
+        doc="over an axis other than the channels' (attention scores): channels pass",
+    )
+)
+register(
+    OpKind(
+        "shape",
+        ("Shape",),
+        flow=_shape,
+        heads=True,
+        doc="read only at other dimensions (exporters' computed reshapes): channels pass",
+    )
+)
 register(
     OpKind(
         "expand",
         ("Expand",),
         heads_reason="grouped-query attention (key/value heads shared by several query heads) is not pruned yet",
+        doc="stops attention heads outside a key/value repeat",
     )
 )

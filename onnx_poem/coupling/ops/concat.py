@@ -36,4 +36,12 @@ def _concat(tr: Tracer, node: int, slot: int | None, space: int, edge: Edge) -> 
     return True
 
 
-register(OpKind("concat", ("Concat",), hook=_concat, heads=True))
+register(
+    OpKind(
+        "concat",
+        ("Concat",),
+        hook=_concat,
+        heads=True,
+        doc="along the channels: each input a range of the output; along another axis: channels pass",
+    )
+)

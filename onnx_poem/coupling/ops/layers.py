@@ -313,8 +313,48 @@ def _quantized(view: GraphView, i: int) -> Unprunable:
     return Unprunable(view.node_label(i), f"quantized layer ({view.nodes[i].op_type}): {QUANTIZED_HINT}")
 
 
-register(OpKind("conv", ("Conv",), flow=_conv, producer=producer))
-register(OpKind("conv transpose", ("ConvTranspose",), flow=_conv_transpose, producer=producer))
-register(OpKind("gemm", ("Gemm",), flow=_gemm, producer=producer))
-register(OpKind("matmul", ("MatMul",), flow=_matmul, producer=producer))
-register(OpKind("quantized layer", QUANTIZED_LAYERS, producer=_quantized))
+register(
+    OpKind(
+        "conv",
+        ("Conv",),
+        flow=_conv,
+        producer=producer,
+        doc="a layer: its output channels start a group, reconstructed where it reads one; "
+        "grouped and depthwise convs carried, group rewritten",
+    )
+)
+register(
+    OpKind(
+        "conv transpose",
+        ("ConvTranspose",),
+        flow=_conv_transpose,
+        producer=producer,
+        doc="a layer: its output channels start a group, reconstructed (as the equivalent conv) where it reads one",
+    )
+)
+register(
+    OpKind(
+        "gemm",
+        ("Gemm",),
+        flow=_gemm,
+        producer=producer,
+        doc="a dense layer: its output features start a group, reconstructed where it reads one",
+    )
+)
+register(
+    OpKind(
+        "matmul",
+        ("MatMul",),
+        flow=_matmul,
+        producer=producer,
+        doc="a dense layer with a constant weight: its output features start a group, reconstructed where it reads one",
+    )
+)
+register(
+    OpKind(
+        "quantized layer",
+        QUANTIZED_LAYERS,
+        producer=_quantized,
+        doc="left unpruned: prune the float model, then quantize it",
+    )
+)

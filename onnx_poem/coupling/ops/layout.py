@@ -65,5 +65,23 @@ def _squeeze_input(view: GraphView, node: int, out: Edge) -> Edge | None:
     return Edge(n.input[0], ax - sum(a < ax for a in new), rank_in, out.cols, out.per)
 
 
-register(OpKind("transpose", ("Transpose",), flow=_transpose, input_edge=_transpose_input, heads=True))
-register(OpKind("squeeze", ("Squeeze", "Unsqueeze"), flow=_squeeze, input_edge=_squeeze_input, heads=True))
+register(
+    OpKind(
+        "transpose",
+        ("Transpose",),
+        flow=_transpose,
+        input_edge=_transpose_input,
+        heads=True,
+        doc="moves the channel axis (NHWC <-> NCHW)",
+    )
+)
+register(
+    OpKind(
+        "squeeze",
+        ("Squeeze", "Unsqueeze"),
+        flow=_squeeze,
+        input_edge=_squeeze_input,
+        heads=True,
+        doc="removes or inserts unit axes other than the channels'",
+    )
+)

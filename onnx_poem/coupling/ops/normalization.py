@@ -29,5 +29,16 @@ def _batchnorm(view: GraphView, node: int, slot: int, edge: Edge, channels: int)
     return Through((out_edge(view, node, edge),), tuple(params))
 
 
-register(OpKind("instance norm", ("InstanceNormalization",), flow=_instancenorm))
-register(OpKind("batch norm", ("BatchNormalization",), flow=_batchnorm))
+register(
+    OpKind(
+        "instance norm",
+        ("InstanceNormalization",),
+        flow=_instancenorm,
+        doc="per-channel parameters sliced with the channels",
+    )
+)
+register(
+    OpKind(
+        "batch norm", ("BatchNormalization",), flow=_batchnorm, doc="per-channel parameters sliced with the channels"
+    )
+)

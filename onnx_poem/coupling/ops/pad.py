@@ -116,4 +116,12 @@ def _other_axes(view: GraphView, node: int, slot: int, edge: Edge, channels: int
     return Through((out_edge(view, node, edge),)) if slot == 0 else Stop("channels reach a Pad parameter")
 
 
-register(OpKind("pad", ("Pad",), flow=_other_axes, hook=_channel_pad))
+register(
+    OpKind(
+        "pad",
+        ("Pad",),
+        flow=_other_axes,
+        hook=_channel_pad,
+        doc="of other axes: channels pass; of the channel axis (option-A shortcut): an offset, pads rewritten",
+    )
+)

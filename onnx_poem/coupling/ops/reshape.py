@@ -144,5 +144,19 @@ def _unit_reshape(view: GraphView, node: int, edge: Edge, channels: int, shape: 
     return Through((Edge(n.output[0], out_ax, len(out_shape)),), edits=fixes)
 
 
-register(OpKind("flatten", ("Flatten",), flow=_flatten))
-register(OpKind("reshape", ("Reshape",), flow=_reshape))
+register(
+    OpKind(
+        "flatten",
+        ("Flatten",),
+        flow=_flatten,
+        doc="(N, C, H, W) -> (N, C·H·W): each channel H·W columns of the next dense layer",
+    )
+)
+register(
+    OpKind(
+        "reshape",
+        ("Reshape",),
+        flow=_reshape,
+        doc="flattens, token merges with the features last, unit axes: the shape constant rewritten",
+    )
+)

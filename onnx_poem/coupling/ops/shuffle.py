@@ -164,4 +164,11 @@ def _shuffle(tr: Tracer, node: int, slot: int | None, space: int, edge: Edge) ->
     return True
 
 
-register(OpKind("channel shuffle", ("Reshape",), hook=_shuffle))
+register(
+    OpKind(
+        "channel shuffle",
+        ("Reshape",),
+        hook=_shuffle,
+        doc="Reshape -> Transpose -> Reshape: a permutation, rewritten as one Gather",
+    )
+)

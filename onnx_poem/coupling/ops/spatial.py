@@ -89,6 +89,16 @@ def _reduce_input(view: GraphView, node: int, out: Edge) -> Edge | None:
     return Edge(n.input[0], kept[out.axis % out.rank], len(shape), out.cols, out.per)
 
 
-register(OpKind("pooling", POOLS, flow=_pool))
-register(OpKind("resize", ("Resize", "Upsample"), flow=_resize))
-register(OpKind("reduction", REDUCTIONS, flow=_reduce, input_edge=_reduce_input))
+register(OpKind("pooling", POOLS, flow=_pool, doc="over the spatial axes: channels pass"))
+register(
+    OpKind("resize", ("Resize", "Upsample"), flow=_resize, doc="with a scale of 1 on the channel axis: channels pass")
+)
+register(
+    OpKind(
+        "reduction",
+        REDUCTIONS,
+        flow=_reduce,
+        input_edge=_reduce_input,
+        doc="over axes other than the channels' (global pooling): channels pass",
+    )
+)

@@ -182,5 +182,22 @@ def _slice_other_axes(view: GraphView, node: int, slot: int, edge: Edge, channel
     return Through((out_edge(view, node, edge),))
 
 
-register(OpKind("split", ("Split",), hook=_channel_split, heads=True))
-register(OpKind("slice", ("Slice",), flow=_slice_other_axes, hook=_channel_split, heads=True))
+register(
+    OpKind(
+        "split",
+        ("Split",),
+        hook=_channel_split,
+        heads=True,
+        doc="along the channels: each output a range, sizes rewritten",
+    )
+)
+register(
+    OpKind(
+        "slice",
+        ("Slice",),
+        flow=_slice_other_axes,
+        hook=_channel_split,
+        heads=True,
+        doc="of other axes: channels pass; of the channel axis: a range, bounds rewritten",
+    )
+)

@@ -4,6 +4,7 @@ supported by one registration."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -239,3 +240,16 @@ def test_the_ops_command_lists_every_registered_op(registry: dict[str, list[flow
     assert set(lines) == set(registry)
     assert "sine: elementwise sine" in lines["Sin"]
     assert "[flow, producer]" in lines["Conv"] and "(relu)" in lines["Relu"] and "(relu)" not in lines["Abs"]
+
+
+def test_inspect_names_the_ops_no_kind_takes(tmp_path: Path) -> None:
+    """``inspect`` on a model whose channels reach an op no kind knows names that op and points to ``ops``."""
+    from click.testing import CliRunner
+
+    from onnx_poem.cli import main
+
+    path = tmp_path / "sine.onnx"
+    onnx.save(_sine_model(), str(path))
+    res = CliRunner().invoke(main, ["inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "op Sin is not supported" in res.output and "no op kind takes Sin: `onnx-poem ops`" in res.output

@@ -288,8 +288,8 @@ def main() -> None:
     type=_HiddenType(),
     default="0",
     show_default=True,
-    help="First remove this fraction of a pre-LayerNorm transformer's hidden size (ViT, LLaMA-style decoders; "
-    "post-LN models are left as they are, with why), by rotating its residual stream to its principal directions "
+    help="First remove this fraction of a transformer's hidden size (ViT, LLaMA-style decoders; post-LN encoders "
+    "such as BERT pay a (k, k) matrix per LayerNorm), by rotating its residual stream to its principal directions "
     "(SliceGPT-style, one rotation; ALGORITHMS.md 10); the budget stays against the original's MACs and the rest "
     "of it goes to heads and neurons. Measured on a trained byte-level LLaMA at 0.7 / 0.5 of the MACs: 0.2 / 0.3 "
     "kept 66.43 / 62.65 % next-byte accuracy where heads and neurons alone kept 65.05 / 57.05 (original 66.80); "

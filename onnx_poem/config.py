@@ -56,7 +56,7 @@ class PruneConfig:
     latency_batch: int = 1
     latency_cache: str | None = None  # folder of cached latency tables (default: see latency.budget.cache_dir)
     augment: int = 0  # augmented copies of every fitting image (calibration.augment)
-    hidden: float = 0.0  # fraction of a pre-LN transformer's hidden size sliced first (onnx_poem.hidden)
+    hidden: float = 0.0  # fraction of a transformer's hidden size sliced first (onnx_poem.hidden)
     hidden_rotation: str = "one"  # onnx_poem.hidden.run.ROTATIONS: one basis for the stream, or one per norm
     hidden_auto: bool = False  # --hidden auto: the fraction chosen among api.HIDDEN_CANDIDATES by measurement
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from models import _B, to_float16
 from onnx_poem import prune
@@ -147,11 +148,10 @@ def test_the_energy_free_direction_drops_exactly() -> None:
 
 
 def test_what_is_not_sliced_says_why() -> None:
-    post = fold_constants(onnx.load(str(ZOO / "bert_tiny.ts.onnx")))
-    feed = _zoo_feed(post, 1, 8)
-    view = GraphView.build(post, input_shapes={k: v.shape for k, v in feed.items()})
+    encoder = fold_constants(onnx.load(str(ZOO / "tinyencoder.dynamo.onnx")))  # its stream is transposed
+    view = GraphView.build(encoder)
     why = find_stream(view)
-    assert isinstance(why, NotSliceable) and "post-LN" in why.reason
+    assert isinstance(why, NotSliceable) and "read by" in why.reason and "Transpose" in why.reason
     cnn = fold_constants(onnx.load(str(ZOO / "regnet_tiny.ts.onnx")))
     view = GraphView.build(cnn, input_shapes={"input": (1, 3, 32, 32)})
     why = find_stream(view)
@@ -174,10 +174,10 @@ def test_prune_with_hidden_counts_the_budget_on_the_original() -> None:
 
 
 def test_hidden_on_a_model_without_a_stream_is_reported() -> None:
-    model = onnx.load(str(ZOO / "bert_tiny.ts.onnx"))
-    feed = _zoo_feed(model, 32, 8)
-    _, rep = prune(model, ratio=0.2, calib=feed, samples=32, hidden=0.2)
-    assert not rep.hidden["sliced"] and "post-LN" in rep.hidden["reason"]
+    model = onnx.load(str(ZOO / "regnet_tiny.ts.onnx"))
+    x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    _, rep = prune(model, ratio=0.2, calib={"input": x}, samples=32, hidden=0.2)
+    assert not rep.hidden["sliced"] and "no LayerNorm" in rep.hidden["reason"]
     assert "hidden       left as it is" in rep.summary()
 
 
@@ -214,7 +214,9 @@ def test_inspect_says_whether_hidden_applies() -> None:
     res = CliRunner().invoke(main, ["inspect", str(ZOO / "llama_gqa_tiny.dynamo.onnx")])
     assert res.exit_code == 0 and "hidden size: 64, sliceable by --hidden (5 RMSNorms" in res.output
     res = CliRunner().invoke(main, ["inspect", str(ZOO / "bert_tiny.ts.onnx")])
-    assert res.exit_code == 0 and "hidden size: not sliceable by --hidden (" in res.output and "post-LN" in res.output
+    assert res.exit_code == 0 and "hidden size: 64, sliceable by --hidden (5 LayerNorms" in res.output
+    res = CliRunner().invoke(main, ["inspect", str(ZOO / "regnet_tiny.ts.onnx")])
+    assert res.exit_code == 0 and "hidden size: not sliceable by --hidden (no LayerNorm" in res.output
 
 
 def test_a_float16_model_stays_float16() -> None:
@@ -246,10 +248,9 @@ def test_hidden_auto_tries_the_fractions_and_keeps_one() -> None:
     kept = rep.hidden["kept"] if rep.hidden else 64
     lowest = min(rep.hidden_auto.values())
     assert rep.hidden_auto[f"{round((64 - kept) / 64, 1):g}"] <= 2 * lowest  # the kept fraction is not far off
-    post = onnx.load(str(ZOO / "bert_tiny.ts.onnx"))
-    feed = _zoo_feed(post, 32, 8)
-    _, rep2 = prune(post, ratio=0.2, calib=feed, samples=32, hidden_auto=True)
-    assert list(rep2.hidden_auto) == ["0"] and "post-LN" in rep2.hidden["reason"]
+    cnn = onnx.load(str(ZOO / "regnet_tiny.ts.onnx"))
+    _, rep2 = prune(cnn, ratio=0.2, calib={"input": x[:, :, :32, :32]}, samples=32, hidden_auto=True)
+    assert list(rep2.hidden_auto) == ["0"] and "no LayerNorm" in rep2.hidden["reason"]
 
 
 def test_hidden_auto_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
@@ -263,3 +264,52 @@ def test_hidden_auto_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
                     {"hidden_rotation": "twice"}):  # fmt: skip
         with pytest.raises(UsageError, match="hidden"):
             prune(onnx.load(str(ZOO / "vit_tiny.ts.onnx")), ratio=0.2, synthetic=True, **options)
+
+
+@pytest.mark.parametrize("one", [True, False])
+def test_a_post_ln_stream_is_carried_exactly(one: bool) -> None:
+    """A post-LN encoder (Hugging Face BERT by TorchScript): each LayerNorm's output is added into the next sum,
+    so each residual ``Add`` carries ``γ ⊙ n + β`` through ``Q_inᵀ diag(γ) C Q_out`` ``(k, k)`` and ``β C Q_out``.
+    Rotated without slicing (one basis, or one per LayerNorm) the model computes what the original does, at
+    several batch sizes and lengths; sliced, it is valid, runs, and prunes end to end."""
+    model = fold_constants(onnx.load(str(ZOO / "bert_tiny.ts.onnx")))
+    feed = _zoo_feed(model, 2, 8)
+    _, stream = _stream(model, {k: v.shape for k, v in feed.items()})
+    assert len(stream.norms) == 5 and len(stream.carried) == 4 and stream.centred
+    rng = np.random.default_rng(3)  # the export's LayerNorms are 1 and 0: give them a scale and a shift
+    scales = {name for n in stream.norms for name in (n.match.scale, n.match.bias) if name}
+    for t in model.graph.initializer:
+        if t.name in scales:
+            v = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array((1 + 0.5 * rng.standard_normal(v.shape)).astype(v.dtype), t.name))
+    assert [n.project for n in stream.norms] == [False] * 4 + [True]  # the last one's output is the model's
+    anchors = sorted(set(stream.segment.values()))
+    bases = _orthogonal(stream.size) if one else {a: _orthogonal(stream.size, seed=i) for i, a in enumerate(anchors)}
+    out = slice_hidden(model, stream, bases)
+    onnx.checker.check_model(out, full_check=True)
+    assert sum("__poem_carry" in n.name and n.op_type == "MatMul" for n in out.graph.node) == 4
+    for n, t in ((1, 8), (3, 5)):
+        f = _zoo_feed(model, n, t)
+        want = _runs(model, f)[0]
+        np.testing.assert_allclose(_runs(out, f)[0], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    sliced, rep = prune(onnx.load(str(ZOO / "bert_tiny.ts.onnx")), ratio=0.2, calib=_zoo_feed(model, 32, 8),
+                        samples=32, hidden=0.25, hidden_rotation="one" if one else "norm")  # fmt: skip
+    assert rep.hidden["sliced"] and (rep.hidden["size"], rep.hidden["kept"]) == (64, 48)
+    onnx.checker.check_model(sliced, full_check=True)
+    assert np.isfinite(_runs(sliced, _zoo_feed(model, 3, 5))[0]).all()
+
+
+def test_a_carried_layernorm_read_elsewhere_is_carried_at_full_width() -> None:
+    """A post-LN LayerNorm whose output is also a graph output is back-projected to the full width; the residual
+    ``Add`` then reads that ``h`` through ``C Q_out`` ``(D, k)``: still exact without slicing."""
+    model = fold_constants(onnx.load(str(ZOO / "bert_tiny.ts.onnx")))
+    feed = _zoo_feed(model, 2, 8)
+    _, stream = _stream(model, {k: v.shape for k, v in feed.items()})
+    first = stream.norms[0].match
+    model.graph.output.append(onnx.helper.make_tensor_value_info(first.output, onnx.TensorProto.FLOAT, ["n", "t", 64]))
+    _, stream = _stream(model, {k: v.shape for k, v in feed.items()})
+    assert stream.norms[0].project and len(stream.carried) == 4
+    out = slice_hidden(model, stream, _orthogonal(stream.size, seed=4))
+    onnx.checker.check_model(out, full_check=True)
+    for got, want in zip(_runs(out, feed), _runs(model, feed), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))

@@ -1,5 +1,5 @@
-"""Slicing the hidden size of pre-LN transformers (``--hidden``): find the stream, measure it, rotate and
-slice it (``../docs`` ALGORITHMS.md §10)."""
+"""Slicing the hidden size of transformers (``--hidden``; pre-LN and post-LN): find the stream, measure it,
+rotate and slice it (``../docs`` ALGORITHMS.md §10)."""
 
 from .apply import slice_hidden
 from .collect import stream_moments

@@ -1,4 +1,4 @@
-"""Rotate a pre-LN transformer's residual stream and keep its first ``k`` rotated dimensions.
+"""Rotate a transformer's residual stream and keep its first ``k`` rotated dimensions.
 
 With ``C = I − 11ᵀ/D`` (centring over the features) and ``Q_k`` the first ``k`` columns of an orthogonal
 ``Q`` (``D × D``):
@@ -10,6 +10,11 @@ With ``C = I − 11ᵀ/D`` (centring over the features) and ``Q_k`` the first ``
 * every reader ``B`` (features on its rows) of that LayerNorm becomes ``Q_kᵀ diag(γ) B``, its bias ``b + β B``
   (a ``MatMul`` without a bias gets an ``Add``, a ``Gemm`` its ``C``); a LayerNorm whose output something else
   reads is followed by the back-projection ``n_r Q_kᵀ diag(γ) + β`` to the full width instead.
+
+A post-LN block adds a LayerNorm's *output* ``h = γ ⊙ n + β`` into the next sum (the residual of BERT-style
+encoders): that residual ``Add`` reads ``n_r Q_inᵀ diag(γ) C Q_out + β C Q_out`` instead, a ``(k, k)``
+``MatMul`` and a bias per LayerNorm so carried (``HiddenStream.carried``), which is the price of slicing a
+post-LN model: ``k²`` per token per LayerNorm.
 
 With ``k = D`` the model computes what the original does (up to rounding); with ``k < D`` the dropped rotated
 dimensions are the ones :func:`onnx_poem.solvers.rotation.principal_basis` found to carry the least energy.
@@ -100,6 +105,27 @@ def slice_hidden(
         consts.add(name, (q_in.T @ q_out).astype(dtype))
         before.setdefault(node, []).append(
             helper.make_node("MatMul", [source, name], [f"{name}_out"], name=f"{name}_matmul")
+        )
+        n.input[slot] = f"{name}_out"
+    for node, slot, source in stream.carried:  # post-LN: h = γ ⊙ n + β carried into the next stretch
+        n = nodes[node]
+        norm = next(x for x in stream.norms if x.match.input == source)
+        m = norm.match
+        gamma = consts.get(m.scale).astype(np.float64).reshape(-1)
+        beta = consts.get(m.bias).astype(np.float64).reshape(-1) if m.bias is not None else np.zeros(d)
+        q_out = centred(per[stream.segment[n.output[0]]])
+        name = f"{n.output[0]}__poem_carry{slot}"
+        if norm.project:  # its output is back at full width already (something else reads it): h C Q_out
+            gamma, beta, q_in = np.ones(d), np.zeros(d), np.eye(d)
+        else:
+            q_in = per[source]
+        consts.add(f"{name}_w", ((q_in.T * gamma[None, :]) @ q_out).astype(dtype))  # Q_inᵀ diag(γ) C Q_out
+        consts.add(f"{name}_b", (beta @ q_out).astype(dtype))  # β C Q_out
+        before.setdefault(node, []).extend(
+            [
+                helper.make_node("MatMul", [n.input[slot], f"{name}_w"], [f"{name}_mm"], name=f"{name}_matmul"),
+                helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [f"{name}_out"], name=f"{name}_add"),
+            ]
         )
         n.input[slot] = f"{name}_out"
     flat: list[onnx.NodeProto] = []

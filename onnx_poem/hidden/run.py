@@ -1,4 +1,4 @@
-"""``--hidden F``: slice a fraction of a pre-LN transformer's hidden size before the rest of a run."""
+"""``--hidden F``: slice a fraction of a transformer's hidden size before the rest of a run."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Find the residual stream of a pre-LayerNorm transformer: what writes it, the LayerNorms that read it, and
-the linear layers that read those LayerNorms.
+"""Find the residual stream of a transformer: what writes it, the LayerNorms that read it, and the linear
+layers that read those LayerNorms.
 
 The stream ``x ∈ R^D`` (features on one axis of every tensor it passes) is the sum of what its *writers*
 put in: constants along the features (position embeddings, a class token, biases), the output columns of
@@ -7,8 +7,10 @@ linear layers (attention and FFN output projections, a patch-embedding ``Conv``'
 embedding table's columns).  In a pre-LN block it is read only by residual ``Add``s and by
 ``LayerNormalization`` over the features; each LayerNorm's output is read by *readers*: ``MatMul``/``Gemm``
 with a constant weight whose rows are the features (Q, K, V, FFN-in, a classifier behind a token ``Gather``).
-A LayerNorm output read by anything else (a graph output, a post-LN block's residual ``Add``) gets the
-back-projection :mod:`onnx_poem.hidden.apply` inserts instead of folding.
+A post-LN block (BERT, MiniLM) writes a LayerNorm's output into the next residual sum: that ``Add`` input is
+*carried* (:attr:`HiddenStream.carried`), the sum before each LayerNorm being a stretch of its own.  A LayerNorm
+output read by anything else (a graph output) gets the back-projection :mod:`onnx_poem.hidden.apply` inserts
+instead of folding.
 
 The analysis works on the constant-folded model with observed shapes (:class:`onnx_poem.graph.GraphView`);
 anything it does not recognise is a value with the reason (:class:`NotSliceable`), never a partial stream.
@@ -81,6 +83,8 @@ class HiddenStream:
         segment: tensor → the stream tensor a normalisation reads that it flows into (itself for those): the
             stretch of the stream that one rotation covers (:func:`onnx_poem.hidden.apply.slice_hidden`).
         skips: residual ``Add`` inputs that carry one stretch into the next: (node, input slot).
+        carried: residual ``Add`` inputs that carry a normalisation's *output* into a stretch (a post-LN block's
+            residual: ``h = γ ⊙ n + β`` written into the next sum): (node, input slot, that normalisation's input).
     """
 
     size: int
@@ -91,6 +95,7 @@ class HiddenStream:
     centred: bool = True
     segment: dict[str, str] = field(default_factory=dict)
     skips: tuple[tuple[int, int], ...] = ()
+    carried: tuple[tuple[int, int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class _Trace:
     writers: dict[str, Writer] = field(default_factory=dict)
     fixes: dict[str, ShapeFix] = field(default_factory=dict)
     norm_nodes: set[int] = field(default_factory=set)
+    norm_outputs: dict[str, str] = field(default_factory=dict)  # a normalisation's output → its input
+    carried: dict[tuple[int, int], str] = field(default_factory=dict)  # (Add node, slot) → the carried norm's input
     todo: list[str] = field(default_factory=list)
     current: str = ""  # the tensor whose writers are being traced
 
@@ -155,7 +162,7 @@ def find_stream(view: GraphView) -> HiddenStream | NotSliceable:
     if len(sizes) != 1 or None in sizes:
         return NotSliceable(f"the normalisations normalise different sizes {sorted(map(str, sizes))}")
     owner = {i: m.label for m in norms for i in m.nodes}  # the normalisations' nodes → their label
-    t = _Trace(view, int(sizes.pop()), norm_nodes=set(owner))  # type: ignore[arg-type]
+    t = _Trace(view, int(sizes.pop()), norm_nodes=set(owner), norm_outputs={m.output: m.input for m in norms})  # type: ignore[arg-type]
     for m in norms:
         if (why := t.add(m.input, -1)) is not None:
             return NotSliceable(why)
@@ -164,14 +171,13 @@ def find_stream(view: GraphView) -> HiddenStream | NotSliceable:
         p = view.producer.get(tensor)
         if p in owner:
             return NotSliceable(
-                f"the stream is written by the normalisation {owner[p]}: a post-LN block (only pre-LN "
-                "transformers' hidden size is sliced)"
+                f"the stream is written by the normalisation {owner[p]} other than through a residual Add"
             )
         t.current = tensor
         why = _backward(t, tensor) or _forward(t, tensor)
         if why is not None:
             return NotSliceable(why)
-    read = tuple(_norm(view, m, t.tensors) for m in norms)
+    read = tuple(_norm(view, m, t.tensors, set(t.carried)) for m in norms)
     writers, fixes = tuple(t.writers.values()), tuple(t.fixes.values())
     segment = _segments(t, [m.input for m in norms])
     if isinstance(segment, NotSliceable):
@@ -182,7 +188,8 @@ def find_stream(view: GraphView) -> HiddenStream | NotSliceable:
         for use in view.users(tensor)
         if (out := view.nodes[use.node].output[0]) in t.tensors and segment[out] != segment[tensor]
     )
-    return HiddenStream(t.size, t.tensors, writers, fixes, read, norms[0].centred, segment, skips)
+    carried = tuple((node, slot, source) for (node, slot), source in t.carried.items())
+    return HiddenStream(t.size, t.tensors, writers, fixes, read, norms[0].centred, segment, skips, carried)
 
 
 def _segments(t: _Trace, anchors: list[str]) -> dict[str, str] | NotSliceable:
@@ -221,6 +228,9 @@ def _backward(t: _Trace, tensor: str) -> str | None:
             aligned = axis - rank + r
             if aligned < 0 or view.shapes[x][aligned] == 1:
                 return f"{view.node_label(p)} adds a tensor broadcast over the features"
+            if x in t.norm_outputs and aligned == r - 1:  # a post-LN residual: a normalisation's output added
+                t.carried[(p, list(n.input).index(x))] = t.norm_outputs[x]
+                continue
             why = t.writer(x, aligned) if view.is_const(x) else t.add(x, aligned)
             if why is not None:
                 return why
@@ -339,8 +349,9 @@ def _forward(t: _Trace, tensor: str) -> str | None:
     return None
 
 
-def _norm(view: GraphView, match: NormMatch, tensors: dict[str, int]) -> Norm:
-    """A normalisation with the linear layers its output reaches, or marked for back-projection."""
+def _norm(view: GraphView, match: NormMatch, tensors: dict[str, int], carried: set[tuple[int, int]]) -> Norm:
+    """A normalisation with the linear layers its output reaches (and the residual ``Add``s that carry it into
+    the next stretch, ``carried``), or marked for back-projection."""
     readers: list[Reader] = []
     work = [match.output]
     while work:
@@ -348,6 +359,8 @@ def _norm(view: GraphView, match: NormMatch, tensors: dict[str, int]) -> Norm:
         if tensor in view.outputs or tensor in view.captured or tensor in tensors:
             return Norm(match, project=True)
         for use in view.users(tensor):
+            if (use.node, use.slot) in carried:
+                continue
             u, op = view.nodes[use.node], view.nodes[use.node].op_type
             rank = len(view.shapes.get(tensor) or ())
             if op == "Gather" and use.slot == 0 and rank and int(view.attr(use.node, "axis", 0)) % rank != rank - 1:

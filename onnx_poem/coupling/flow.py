@@ -3,7 +3,8 @@
 Every op type the tracer (:mod:`onnx_poem.coupling.trace`) can follow channels through has one or
 more :class:`OpKind` objects, registered by the modules of :mod:`onnx_poem.coupling.ops` (one module
 per op kind: its channel flow, the layers it recognises, the fixes it records and their rewrite
-edits, with its tests in ``tests/test_ops_<kind>.py``).  An op kind answers, each part optional:
+edits; their unit tests in ``tests/test_ops.py``, attention's in ``tests/test_attention.py``).  An op
+kind answers, each part optional:
 
 * ``flow`` - a :data:`Rule`: the channels reach input ``slot`` of the node as ``edge``; the answer
   is a :class:`Through` (they pass to the outputs, with the constants to slice and the fixes the

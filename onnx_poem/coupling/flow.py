@@ -341,12 +341,12 @@ def single_user(view: GraphView, tensor: str) -> tuple[int, int] | None:
     return (users[0].node, users[0].slot) if len(users) == 1 else None
 
 
-def only_user(view: GraphView, tensor: str, op: str) -> int | None:
-    """The only reader of ``tensor`` if it is an ``op`` node."""
+def only_user(view: GraphView, tensor: str, op: str, slot: int | None = None) -> int | None:
+    """The only reader of ``tensor`` if it is an ``op`` node (reading it at input ``slot``, when given)."""
     users = view.users(tensor)
     if tensor in view.outputs or len(users) != 1 or view.nodes[users[0].node].op_type != op:
         return None
-    return users[0].node
+    return users[0].node if slot is None or users[0].slot == slot else None
 
 
 def where(view: GraphView, node: int) -> str:

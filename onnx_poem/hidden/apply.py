@@ -66,8 +66,7 @@ def slice_hidden(
     replaced: dict[int, list[onnx.NodeProto]] = {}
     for norm in stream.norms:
         m = norm.match
-        gamma = consts.get(m.scale).astype(np.float64).reshape(-1)
-        beta = consts.get(m.bias).astype(np.float64).reshape(-1) if m.bias is not None else np.zeros(d)
+        gamma, beta = _scale_shift(consts, m, d)
         back = per[m.input].T * gamma[None, :]  # (k, D): Q_kᵀ diag(γ)
         rms = _rms_nodes(out, m, d, dtype)
         if norm.project:
@@ -110,15 +109,12 @@ def slice_hidden(
     for node, slot, source in stream.carried:  # post-LN: h = γ ⊙ n + β carried into the next stretch
         n = nodes[node]
         norm = next(x for x in stream.norms if x.match.input == source)
-        m = norm.match
-        gamma = consts.get(m.scale).astype(np.float64).reshape(-1)
-        beta = consts.get(m.bias).astype(np.float64).reshape(-1) if m.bias is not None else np.zeros(d)
         q_out = centred(per[stream.segment[n.output[0]]])
         name = f"{n.output[0]}__poem_carry{slot}"
         if norm.project:  # its output is back at full width already (something else reads it): h C Q_out
             gamma, beta, q_in = np.ones(d), np.zeros(d), np.eye(d)
         else:
-            q_in = per[source]
+            (gamma, beta), q_in = _scale_shift(consts, norm.match, d), per[source]
         consts.add(f"{name}_w", ((q_in.T * gamma[None, :]) @ q_out).astype(dtype))  # Q_inᵀ diag(γ) C Q_out
         consts.add(f"{name}_b", (beta @ q_out).astype(dtype))  # β C Q_out
         before.setdefault(node, []).extend(
@@ -137,6 +133,13 @@ def slice_hidden(
     drop_unused(out.graph)
     del out.graph.value_info[:]
     return out
+
+
+def _scale_shift(consts: _Constants, m: NormMatch, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """A normalisation's ``γ`` and ``β`` ``(D,)`` in float64 (``β`` zero where it has none)."""
+    gamma = consts.get(m.scale).astype(np.float64).reshape(-1)
+    beta = consts.get(m.bias).astype(np.float64).reshape(-1) if m.bias is not None else np.zeros(d)
+    return gamma, beta
 
 
 def _along(w: np.ndarray, axis: int, cq: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ...graph import GraphView
-from ..flow import At, Edge, OpKind, Step, Stop, Through, const_axes, register
+from ..flow import At, Edge, OpKind, Step, Stop, Through, const_axes, only_user, register
 from .reshape import ReshapeFix
 
 if TYPE_CHECKING:
@@ -460,13 +460,6 @@ class Repeat:
     merged: Entry
 
 
-def _only_user(view: GraphView, tensor: str, op: str) -> int | None:
-    uses = view.users(tensor)
-    if len(uses) != 1 or uses[0].slot != 0 or view.nodes[uses[0].node].op_type != op or tensor in view.outputs:
-        return None
-    return uses[0].node
-
-
 def repeat_at(view: GraphView, node: int, edge: Edge) -> Repeat | None:
     """The key/value head repeat that starts at ``Unsqueeze`` ``node``, whose input carries heads as ``edge``
     (``edge.per`` channels each), or ``None`` if it is not one."""
@@ -477,8 +470,8 @@ def repeat_at(view: GraphView, node: int, edge: Edge) -> Repeat | None:
     axes = const_axes(view, node)
     if axes is None or [a % (rank + 1) for a in axes] != [ax + 1]:
         return None
-    e = _only_user(view, n.output[0], "Expand")
-    s = None if e is None else _only_user(view, view.nodes[e].output[0], "Reshape")
+    e = only_user(view, n.output[0], "Expand", slot=0)
+    s = None if e is None else only_user(view, view.nodes[e].output[0], "Reshape", slot=0)
     if e is None or s is None:
         return None
     src, mid, out = (view.shapes.get(t) for t in (n.input[0], view.nodes[e].output[0], view.nodes[s].output[0]))

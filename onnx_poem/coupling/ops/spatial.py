@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...graph import GraphView
-from ..flow import Edge, OpKind, Step, Stop, Through, out_edge, register
+from ..flow import Edge, OpKind, Step, Stop, Through, const_axes, out_edge, register
 
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool")
 REDUCTIONS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1")
@@ -41,28 +41,14 @@ def _resize(view: GraphView, node: int, slot: int, edge: Edge, channels: int) ->
     return Through((out_edge(view, node, edge),))
 
 
-def _reduce_axes(view: GraphView, node: int) -> list[int] | None:
-    """The reduced axes: the attribute (before opset 18), else the constant input; ``None`` if computed."""
-    n = view.nodes[node]
-    axes = view.attr(node, "axes")
-    if axes is None and len(n.input) > 1 and n.input[1]:
-        value = view.const(n.input[1])
-        if value is None:
-            return None
-        axes = [int(a) for a in np.reshape(value, -1)]
-    return axes
-
-
 def _reduce(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> Step:
     """Reductions over axes other than the channel axis (``keepdims=1``), e.g. global pooling."""
     n = view.nodes[node]
     if slot != 0 or edge.rank is None or edge.cols != 1:
         return Stop("channels reach a reduction parameter")
-    axes = view.attr(node, "axes")
-    if axes is None and len(n.input) > 1 and n.input[1]:
-        axes = _reduce_axes(view, node)
-        if axes is None:
-            return Stop("reduction over computed axes")
+    axes = const_axes(view, node)
+    if axes is None:
+        return Stop("reduction over computed axes")
     if not axes:
         return Stop("reduction over all axes")
     reduced = {int(a) % edge.rank for a in axes}
@@ -80,10 +66,8 @@ def _reduce_input(view: GraphView, node: int, out: Edge) -> Edge | None:
     shape = view.shapes.get(n.input[0]) if n.input else None
     if int(view.attr(node, "keepdims", 1)) or not shape or out.rank is None:
         return None
-    axes = view.attr(node, "axes")
-    if axes is None and len(n.input) > 1 and (v := view.const(n.input[1])) is not None:
-        axes = [int(a) for a in np.reshape(v, -1)]
-    kept = [a for a in range(len(shape)) if a not in {int(x) % len(shape) for x in axes or ()}]
+    axes = const_axes(view, node) or ()  # computed axes: kept as if none, the rank check below decides
+    kept = [a for a in range(len(shape)) if a not in {x % len(shape) for x in axes}]
     if len(kept) != out.rank:
         return None
     return Edge(n.input[0], kept[out.axis % out.rank], len(shape), out.cols, out.per)

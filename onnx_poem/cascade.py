@@ -12,8 +12,9 @@ frontier recorded while solving ``g`` stays valid for the next group whenever
 that group's cut lies at or after it (groups are mostly solved in topological
 order). A group whose cut lies earlier restarts the stream from the model
 inputs. Frontiers live on disk, so memory does not grow with the number of
-calibration samples; graphs whose subgraphs read outer tensors always run from
-the inputs.
+calibration samples; a run deletes each batch of the old frontier once it has read it, so a stream
+holds about one frontier on disk (a run stopped part-way forgets its frontier: the next one starts
+from the inputs). Graphs whose subgraphs read outer tensors always run from the inputs.
 """
 
 from __future__ import annotations
@@ -119,18 +120,30 @@ class Stream:
         files: list[Path] = []
         dtypes: dict[str, np.dtype[Any]] = {}
         need = {*inputs, *wanted, *names}
-        for k in range(len(self.chunks)):
-            have = self._batch(k, need)
-            if sess:
-                have.update(zip(compute, sess.run(compute, {n: have[n] for n in inputs}), strict=True))
-            if names:
-                files.append(self.workdir / f"{self.tag}_{self._generation}_{k}.npy")
-                with open(files[-1], "wb") as fh:
-                    for n in names:
-                        np.save(fh, have[n], allow_pickle=False)
-                if k == 0:
-                    dtypes = {n: have[n].dtype for n in names}
-            yield {n: have[n] for n in wanted}
+        complete = False
+        try:
+            for k in range(len(self.chunks)):
+                have = self._batch(k, need)
+                if self.files:
+                    # [R, disk] batch k of the old frontier is read and never read again: dropped now, so the
+                    # stream holds about one frontier on disk instead of two at the end of every run
+                    self.files[k].unlink(missing_ok=True)
+                if sess:
+                    have.update(zip(compute, sess.run(compute, {n: have[n] for n in inputs}), strict=True))
+                if names:
+                    files.append(self.workdir / f"{self.tag}_{self._generation}_{k}.npy")
+                    with open(files[-1], "wb") as fh:
+                        for n in names:
+                            np.save(fh, have[n], allow_pickle=False)
+                    if k == 0:
+                        dtypes = {n: have[n].dtype for n in names}
+                yield {n: have[n] for n in wanted}
+            complete = True
+        finally:
+            if not complete:  # stopped part-way (an error, or the caller let go): neither frontier is whole
+                for f in files:
+                    f.unlink(missing_ok=True)
+                self._reset()
         self._reset()
         if self.enabled:
             self.position, self.frontier, self.files = cut, dtypes, files

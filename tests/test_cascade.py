@@ -54,3 +54,38 @@ def test_look_ahead_cut_and_adopted_frontier(tmp_path: Path) -> None:
         got = list(s.run(model, out, last))
         for g, f in zip(got, _full(model, data, out), strict=True):
             np.testing.assert_allclose(g[out[0]], f[out[0]], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_holds_one_frontier_on_disk(tmp_path: Path) -> None:
+    """Each batch of the old frontier is deleted once read: never more than one frontier's files (plus the batch
+    being written) on disk during a run, which matters when the frontiers are gigabytes."""
+    model = BUILDERS["conv_chain"]()
+    view = GraphView.build(model)
+    data = CalibrationData({view.inputs[0]: inputs_for(model, 16)})
+    stream = Stream(view, data, CHUNKS, tmp_path, "t")
+    list(stream.run(model, [], 1))
+    assert len(list(tmp_path.iterdir())) == len(CHUNKS)
+    for _ in stream.run(model, [], 2):
+        assert len(list(tmp_path.iterdir())) == len(CHUNKS)  # batch k written, old batch k already gone
+    assert stream.position == 2 and len(list(tmp_path.iterdir())) == len(CHUNKS)
+
+
+@pytest.mark.parametrize("stop", ["break", "error"])
+def test_a_run_stopped_part_way_forgets_its_frontier(stop: str, tmp_path: Path) -> None:
+    model = BUILDERS["residual"]()
+    view = GraphView.build(model)
+    data = CalibrationData({view.inputs[0]: inputs_for(model, 16)})
+    stream = Stream(view, data, CHUNKS, tmp_path, "t")
+    out = [o.name for o in model.graph.output]
+    list(stream.run(model, [], 1))
+    run = stream.run(model, out, 2)
+    next(run)
+    if stop == "break":
+        run.close()
+    else:
+        with pytest.raises(RuntimeError):
+            run.throw(RuntimeError("a consumer failed"))
+    assert stream.position == 0 and not stream.frontier and not list(tmp_path.iterdir())
+    got = list(stream.run(model, out, 3))  # starts over from the inputs, and is right
+    for g, f in zip(got, _full(model, data, out), strict=True):
+        np.testing.assert_allclose(g[out[0]], f[out[0]], rtol=1e-5, atol=1e-6)

@@ -727,9 +727,7 @@ def inspect_cmd(model: Path, residual: str, prune_residual: bool, debug: bool) -
     click.echo(f"{len(coupling.unprunable)} parts left unpruned")
     for u in coupling.unprunable:
         click.echo(f"  {u.where}: {u.reason}")
-    unknown = sorted(
-        {u.reason.rsplit("op ", 1)[1].split()[0] for u in coupling.unprunable if "is not supported" in u.reason}
-    )
+    unknown = sorted({u.unknown_op for u in coupling.unprunable if u.unknown_op})
     if unknown:
         click.echo(f"  (no op kind takes {', '.join(unknown)}: `onnx-poem ops` lists those that channels pass)")
     click.echo(_hidden_line(view))

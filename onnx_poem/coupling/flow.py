@@ -86,7 +86,10 @@ class Consume:
 
 @dataclass(frozen=True)
 class Stop:
+    """Channels cannot pass; ``unknown_op``: the op type when no op kind takes the op at all."""
+
     reason: str
+    unknown_op: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ def flow(view: GraphView, node: int, slot: int, edge: Edge, channels: int) -> St
     for kind in kinds_of(op):
         if kind.flow is not None and (step := kind.flow(view, node, slot, edge, channels)) is not None:
             return step
-    return Stop(f"op {op} is not supported")
+    return Stop(f"op {op} is not supported", unknown_op=op)
 
 
 def input_edge(view: GraphView, node: int, out: Edge) -> Edge:

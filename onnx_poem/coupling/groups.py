@@ -211,10 +211,12 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class Unprunable:
-    """A part of the model that is left as it is, with the reason."""
+    """A part of the model that is left as it is, with the reason (``unknown_op``: the op no op kind takes,
+    when that is why)."""
 
     where: str
     reason: str
+    unknown_op: str | None = None
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,11 @@ logger = logging.getLogger(__name__)
 
 
 class TraceStop(Exception):
-    """The component cannot be pruned (the message is the reason)."""
+    """The component cannot be pruned (the message is the reason; ``unknown_op`` as in :class:`Stop`)."""
+
+    def __init__(self, reason: str, unknown_op: str | None = None) -> None:
+        super().__init__(reason)
+        self.unknown_op = unknown_op
 
 
 def _same(a: Edge, b: Edge, tensor: str) -> bool:
@@ -138,9 +142,9 @@ class Tracer:
         self.sizes.append(size)
         return len(self.sizes) - 1
 
-    def stop(self, node: int | None, reason: str) -> NoReturn:
+    def stop(self, node: int | None, reason: str, unknown_op: str | None = None) -> NoReturn:
         """Give up on the group: ``stopped at <node>: reason`` (or the bare reason without a node)."""
-        raise TraceStop(reason if node is None else f"stopped at {self.where(node)}: {reason}")
+        raise TraceStop(reason if node is None else f"stopped at {self.where(node)}: {reason}", unknown_op)
 
     def where(self, node: int) -> str:
         return _where_of(self.view, node)
@@ -225,8 +229,9 @@ class Tracer:
         in_edge = replace(input_edge(view, node, edge), tensor=n.input[slot])
         step = flow(view, node, slot, in_edge, self.sizes[space])
         if not isinstance(step, Through) or len(step.outputs) != 1 or not _same(step.outputs[0], edge, t):
-            reason = step.reason if isinstance(step, Stop) else "channels reach it from its output side"
-            self.stop(node, reason)
+            if isinstance(step, Stop):
+                self.stop(node, step.reason, step.unknown_op)
+            self.stop(node, "channels reach it from its output side")
         self._through(step, space)
         self.join(n.input[slot], space, in_edge, via=node)
 
@@ -236,7 +241,7 @@ class Tracer:
             return
         step = flow(self.view, node, slot, edge, self.sizes[space])
         if isinstance(step, Stop):
-            self.stop(node, step.reason)
+            self.stop(node, step.reason, step.unknown_op)
         if isinstance(step, Consume):
             self.consumers[node] = ConsumerAt(step.consumer, space)
             return
@@ -460,7 +465,7 @@ def find_groups(view: GraphView, *, residual: bool = False) -> Coupling:
                 raise TraceStop("its channels reach no layer that could be reconstructed")
             g = tr.group()
         except TraceStop as e:
-            unprunable.append(Unprunable(label, str(e)))
+            unprunable.append(Unprunable(label, str(e), e.unknown_op))
             continue
         finally:
             covered.update(tr.producers)

@@ -131,19 +131,24 @@ def _pre(X: np.ndarray, cols: np.ndarray, W: np.ndarray) -> np.ndarray:
     return out
 
 
+def _post_rows(d: LayerData, pre: np.ndarray, s: Samples) -> np.ndarray:
+    """Squared post-activation errors ``(f(pre_ti + ŝ_ti) − z_ti)²`` of pre-activations ``pre: (R, m)`` → ``(R, m)``."""
+    return (apply(d.activation, d.act_params, pre + s.S) - s.Z) ** 2
+
+
 def post_errors(d: LayerData, W: np.ndarray, cols: np.ndarray, s: Samples) -> np.ndarray:
     """Per-output squared post-activation error ``Σ_t (f(w_i x̄_t + ŝ_ti) − z_ti)²`` → ``(m,)``."""
-    pre = _pre(s.X, cols, W) + s.S
-    return np.sum((apply(d.activation, d.act_params, pre) - s.Z) ** 2, axis=0)
+    return np.sum(_post_rows(d, _pre(s.X, cols, W), s), axis=0)
 
 
 def relative_errors(d: LayerData, W: np.ndarray, cols: np.ndarray, s: Samples) -> tuple[float, float]:
     """(pre-activation, post-activation) relative squared errors of ``W`` on samples ``s``."""
     if len(s) == 0:
         return float("nan"), float("nan")
-    pre = _pre(s.X, cols, W)
+    pre = _pre(s.X, cols, W)  # one product for both errors
     e_pre = float(np.sum((pre - s.Y) ** 2) / max(float(np.sum(s.Y.astype(np.float64) ** 2)), 1e-30))
-    e_post = float(np.sum(post_errors(d, W, cols, s)) / max(float(np.sum(s.Z.astype(np.float64) ** 2)), 1e-30))
+    post = np.sum(_post_rows(d, pre, s), axis=0)
+    e_post = float(np.sum(post) / max(float(np.sum(s.Z.astype(np.float64) ** 2)), 1e-30))
     return e_pre, e_post
 
 
@@ -426,7 +431,7 @@ def choose_per_output(d: LayerData, candidates: dict[str, np.ndarray], cols: np.
     names = list(candidates)
 
     def row_errors(W: np.ndarray) -> np.ndarray:
-        return (apply(d.activation, d.act_params, _pre(s.X, cols, W) + s.S) - s.Z) ** 2  # (R, m)
+        return _post_rows(d, _pre(s.X, cols, W), s)  # (R, m)
 
     base = row_errors(candidates[names[0]])
     rows = len(s)

@@ -190,7 +190,7 @@ class At:
 
     edit: Placeable
     space: int
-    unblocked: str | None = None
+    unblocked: ClassVar[str | None] = None  # such fixes never stop a group pruned by blocks
 
     @property
     def spaces(self) -> tuple[int, ...]:

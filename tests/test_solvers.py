@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import numpy as np
@@ -11,6 +12,9 @@ from onnx_poem.solvers import LayerData, Samples, kept_columns, reconstruct, sel
 from onnx_poem.solvers.activations import KINDS, apply, derivative, piecewise
 from onnx_poem.solvers.greedy import QuadProblem, greedy_eliminate
 from onnx_poem.solvers.reconstruct import _u_step, _u_step_pieces, post_errors
+
+# the module itself (the package exports its function of the same name)
+rec = importlib.import_module("onnx_poem.solvers.reconstruct")
 
 
 def _layer(
@@ -146,6 +150,19 @@ def test_relu_u_step_equals_the_generic_one_bit_for_bit(shape: tuple[int, ...]) 
         fast = _u_step(r, z, lam, piecewise("relu", ()))
         generic = _u_step_pieces(r, z, lam, piecewise("relu", ()))
         assert np.array_equal(fast.view(np.int32), generic.view(np.int32))
+
+
+def test_row_blocked_products_equal_the_whole_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held-out pre-activations and the reservoir's ``X̄ᵀX̄`` are computed in row blocks (memory): with
+    blocks of a few rows they equal the products over all rows (to rounding: BLAS may take another kernel for a block's rows)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((1000, 40)).astype(np.float32)
+    cols = np.array([0, 3, 4, 9, 17, 39, 40])  # the last column is the bias
+    W = rng.standard_normal((6, len(cols)))
+    Xb = np.hstack([X[:, cols[:-1]].astype(np.float64), np.ones((len(X), 1))])
+    monkeypatch.setattr(rec, "BLOCK_BYTES", 8 * len(cols) * 37)  # 37 rows per block, a ragged last block
+    np.testing.assert_allclose(rec._pre(X, cols, W), Xb @ W.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rec._gram(X, cols), Xb.T @ Xb, rtol=1e-12, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind", KINDS)

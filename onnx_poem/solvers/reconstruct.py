@@ -121,13 +121,29 @@ def _pre(X: np.ndarray, cols: np.ndarray, W: np.ndarray) -> np.ndarray:
     """Pre-activations ``[X_cols, 1] Wᵀ`` of the rows ``X: (R, n)`` in float64 → ``(R, m)``.
 
     [R, memory] Computed in row blocks of :data:`BLOCK_BYTES`, so the float64 copy of the rows, ``(R, |cols|)``
-    (211 MB for 8192 held-out rows of a 3227-input ResNet-50 consumer), never exists whole; each block's
-    product is the whole product's rows, bit for bit (BLAS splits no row's dot products by the row count).
+    (211 MB for 8192 held-out rows of a 3227-input ResNet-50 consumer), never exists whole.  On OpenBLAS each
+    block's product equals the whole product's rows bit for bit for ResNet-50's shapes (checked); for small
+    blocks BLAS may take another kernel (equal to rounding).
     """
     out = np.empty((X.shape[0], W.shape[0]))
     rows = max(1, BLOCK_BYTES // (8 * len(cols)))
     for i in range(0, X.shape[0], rows):
         out[i : i + rows] = _bar(X[i : i + rows], cols) @ W.T
+    return out
+
+
+def _gram(X: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``X̄ᵀX̄`` of the rows ``X: (R, n)`` on ``cols`` (``X̄ = [X_cols, 1]``) in float64 → ``(|cols|, |cols|)``.
+
+    [R, memory] Summed over row blocks of :data:`BLOCK_BYTES`, so the float64 copy of the rows never exists
+    whole (423 MB for a full 16384-row reservoir of a 3227-input ResNet-50 consumer).  The sum's rounding
+    differs from one product over all rows (about 1e-15 relative: BLAS orders the row sums differently).
+    """
+    out = np.zeros((len(cols), len(cols)))
+    rows = max(1, BLOCK_BYTES // (8 * len(cols)))
+    for i in range(0, X.shape[0], rows):
+        xb = _bar(X[i : i + rows], cols)
+        out += xb.T @ xb
     return out
 
 
@@ -291,11 +307,8 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
     # the normal matrices are formed and inverted in float64
     whole = len(d.fit) == d.count
     if not whole:
-        # [R, memory] X̄ᵀX̄ before the float32 copy exists: the float64 rows are that copy's values widened
-        # (the same product), and the two copies are never alive together (634 MB for 16384 rows × 3227)
-        X = _bar(d.fit.X, cols)
-        XtX = X.T @ X
-        del X
+        # [R, memory] X̄ᵀX̄ before the float32 copy exists, in row blocks (see _gram)
+        XtX = _gram(d.fit.X, cols)
     X32 = _bar(d.fit.X, cols, dtype=np.float32)
     S32, Z32 = d.fit.S.astype(np.float32), d.fit.Z.astype(np.float32)
     rho = RIDGE * max(float(np.mean(np.diag(Gn))), 1e-12)

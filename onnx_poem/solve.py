@@ -85,7 +85,8 @@ def _reconstruct_group(
     updates, reports = [], []
     for c, d, st in zip(g.consumers, layers, stats, strict=True):
         own = positions(c.index, kept)  # kept channels of this consumer
-        rec = reconstruct(d, own, method=RECONSTRUCTION[cfg.method], lam=lam)
+        # the fit reservoir's rows are read no more after this (its layer's errors use the held-out rows)
+        rec = reconstruct(d, own, method=RECONSTRUCTION[cfg.method], lam=lam, consume=True)
         cols = kept_columns(own, d.k, d.G.shape[0])
         errs = {}
         for tag, W in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 
@@ -163,6 +164,25 @@ def test_row_blocked_products_equal_the_whole_ones(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(rec, "BLOCK_BYTES", 8 * len(cols) * 37)  # 37 rows per block, a ragged last block
     np.testing.assert_allclose(rec._pre(X, cols, W), Xb @ W.T, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(rec._gram(X, cols), Xb.T @ Xb, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_poem_fit_in_the_reservoirs_own_rows_gives_the_same_weights(whole: bool) -> None:
+    """With ``consume`` the relaxation's rows are compacted inside the reservoir (memory); the weights are
+    bit for bit those from a copy, on both paths (the reservoir holds every fitting row, or a sample)."""
+    d = _layer(C=12, k=3, m=7, N=3000, seed=4)
+    f = d.fit
+    rows = Samples(f.X.astype(np.float32), f.Y.astype(np.float32), f.S.astype(np.float32), f.Z.astype(np.float32))
+    d = dataclasses.replace(d, fit=rows, count=len(rows) if whole else d.count)
+    cols = kept_columns(np.array([0, 2, 3, 5, 8, 9, 11]), d.k, d.G.shape[0])
+    W_ls = rec.least_squares(d, cols, 0.01)
+    X = rows.X.copy()
+    copied = rec.poem_fit(d, cols, W_ls, mu=0.3)
+    assert np.array_equal(rows.X, X)  # without consume the rows are only read
+    in_place = rec.poem_fit(d, cols, W_ls, mu=0.3, consume=True)
+    assert not np.array_equal(rows.X, X)  # the rows were compacted in place (the memory path ran)
+    assert copied is not None and in_place is not None
+    assert np.array_equal(copied, in_place)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -132,6 +132,26 @@ def _pre(X: np.ndarray, cols: np.ndarray, W: np.ndarray) -> np.ndarray:
     return out
 
 
+def _relaxation_rows(X: np.ndarray, cols: np.ndarray, consume: bool) -> np.ndarray:
+    """``[X_cols, 1]`` in float32, ``(R, |cols|)``: the relaxation's rows.
+
+    [R, memory] With ``consume`` (nothing reads the reservoir's rows ``X`` afterwards) the kept columns are
+    moved to the front of ``X``'s own rows, block by block, and the ones column after them; the relaxation's
+    products read that view (row stride ``n``) bit for bit as a contiguous copy (BLAS packs both into the same
+    panels; tested), so a full ResNet-50 reservoir needs no second copy of its rows (211 MB for 16384 rows ×
+    3227 kept of 4609 inputs).  A copy where ``X`` has no room for the ones column (every input kept) or is not
+    a writeable float32 buffer.
+    """
+    k = len(cols)
+    if not consume or X.dtype != np.float32 or not X.flags.writeable or not X.flags.c_contiguous or X.shape[1] < k:
+        return _bar(X, cols, dtype=np.float32)
+    rows = max(1, BLOCK_BYTES // (4 * k))
+    for i in range(0, X.shape[0], rows):
+        X[i : i + rows, : k - 1] = X[i : i + rows, cols[:-1]]  # the fancy index copies the block first
+    X[:, k - 1] = 1.0
+    return X[:, :k]
+
+
 def _gram(X: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``X̄ᵀX̄`` of the rows ``X: (R, n)`` on ``cols`` (``X̄ = [X_cols, 1]``) in float64 → ``(|cols|, |cols|)``.
 
@@ -286,8 +306,12 @@ def _gauss_newton(
     return W
 
 
-def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, iters: int = 8) -> np.ndarray | None:
+def poem_fit(
+    d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, iters: int = 8, consume: bool = False
+) -> np.ndarray | None:
     """POEM weights on the fit reservoir (relaxation, or Gauss-Newton for smooth ``f``).
+
+    ``consume``: the fit reservoir's rows ``d.fit.X`` may be overwritten (see :func:`_relaxation_rows`).
 
     The W-step matrix is ``(λ X̄ᵀX̄ + μ Ĝ + (λ + μ) ρ I)⁻¹``, the ridge ``ρ = RIDGE·mean(diag Ĝ)``
     pulling toward ``W_ls`` (the float32-accumulated ``Ĝ`` of a layer with about as many
@@ -309,8 +333,9 @@ def poem_fit(d: LayerData, cols: np.ndarray, W_ls: np.ndarray, *, mu: float, ite
     if not whole:
         # [R, memory] X̄ᵀX̄ before the float32 copy exists, in row blocks (see _gram)
         XtX = _gram(d.fit.X, cols)
-    X32 = _bar(d.fit.X, cols, dtype=np.float32)
-    S32, Z32 = d.fit.S.astype(np.float32), d.fit.Z.astype(np.float32)
+    X32 = _relaxation_rows(d.fit.X, cols, consume)
+    # read only (no copy of the reservoir's float32 arrays)
+    S32, Z32 = np.asarray(d.fit.S, dtype=np.float32), np.asarray(d.fit.Z, dtype=np.float32)
     rho = RIDGE * max(float(np.mean(np.diag(Gn))), 1e-12)
     diag = np.diag_indices(len(cols))
     if whole:
@@ -363,23 +388,26 @@ def channel_scales(d: LayerData, keep: np.ndarray, lam: float) -> np.ndarray:
     return M * r[blocks][None, :]
 
 
-def reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.01) -> Reconstruction:
+def reconstruct(
+    d: LayerData, keep: np.ndarray, *, method: str, lam: float = 0.01, consume: bool = False
+) -> Reconstruction:
     """Reconstruct consumer weights on kept channels ``keep`` with ``method``.
 
     ``method``: ``none`` (original weights), ``scale`` (ThiNet), ``nu`` (removed channels merged into kept
-    ones, Neuro-Unification), ``ls`` (REAP) or ``poem``.
+    ones, Neuro-Unification), ``ls`` (REAP) or ``poem``.  ``consume``: the caller reads ``d.fit.X`` no more,
+    and POEM's last fit may overwrite it instead of copying it (memory).
 
     Raises:
         SolverError: the weights came out non-finite (no fallback can absorb it; the
             caller leaves the group unpruned with this reason).
     """
-    out = _reconstruct(d, keep, method=method, lam=lam)
+    out = _reconstruct(d, keep, method=method, lam=lam, consume=consume)
     if not np.isfinite(out.W).all():
         raise SolverError(f"{method} reconstruction gave non-finite weights ({len(keep)} kept channels)")
     return out
 
 
-def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> Reconstruction:
+def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float, consume: bool) -> Reconstruction:
     n1 = d.G.shape[0]
     cols = kept_columns(keep, d.k, n1)
     W_none = d.W0[:, cols]
@@ -399,8 +427,8 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float) -> 
         out.fallbacks.append("no held-out samples: kept least squares")
         return out
     candidates: dict[str, np.ndarray] = {"ls": W_ls, "wls": least_squares(d, cols, lam, weighted=True)}
-    for mu in POEM_MUS:
-        W_p = poem_fit(d, cols, W_ls, mu=mu)
+    for j, mu in enumerate(POEM_MUS):
+        W_p = poem_fit(d, cols, W_ls, mu=mu, consume=consume and j == len(POEM_MUS) - 1)
         if W_p is None:
             out.fallbacks.append("no fitting samples: kept least squares")
             return out

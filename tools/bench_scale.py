@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -94,23 +95,27 @@ def _write_calibration(model_path: Path, samples: int, work: Path) -> Path:
 
 
 class _DiskWatch:
-    """Largest total size of files under ``onnx-poem-*`` directories in the temp dir, polled."""
+    """Largest total size of the files under ``root`` (this run's own temporary folder), polled.
 
-    def __init__(self) -> None:
+    The run's temporary folder is made private (``tempfile.tempdir`` points into the work folder while
+    ``prune`` runs): watching the shared temp dir counted a concurrent run's frontiers too (20 GB read for a
+    14.4 GB run).
+    """
+
+    def __init__(self, root: Path) -> None:
         self.peak = 0
+        self.root = root
         self._stop = threading.Event()
-        self._before = set(Path(tempfile.gettempdir()).glob("onnx-poem-*"))
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _size(self) -> int:
         total = 0
-        for d in set(Path(tempfile.gettempdir()).glob("onnx-poem-*")) - self._before:
-            for root, _, files in os.walk(d):
-                for f in files:
-                    try:
-                        total += os.stat(os.path.join(root, f)).st_size
-                    except OSError:
-                        pass
+        for root, _, files in os.walk(self.root):
+            for f in files:
+                try:
+                    total += os.stat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
         return total
 
     def _loop(self) -> None:
@@ -149,8 +154,15 @@ def run_one(a: argparse.Namespace) -> dict:
     fwd = time.perf_counter() - t
     del sess
     t = time.perf_counter()
-    with _DiskWatch() as disk:
-        pruned, report = prune(model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples)
+    private = Path(a.work) / f"tmp_{os.getpid()}"
+    private.mkdir(parents=True, exist_ok=True)
+    shared_tmp, tempfile.tempdir = tempfile.tempdir, str(private)
+    try:
+        with _DiskWatch(private) as disk:
+            pruned, report = prune(model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples)
+    finally:
+        tempfile.tempdir = shared_tmp
+        shutil.rmtree(private, ignore_errors=True)
     prune_s = time.perf_counter() - t
     one = data.feed([0])
     calib.unlink()

@@ -27,7 +27,7 @@ post-activation error on held-out samples from images not used for fitting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,8 +113,14 @@ def _bar(X: np.ndarray, cols: np.ndarray, dtype: type = np.float64) -> np.ndarra
     return xb
 
 
-#: bytes of the float64 rows :func:`_pre` copies at a time
+#: bytes of the rows the row-blocked helpers (:func:`_pre`, :func:`_gram`, :func:`_relaxation_rows`) copy at a time
 BLOCK_BYTES = 32 << 20
+
+
+def _row_blocks(rows: int, row_bytes: int) -> Iterator[slice]:
+    """Consecutive slices of ``rows`` rows, each about :data:`BLOCK_BYTES` of rows of ``row_bytes`` bytes."""
+    step = max(1, BLOCK_BYTES // row_bytes)
+    return (slice(i, i + step) for i in range(0, rows, step))
 
 
 def _pre(X: np.ndarray, cols: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -126,9 +132,8 @@ def _pre(X: np.ndarray, cols: np.ndarray, W: np.ndarray) -> np.ndarray:
     blocks BLAS may take another kernel (equal to rounding).
     """
     out = np.empty((X.shape[0], W.shape[0]))
-    rows = max(1, BLOCK_BYTES // (8 * len(cols)))
-    for i in range(0, X.shape[0], rows):
-        out[i : i + rows] = _bar(X[i : i + rows], cols) @ W.T
+    for b in _row_blocks(X.shape[0], 8 * len(cols)):
+        out[b] = _bar(X[b], cols) @ W.T
     return out
 
 
@@ -145,9 +150,8 @@ def _relaxation_rows(X: np.ndarray, cols: np.ndarray, consume: bool) -> np.ndarr
     k = len(cols)
     if not consume or X.dtype != np.float32 or not X.flags.writeable or not X.flags.c_contiguous or X.shape[1] < k:
         return _bar(X, cols, dtype=np.float32)
-    rows = max(1, BLOCK_BYTES // (4 * k))
-    for i in range(0, X.shape[0], rows):
-        X[i : i + rows, : k - 1] = X[i : i + rows, cols[:-1]]  # the fancy index copies the block first
+    for b in _row_blocks(X.shape[0], 4 * k):
+        X[b, : k - 1] = X[b, cols[:-1]]  # the fancy index copies the block first
     X[:, k - 1] = 1.0
     return X[:, :k]
 
@@ -160,9 +164,8 @@ def _gram(X: np.ndarray, cols: np.ndarray) -> np.ndarray:
     differs from one product over all rows (about 1e-15 relative: BLAS orders the row sums differently).
     """
     out = np.zeros((len(cols), len(cols)))
-    rows = max(1, BLOCK_BYTES // (8 * len(cols)))
-    for i in range(0, X.shape[0], rows):
-        xb = _bar(X[i : i + rows], cols)
+    for b in _row_blocks(X.shape[0], 8 * len(cols)):
+        xb = _bar(X[b], cols)
         out += xb.T @ xb
     return out
 
@@ -331,7 +334,7 @@ def poem_fit(
     # the normal matrices are formed and inverted in float64
     whole = len(d.fit) == d.count
     if not whole:
-        # [R, memory] X̄ᵀX̄ before the float32 copy exists, in row blocks (see _gram)
+        # X̄ᵀX̄ in row blocks (see _gram), and before _relaxation_rows, which may overwrite the rows it reads
         XtX = _gram(d.fit.X, cols)
     X32 = _relaxation_rows(d.fit.X, cols, consume)
     # read only (no copy of the reservoir's float32 arrays)

@@ -330,3 +330,40 @@ def test_in_place_solve_falls_back_on_the_restored_matrix() -> None:
     got = spd_solve(work, B, overwrite=True)
     np.testing.assert_array_equal(work, A)
     np.testing.assert_allclose(got, np.linalg.lstsq(A, B.T, rcond=None)[0].T, rtol=1e-10, atol=1e-12)
+
+
+def test_choice_in_column_blocks_equals_the_whole_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """choose_per_output over blocks of outputs picks what one pass over all outputs picks (memory, not math)."""
+    rng = np.random.default_rng(3)
+    n, m, rows = 40, 300, 400
+    W_true = rng.standard_normal((m, n + 1)) * 0.3
+    X = rng.standard_normal((rows, n)).astype(np.float32)
+    cols = rec.kept_columns(np.arange(n), 1, n + 1)
+    Y = np.c_[X, np.ones(rows)] @ W_true.T
+    S = (0.5 * rng.standard_normal((rows, m))).astype(np.float32)
+    held = rec.Samples(X=X, Y=Y, S=S, Z=np.maximum(Y + S, 0).astype(np.float32))
+    G = np.eye(n + 1)
+    d = rec.LayerData(G, W_true, G, W_true, W_true, 1, rows, "relu", (), held, held)
+    # each candidate is the truth on a random third of the outputs and off elsewhere
+    candidates = {"ls": W_true + 0.3 * rng.standard_normal(W_true.shape)}
+    for j in range(3):
+        off = W_true + 0.3 * rng.standard_normal(W_true.shape)
+        near = rng.random(m) < 1 / 3
+        candidates[f"c{j}"] = np.where(near[:, None], W_true + 0.01 * rng.standard_normal(W_true.shape), off)
+    whole = rec.choose_per_output(d, candidates, cols)
+    monkeypatch.setattr(rec, "BLOCK_BYTES", 8 * rows * 64)  # 64-output blocks, the last one 108 wide
+    assert [b.stop - b.start for b in rec._column_blocks(m, 8 * rows)] == [64, 64, 64, 108]
+    blocked = rec.choose_per_output(d, candidates, cols)
+    np.testing.assert_array_equal(blocked, whole)
+    assert len(set(whole.tolist())) == 4  # every candidate won somewhere: the blocks' picks land in place
+
+
+@pytest.mark.parametrize(
+    ("columns", "step"), [(1, 64), (63, 64), (64, 64), (65, 64), (127, 64), (128, 64), (1000, 192)]
+)
+def test_column_blocks_cover_every_column_once(columns: int, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rec, "BLOCK_BYTES", step * 8)
+    blocks = rec._column_blocks(columns, 8)
+    assert np.array_equal(np.concatenate([np.arange(columns)[b] for b in blocks]), np.arange(columns))
+    assert all(b.start % rec.COLUMN_TILE == 0 for b in blocks)
+    assert all(b.stop - b.start >= min(columns, rec.COLUMN_TILE) for b in blocks)

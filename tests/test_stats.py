@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models import BUILDERS, inputs_for
+from onnx_poem.calibration.collect import collect, layer_data
+from onnx_poem.calibration.sources import load_calibration
 from onnx_poem.calibration.stats import LayerStats, Reservoir
+from onnx_poem.cascade import Current, Stream, cut_position
+from onnx_poem.config import PruneConfig
+from onnx_poem.coupling import find_groups
+from onnx_poem.graph import GraphView
+from onnx_poem.weights import effective
 
 
 @settings(max_examples=30, deadline=None)
@@ -121,3 +130,38 @@ def test_merged_reservoir_is_uniform_over_both_streams() -> None:
         assert len(m) == 40 and m.seen == 400
         share.append(1 - m.get("i").mean())
     assert abs(np.mean(share) - 0.75) < 0.02  # std of the mean ≈ 0.0045
+
+
+def test_reservoirs_keep_only_what_the_solvers_read(tmp_path: Path) -> None:
+    """The fit reservoir stores no targets y, and a consumer without a residual offset stores no (zero) offset:
+    layer_data shows it as a read-only zero of the full shape (memory: ResNet-50's would be 134 MB each)."""
+
+    cfg = PruneConfig(ratio=0.5, mode="parallel", positions=8)
+    chunks = [np.arange(0, 8), np.arange(8, 16)]
+    seen = set()
+    for name in ("conv_chain", "residual"):
+        model = BUILDERS[name]()
+        data = load_calibration(model, inputs_for(model, 16), samples=16, seed=0)
+        view = GraphView.build(model, input_shapes=data.sample_shapes())
+        streams = (Stream(view, data, chunks, tmp_path, f"o{name}"), Stream(view, data, chunks, tmp_path, f"c{name}"))
+        groups = sorted(find_groups(view, residual=False).groups, key=lambda g: cut_position(view, g))
+        seen |= _check_reservoirs(view, groups, streams, cfg)
+    assert seen == {True, False}  # both kinds of consumer were checked
+
+
+def _check_reservoirs(view, groups, streams, cfg) -> set[bool]:
+    seen = set()
+    for i, g in enumerate(groups):
+        W0s = [effective(view, c)[0] for c in g.consumers]
+        stats = collect(view, Current.original(view), g, W0s, streams, None, 8, cfg, i)  # the second batch is held out
+        for c, W0, st_ in zip(g.consumers, W0s, stats, strict=True):
+            d = layer_data(c, W0, st_)
+            assert "y" not in st_.fit and d.fit.Y is None
+            assert "y" in st_.held and d.held.Y is not None and d.held.Y.shape == (len(d.held), W0.shape[0])
+            for r, s in ((st_.fit, d.fit), (st_.held, d.held)):
+                assert ("s" in r) == bool(c.offset)
+                assert s.S.shape == s.Z.shape == (len(s), W0.shape[0])
+                if not c.offset:
+                    assert s.S.strides == (0, 0) and not s.S.any()
+            seen.add(bool(c.offset))
+    return seen

@@ -30,11 +30,14 @@ def layer_data(c: Consumer, W0: np.ndarray, st: LayerStats) -> LayerData:
     def samples(r: Any) -> Samples:
         m = W0.shape[0]
         empty = np.zeros((0, m), dtype=np.float32)
+        if not len(r):
+            return Samples(np.zeros((0, W0.shape[1] - 1), dtype=np.float32), empty, empty, empty)
         return Samples(
-            X=r.get("x") if len(r) else np.zeros((0, W0.shape[1] - 1), dtype=np.float32),
-            Y=r.get("y") if len(r) else empty,
-            S=r.get("s") if len(r) else empty,
-            Z=r.get("z") if len(r) else empty,
+            X=r.get("x"),
+            Y=r.get("y") if "y" in r else None,
+            # [R, memory] a consumer without a residual offset stores none: one zero seen as (R, m)
+            S=r.get("s") if "s" in r else np.broadcast_to(np.float32(0), (len(r), m)),
+            Z=r.get("z"),
         )
 
     return LayerData(
@@ -155,8 +158,9 @@ def _add_batch(
     a = y + s_orig
     kind, params = c.activation.kind, c.activation.params
     z = act_apply(kind, params, a)
+    offset = {"s": s_hat} if c.offset else {}  # without an offset S is zero (layer_data)
     if held:
-        st.held.add(x=x, y=y, s=s_hat, z=z)
+        st.held.add(x=x, y=y, z=z, **offset)
         return
     w = np.mean(act_derivative(kind, params, a) ** 2, axis=1) if weighted else None
-    st.add_fit(x, y, w, {"s": s_hat, "z": z})
+    st.add_fit(x, y, w, {"z": z, **offset})

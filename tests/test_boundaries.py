@@ -26,7 +26,19 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "solvers").glob("*.py")), ids=lambda p: p.name)
 def test_solvers_import_only_numpy_scipy_and_themselves(path: Path) -> None:
-    allowed = {"numpy", "scipy", "__future__", "collections", "dataclasses", "typing", "logging", "math", ".", ".."}
+    allowed = {
+        "numpy",
+        "scipy",
+        "__future__",
+        "collections",
+        "dataclasses",
+        "typing",
+        "logging",
+        "math",
+        "itertools",
+        ".",
+        "..",
+    }
     extra = {n for n in _imports(path) if n not in allowed and not n.startswith(".")}
     assert not extra, f"{path.name} imports {extra}"
     assert all(n in (".", "..", ".activations", ".linalg", ".greedy", ".merge", ".reconstruct", ".select", "..errors")
@@ -61,3 +73,15 @@ def test_the_linter_rule_guards_the_solvers(tmp_path: Path) -> None:
     finally:
         bad.unlink()
     assert res.returncode == 1 and "TID253" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_pipeline_stages_depend_only_on_their_context_and_the_engine() -> None:
+    """api.py orchestrates the stages of onnx_poem/pipeline/; no stage imports the API (no cycle), the shared
+    context imports no stage, and only the candidates (auto choices) run other stages."""
+    stages = {p.stem: _imports(p) for p in (PACKAGE / "pipeline").glob("*.py") if p.stem != "__init__"}
+    assert {"analyse", "allocate", "solving", "summary", "context", "candidates"} <= set(stages)
+    for name, imports in stages.items():
+        assert "..api" not in imports, name
+        siblings = {n[1:] for n in imports if n.startswith(".") and not n.startswith("..")}
+        allowed = set(stages) - {name} if name == "candidates" else ({"context"} if name != "context" else set())
+        assert siblings <= allowed, (name, siblings)

@@ -181,16 +181,16 @@ def test_unexpected_failure_is_one_line(work: Path, monkeypatch) -> None:
 
 
 def test_a_pruned_model_that_fails_verification_is_not_written(work: Path, monkeypatch) -> None:
-    import onnx_poem.api as api
+    import onnx_poem.pipeline.solving as solving
 
-    real = api.infer_or_keep  # applied to the final pruned model only
+    real = solving.infer_or_keep  # applied to the final pruned model only
 
     def broken(model):
         m = real(model)
         m.graph.node[0].op_type = "NoSuchOp"  # the checker rejects it
         return m
 
-    monkeypatch.setattr(api, "infer_or_keep", broken)
+    monkeypatch.setattr(solving, "infer_or_keep", broken)
     before = sorted(work.iterdir())
     res = invoke(
         str(work / "m.onnx"), "--ratio", "0.5", "--calib", str(work / "c.npz"), "--report", str(work / "r.json")

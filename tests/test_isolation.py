@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-import onnx_poem.api as api
+import onnx_poem.pipeline.solving as solving
 import onnx_poem.pro as pro
 import onnx_poem.solve as solve_mod
 from models import BUILDERS, inputs_for
@@ -26,14 +26,14 @@ def test_a_planted_failure_leaves_that_group_unpruned_and_prunes_the_rest(monkey
     x = inputs_for(model, 32)
     bad = _target_group("conv_chain")
     if where == "solve":
-        real_solve = api.solve_group
+        real_solve = solving.solve_group
 
         def solve(view, current, g, *args):
             if g.id == bad:
                 raise FloatingPointError("planted solver failure")
             return real_solve(view, current, g, *args)
 
-        monkeypatch.setattr(api, "solve_group", solve)
+        monkeypatch.setattr(solving, "solve_group", solve)
     else:
         real_update = solve_mod.consumer_update
 
@@ -60,7 +60,7 @@ def test_a_rewrite_that_only_onnxruntime_rejects_is_dropped_at_the_end(monkeypat
     model = BUILDERS["conv_chain"]()
     x = inputs_for(model, 32)
     bad = _target_group("conv_chain")
-    real_apply = api.apply_plan
+    real_apply = solving.apply_plan
 
     def apply(view, groups, plan):
         m = real_apply(view, groups, plan)
@@ -71,8 +71,9 @@ def test_a_rewrite_that_only_onnxruntime_rejects_is_dropped_at_the_end(monkeypat
                     break
         return m
 
-    monkeypatch.setattr(api, "apply_plan", apply)
-    monkeypatch.setattr(api, "check_structure", lambda *a, **k: None)  # let the bad rewrite through the per-group check
+    monkeypatch.setattr(solving, "apply_plan", apply)
+    # let the bad rewrite through the per-group check
+    monkeypatch.setattr(solving, "check_structure", lambda *a, **k: None)
     _, rep = prune(model, ratio=0.5, calib=x, positions=8, allocation="uniform", mode="parallel")
     by_id = {g["group"]: g for g in rep.groups}
     assert by_id[bad]["kept"] == by_id[bad]["channels"]

@@ -166,18 +166,19 @@ def test_auto_keeps_the_policy_whose_outputs_are_closest() -> None:
 def test_auto_keeps_project_when_it_is_clearly_closer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The choice rule itself: with the selection errors forced, a candidate whose paired error is lower by more
     than two standard errors is kept (here project), and the model is the one a fixed --residual project writes."""
-    import onnx_poem.api as api
+    import onnx_poem.pipeline.candidates as candidates
+    from onnx_poem.pipeline.context import RunContext
 
     model = resnet_option_a()
     x = inputs_for(model, 96)
     errors = {"internal": 0.30, "stream": 0.29, "project": 0.10}
     rng = np.random.default_rng(0)
 
-    def fake(ctx: api.RunContext, pruned: onnx.ModelProto) -> np.ndarray:
+    def fake(ctx: RunContext, pruned: onnx.ModelProto) -> np.ndarray:
         n = len(ctx.split.select) + len(ctx.split.fit)
         return errors[ctx.cfg.residual] + 0.01 * rng.standard_normal(n)
 
-    monkeypatch.setattr(api, "_choice_errors", fake)
+    monkeypatch.setattr(candidates, "choice_errors", fake)
     pruned, rep = prune(model, target_macs=0.6, calib=x, residual="auto")
     assert rep.residual == "project" and rep.serialised is not None
     monkeypatch.undo()

@@ -34,15 +34,17 @@ def record(model: str, target: float, seed: int, shared: Path, work: Path) -> di
     import onnx
 
     import onnx_poem.api as api
+    import onnx_poem.pipeline.candidates as candidates
+    from onnx_poem.pipeline.context import RunContext
     from onnx_poem.verify import sample_errors
 
     task = tasks(shared)[model]()
     calib = task.calib(512)
     original = onnx.load(str(shared / "models" / task.model_file))
     seen: dict[str, dict] = {}
-    inner = api._choice_errors
+    inner = candidates.choice_errors
 
-    def spy(ctx: api.RunContext, pruned: onnx.ModelProto) -> np.ndarray:
+    def spy(ctx: RunContext, pruned: onnx.ModelProto) -> np.ndarray:
         path = work / f"{model}.{target}.{seed}.{ctx.cfg.residual}.onnx"
         onnx.save(pruned, str(path))
         seen[ctx.cfg.residual] = {
@@ -52,11 +54,11 @@ def record(model: str, target: float, seed: int, shared: Path, work: Path) -> di
         seen[ctx.cfg.residual]["metric"] = task.evaluate(session(str(path), 2))
         return inner(ctx, pruned)
 
-    api._choice_errors = spy  # type: ignore[assignment]
+    candidates.choice_errors = spy  # type: ignore[assignment]
     try:
         _, rep = api.prune(original, calib=calib, target_macs=target, seed=seed, residual="auto")
     finally:
-        api._choice_errors = inner  # type: ignore[assignment]
+        candidates.choice_errors = inner  # type: ignore[assignment]
     return {"model": model, "target": target, "seed": seed, "chosen": rep.residual, "candidates": seen}
 
 
@@ -105,7 +107,7 @@ def choose(candidates: dict[str, dict], parts: tuple[str, ...], z: float) -> str
     def errors(p: str) -> np.ndarray:
         return np.concatenate([np.asarray(candidates[p][part]) for part in parts])
 
-    from onnx_poem.api import clearly_lower
+    from onnx_poem.pipeline.candidates import clearly_lower
 
     best = order[0]
     for p in order[1:]:

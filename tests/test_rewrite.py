@@ -128,7 +128,8 @@ def test_splits_sharing_their_sizes_constant_get_their_own() -> None:
 @pytest.mark.parametrize("name", ["residual", "ffn", "split_slice", "concat", "squeeze_excite", "keras_flatten"])
 def test_rewritten_names_every_initializer_the_rewrite_changes(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the cascade's sessions of a partly pruned model take every other initializer from the original's arrays
-    from onnx_poem import api, rewrite
+    from onnx_poem import rewrite
+    from onnx_poem.pipeline import solving
 
     calls = []
 
@@ -137,7 +138,7 @@ def test_rewritten_names_every_initializer_the_rewrite_changes(name: str, monkey
         calls.append((view, groups, plan, out))
         return out
 
-    monkeypatch.setattr(api, "apply_plan", recording)
+    monkeypatch.setattr(solving, "apply_plan", recording)
     model = BUILDERS[name]()
     prune(model, ratio=0.5, calib=inputs_for(model, 64), prune_residual=True)
     assert any(c[2].decisions for c in calls)

@@ -257,7 +257,10 @@ class GraphView:
             if not todo:
                 return
             try:
-                values = session(with_outputs(self.model, todo, dtypes={**guessed, **self.dtypes})).run(todo, feed)
+                values = session(
+                    with_outputs(self.model, todo, dtypes={**guessed, **self.dtypes}),
+                    values=any(n.op_type in VALUE_SHAPED for n in self.nodes),  # shapes only (zero inputs)
+                ).run(todo, feed)
             except Exception as e:  # only limits what can be pruned
                 logger.debug("shapes not observed: %s", e)
                 continue
@@ -381,6 +384,14 @@ def infer_shapes(
         out[t.name] = tuple(t.dims)
         types[t.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
     return out, types
+
+
+#: ops whose output shape can depend on the values of their (possibly computed) tensor inputs: a run for shapes
+#: alone then needs the real weights.  [R, memory] ``Range`` is not one: its inputs are scalars, and only
+#: floating-point initializers of :data:`onnx_poem.external.SESSION_MIN_BYTES` or more become zeros
+#: (BERT-base's position ids come from a ``Range``: with it listed, the shape runs converted its 0.44 GB of
+#: weights, 340 MiB more at the view's build, for the same shapes)
+VALUE_SHAPED = ("NonZero", "Unique", "Compress", "TopK", "NonMaxSuppression", "Loop", "If", "Scan")
 
 
 def session(

@@ -16,15 +16,11 @@ import numpy as np
 import onnx
 
 from .coupling import ChannelGroup
-from .graph import GraphView, infer_shapes, with_outputs
+from .graph import VALUE_SHAPED, GraphView, infer_shapes, with_outputs
 from .timing import STAGES
 from .verify import Agreement, session
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-#: ops whose output shape can depend on their inputs' values (a MACs count then runs the real weights)
-VALUE_SHAPED = ("NonZero", "Unique", "Compress", "TopK", "NonMaxSuppression", "Loop", "If", "Scan", "Range")
 
 
 def count_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnx
 import pytest
 
 from models import BUILDERS, concat, grouped_conv, inputs_for
-from onnx_poem import prune
+from onnx_poem import graph, prune
 from onnx_poem.coupling import Grouped, PadFix, ReshapeFix, find_groups
 from onnx_poem.fold import fold_constants
 from onnx_poem.graph import GraphView
@@ -165,3 +168,24 @@ def test_grouped_conv_is_pruned_by_whole_groups() -> None:
     assert group == 2 and list(w[conv[1].input[1]].dims) == [4, 2, 3, 3]
     assert next(iter(w[conv[0].input[1]].dims)) == 4 and list(w[conv[2].input[1]].dims)[1] == 4
     assert rep.groups[0]["channels"] == 8 and rep.groups[0]["kept"] == 4
+
+
+@pytest.mark.parametrize("name", ["bert_tiny.ts", "llama_gqa_tiny.ts"])
+def test_the_views_shape_run_needs_no_weights(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shapes shape inference leaves open are observed with zero weights (no copy of them; a Range's scalar
+    inputs are never stubbed) and equal those observed with the real weights."""
+    model = fold_constants(onnx.load(str(Path(__file__).parent / "zoo" / f"{name}.onnx")))
+    assert any(n.op_type == "Range" for n in model.graph.node)
+    shapes = {i.name: [2, 16] for i in model.graph.input}
+    real_session, asked = graph.session, []
+
+    def spy(m, **kw):  # type: ignore[no-untyped-def]
+        asked.append(kw.get("values", True))
+        return real_session(m, **kw)
+
+    monkeypatch.setattr(graph, "session", spy)
+    view = graph.GraphView.build(model, input_shapes=shapes)
+    assert asked and not any(asked)  # every shape run fed zero weights
+    monkeypatch.setattr(graph, "session", lambda m, **kw: real_session(m, **{**kw, "values": True}))
+    real = graph.GraphView.build(model, input_shapes=shapes)
+    assert view.shapes == real.shapes and view.dtypes == real.dtypes

@@ -29,7 +29,7 @@ from .errors import UsageError
 from .pipeline.allocate import allocate, measure_curves
 from .pipeline.analyse import analyse
 from .pipeline.candidates import prune_auto, prune_hidden_auto
-from .pipeline.context import Progress, PruneResult, build_context, load_inputs
+from .pipeline.context import Inputs, Progress, PruneResult, build_context, load_inputs
 from .pipeline.solving import solve_cascade, verify_solved
 from .pipeline.summary import build_report, plan_context
 from .plan import PrunePlan
@@ -111,7 +111,9 @@ def run(
         raise UsageError("--residual auto measures pruned models: a dry run cannot; give a fixed --residual")
     t0 = time.perf_counter()
     with limit_threads(cfg.threads), bind(Clock()) as clock, stage("other"):
-        result = _prune(model, cfg, calib, image_options, verify_data, progress)
+        with stage("load"):
+            inputs = load_inputs(model, cfg, calib, image_options, verify_data)
+        result = _prune(inputs, progress)
     result.report.timings.update(clock.timings(t0))
     return result
 
@@ -179,17 +181,10 @@ def run_family(
     return results
 
 
-def _prune(
-    model: onnx.ModelProto | str | Path,
-    cfg: PruneConfig,
-    calib: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
-    image_options: ImageOptions | None,
-    verify_data: str | Path | Mapping[str, np.ndarray] | np.ndarray | None,
-    progress: Progress | None,
-) -> PruneResult:
-    """The stages of a run, in order; each returns a typed result, the report is built once at the end."""
-    with stage("load"):
-        inputs = load_inputs(model, cfg, calib, image_options, verify_data)
+def _prune(inputs: Inputs, progress: Progress | None) -> PruneResult:
+    """The stages of a run after loading, in order; each returns a typed result, the report is built once at
+    the end."""
+    cfg = inputs.cfg
     if cfg.residual == "auto":
         return prune_auto(inputs, progress)
     if cfg.hidden_auto:

@@ -259,7 +259,7 @@ class GraphView:
             try:
                 values = session(
                     with_outputs(self.model, todo, dtypes={**guessed, **self.dtypes}),
-                    values=any(n.op_type in VALUE_SHAPED for n in self.nodes),  # shapes only (zero inputs)
+                    values=self.shapes_need_values,  # shapes only (zero inputs)
                 ).run(todo, feed)
             except Exception as e:  # only limits what can be pruned
                 logger.debug("shapes not observed: %s", e)
@@ -273,6 +273,12 @@ class GraphView:
     @property
     def nodes(self) -> Sequence[onnx.NodeProto]:
         return self.model.graph.node
+
+    @property
+    def shapes_need_values(self) -> bool:
+        """A run for shapes alone needs the real weights (an op of :data:`VALUE_SHAPED`); otherwise the large
+        floating-point weights may be zeros (``session(..., values=False)``)."""
+        return any(n.op_type in VALUE_SHAPED for n in self.nodes)
 
     def opset(self) -> int:
         """The model's default-domain opset version."""

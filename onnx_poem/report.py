@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from .coupling import ChannelGroup
-from .graph import VALUE_SHAPED, GraphView, infer_shapes, with_outputs
+from .graph import GraphView, infer_shapes, with_outputs
 from .timing import STAGES
 from .verify import Agreement, session
 
@@ -48,8 +48,7 @@ def node_macs(model: onnx.ModelProto, sample: Mapping[str, np.ndarray]) -> dict[
     dynamic = [t for t in dict.fromkeys(wanted) if t not in shapes and not view.is_const(t)]
     if dynamic:
         # shapes only: the weights' values do not matter unless an op's output shape depends on values
-        real = any(n.op_type in VALUE_SHAPED for n in view.nodes)
-        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=real)
+        sess = session(with_outputs(model, dynamic, dtypes=view.dtypes), values=view.shapes_need_values)
         shapes.update({t: tuple(v.shape) for t, v in zip(dynamic, sess.run(dynamic, dict(sample)), strict=True)})
     total: dict[int, int] = {}
     for i, n in enumerate(view.nodes):

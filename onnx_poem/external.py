@@ -106,6 +106,22 @@ def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int) 
         entry.key, entry.value = key, value
 
 
+def stub_of(name: str, data_type: int, dims: Iterable[int]) -> onnx.TensorProto:
+    """An external-data stub for an initializer ``name`` of that type and shape (see :func:`stubbed`)."""
+    s = onnx.TensorProto()
+    s.name, s.data_type = name, data_type
+    s.dims.extend(dims)
+    _set_external(s, STUB_LOCATION, 0, shape_nbytes(s))
+    return s
+
+
+def is_stub(t: onnx.TensorProto) -> bool:
+    """``t`` is a stub made here (its value lives in an array, not in a file)."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == STUB_LOCATION for e in t.external_data
+    )
+
+
 def copy_except(dst: object, src: object, skip: str) -> None:
     """Copy every set field of message ``src`` except ``skip`` into ``dst`` (same message type)."""
     for f, value in src.ListFields():  # type: ignore[attr-defined]
@@ -154,7 +170,15 @@ def stub_weights(
 def stub_values(
     large: Iterable[onnx.TensorProto], *, values: bool = True, shared: Mapping[str, np.ndarray] | None = None
 ) -> list[np.ndarray]:
-    """The arrays of the initializers :func:`stubbed` took out (``values`` and ``shared``: :func:`stub_weights`)."""
+    """The arrays of the initializers :func:`stubbed` took out (``values`` and ``shared``: :func:`stub_weights`).
+
+    Raises:
+        KeyError: a tensor that was a stub already (:func:`is_stub`) has no value in ``shared``.
+    """
+    large = list(large)
+    missing = [t.name for t in large if is_stub(t) and (shared is None or t.name not in shared)]
+    if missing:
+        raise KeyError(f"no value for the stubbed initializers {missing[:3]}")
     return [
         shared[t.name]
         if shared is not None and t.name in shared
@@ -229,6 +253,26 @@ class _Excluding(Mapping[str, np.ndarray]):
         return name not in self._drop and name in self._pool
 
 
+class Overlay(Mapping[str, np.ndarray]):
+    """``top``'s arrays, then ``base``'s for the names ``top`` lacks (read-only; a session's shared arrays)."""
+
+    def __init__(self, top: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> None:
+        self._top, self._base = top, base
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._top[name] if name in self._top else self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._top
+        yield from (n for n in self._base if n not in self._top)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._top or name in self._base
+
+
 def stubbed(
     model: onnx.ModelProto, min_bytes: int | None = None, *, floats: bool = False, inline: Collection[str] = ()
 ) -> tuple[onnx.ModelProto, list[onnx.TensorProto]]:
@@ -243,14 +287,15 @@ def stubbed(
     min_bytes = SESSION_MIN_BYTES if min_bytes is None else min_bytes
     large: list[onnx.TensorProto] = []
     for t in model.graph.initializer:
+        if is_stub(t):  # already a stub (a cascade model): its value comes from the session's shared arrays
+            large.append(t)
+            stub.graph.initializer.append(t)
+            continue
         if not _large(t, min_bytes) or (floats and t.data_type not in FLOAT_TYPES) or t.name in inline:
             stub.graph.initializer.append(t)
             continue
         large.append(t)
-        s = stub.graph.initializer.add()
-        s.name, s.data_type = t.name, t.data_type
-        s.dims.extend(t.dims)
-        _set_external(s, STUB_LOCATION, 0, shape_nbytes(t))
+        stub.graph.initializer.append(stub_of(t.name, t.data_type, t.dims))
     return stub, large
 
 

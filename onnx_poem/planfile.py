@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
-from .plan import ConsumerUpdate, GroupDecision, PrunePlan
+from .plan import ConsumerUpdate, Data, GroupDecision, PrunePlan, value
 
 FORMAT = "onnx-poem-plan"
 VERSION = 1
@@ -52,13 +52,13 @@ def arrays_path(json_path: Path) -> Path:
 
 def encode(plan: PrunePlan, ctx: PlanContext, json_path: Path) -> dict[Path, bytes]:
     """The two files of ``plan`` (``json_path`` and its ``.npz``) as bytes, for an atomic write."""
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Data] = {}
     decisions = []
     for i, d in enumerate(plan.decisions):
         updates = []
         for j, u in enumerate(d.updates):
             wkey, bkey = f"d{i}_u{j}_weight", f"d{i}_u{j}_bias"
-            arrays[wkey], arrays[bkey] = u.weight_value, u.bias_value
+            arrays[wkey], arrays[bkey] = u.weight_data, u.bias_data  # read one at a time by _npz
             updates.append(
                 {"node": u.node, "weight": u.weight, "bias": u.bias, "weight_array": wkey, "bias_array": bkey}
             )
@@ -76,13 +76,13 @@ def encode(plan: PrunePlan, ctx: PlanContext, json_path: Path) -> dict[Path, byt
     return {json_path: (json.dumps(doc, indent=1) + "\n").encode(), arrays_path(json_path): _npz(arrays)}
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+def _npz(arrays: dict[str, Data]) -> bytes:
     """An ``.npz`` of ``arrays`` with fixed member timestamps (``np.savez`` stamps the current time)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         for key, a in arrays.items():
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(a), allow_pickle=False)
+            np.lib.format.write_array(member, np.ascontiguousarray(value(a)), allow_pickle=False)
             z.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
     return buf.getvalue()
 

@@ -29,9 +29,10 @@ from onnx import helper
 from .calibration.sources import CalibrationData
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup
+from .external import Overlay
 from .graph import GraphView, constant_tensors, segment_session, session
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
-from .rewrite import apply_plan, bias_name, rewritten
+from .rewrite import apply_plan_stubbed, bias_name, rewritten
 
 
 class Probe:
@@ -71,7 +72,7 @@ class Probe:
             pass
         first = GroupDecision(g.id, g.channels, tuple(range(g.channels)), tuple(variants[0]))
         plan = PrunePlan((first,))
-        model = apply_plan(self.view, self.groups, plan)
+        model, values = apply_plan_stubbed(self.view, self.groups, plan)
         names = {bias_name(u): None for u in variants[0]} | {u.weight: None for u in variants[0]}
         specs = _specs(model, list(names))
         sess = segment_session(
@@ -79,10 +80,10 @@ class Probe:
             self.outputs,
             cut=self.stream.frontier,
             dtypes=self.view.dtypes,
-            shared=self.view.weights.excluding(rewritten(self.view, self.groups, plan)),
+            shared=Overlay(values, self.view.weights.excluding(rewritten(self.view, self.groups, plan))),
             overridable=list(names),
         )
-        del model
+        del model, values
         wanted = [i.name for i in sess.get_inputs()] + list(names)
         out = []
         for updates in variants:

@@ -20,7 +20,7 @@ Per output ``o`` (original ``y``, pruned ``ŷ``, ``N`` samples):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +28,7 @@ import onnx
 
 from .calibration.sources import CalibrationData
 from .errors import VerificationError
-from .graph import check_model, session
+from .graph import check_model, check_structure, session
 
 Z95 = 1.959963984540054
 #: below this many verification samples, or with an interval wider than this, the estimate is flagged
@@ -104,9 +104,14 @@ class Agreement:
         return out
 
 
+#: a pruned model, or a function that builds it as a stubbed model with the arrays its stubs take
+#: (:func:`onnx_poem.rewrite.apply_plan_stubbed`), called once the original's outputs are computed
+Pruned = onnx.ModelProto | Callable[[], tuple[onnx.ModelProto, Mapping[str, np.ndarray]]]
+
+
 def verify(
     original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
+    pruned: Pruned,
     data: CalibrationData,
     indices: Sequence[int] | np.ndarray,
     *,
@@ -115,12 +120,15 @@ def verify(
 ) -> Agreement:
     """Check ``pruned`` and measure its agreement with ``original`` on samples ``indices`` of ``data``.
 
-    With no indices the model is still checked and run once on sample 0 (validity only).
+    With no indices the model is still checked and run once on sample 0 (validity only).  A stubbed ``pruned``
+    (built by a function) gets the structural check (:func:`onnx_poem.graph.check_structure`); its full check is
+    the caller's, on the model it writes.
 
     Raises:
         VerificationError: the checker rejects ``pruned``, onnxruntime cannot run it, or an output changed shape.
     """
-    check_model(pruned, what="pruned model", error=VerificationError)
+    if not callable(pruned):
+        check_model(pruned, what="pruned model", error=VerificationError)
     names = [o.name for o in original.graph.output]
     scores = {n: _is_scores(original, n) for n in names}
     idx = np.asarray(indices, dtype=np.int64)
@@ -142,7 +150,7 @@ def verify(
 
 def sample_errors(
     original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
+    pruned: Pruned,
     data: CalibrationData,
     indices: Sequence[int] | np.ndarray,
     *,
@@ -170,7 +178,7 @@ def sample_errors(
 
 def _both_outputs(
     original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
+    pruned: Pruned,
     names: list[str],
     batches: Callable[[], Iterator[dict[str, np.ndarray]]],
 ) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
@@ -179,7 +187,8 @@ def _both_outputs(
     [R, memory] When the original's outputs of every batch fit in :data:`REFERENCE_BYTES` they are
     computed first and its session is released before the pruned model's is built: one
     onnxruntime copy of the weights at a time (a whole model's worth less at the peak of a
-    large model's run).  Otherwise both sessions run batch by batch.
+    large model's run), and a ``pruned`` given as a function is built only then.  Otherwise both
+    sessions run batch by batch.
     """
     s_orig = session(original, prepack=False)
     refs: list[list[np.ndarray]] = []
@@ -194,8 +203,12 @@ def _both_outputs(
         del s_orig
     else:
         refs.clear()  # too large to keep: run both models batch by batch
+    shared: Mapping[str, np.ndarray] | None = None
+    if callable(pruned):
+        pruned, shared = pruned()
+        check_structure(pruned, what="pruned model", error=VerificationError)
     try:
-        s_pruned = session(pruned, prepack=False)
+        s_pruned = session(pruned, prepack=False, shared=shared)
     except Exception as e:
         raise VerificationError(f"onnxruntime cannot load the pruned model: {e}") from e
     for i, feed in enumerate(batches()):

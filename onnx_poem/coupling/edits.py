@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..graph import GraphView
+from ..plan import Stored
 
 
 class Phase(IntEnum):
@@ -36,7 +37,8 @@ class Rewrite:
 
     def __init__(self, view: GraphView):
         self.view = view
-        self.arrays: dict[str, np.ndarray] = {}
+        #: new values by name; a plan's stored array (:class:`onnx_poem.plan.Stored`) until :meth:`get` reads it
+        self.arrays: dict[str, np.ndarray | Stored] = {}
         self._graph: list[tuple[Phase, int, GraphEdit]] = []
 
     def get(self, name: str) -> np.ndarray:
@@ -45,7 +47,14 @@ class Rewrite:
             v = self.view.const(name)
             assert v is not None, name
             self.arrays[name] = v
-        return self.arrays[name]
+        a = self.arrays[name]
+        if isinstance(a, Stored):
+            a = self.arrays[name] = a.load()
+        return a
+
+    def later_value(self, name: str, a: np.ndarray | Stored) -> None:
+        """Constant ``name`` takes value ``a`` (a stored one is read when first used)."""
+        self.arrays[name] = a
 
     def later(self, phase: Phase, edit: GraphEdit) -> None:
         """Run ``edit`` on the pruned copy once the new constants are in it."""

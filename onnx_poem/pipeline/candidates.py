@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ..config import AUTO_CANDIDATES, SERIALISED_FORMS
 from ..coupling import find_groups
@@ -17,11 +16,11 @@ from ..graph import GraphView
 from ..hidden import NotSliceable, Sliced, measure
 from ..srn import serialise
 from ..timing import stage
-from ..verify import sample_errors
+from ..verify import Pruned, sample_errors
 from .allocate import allocate
 from .analyse import analyse
 from .context import Inputs, Progress, PruneResult, RunContext, Tried, build_context, fit_chunks, with_hidden_sliced
-from .solving import solve_cascade, verify_solved
+from .solving import runnable, solve_cascade, verify_solved
 from .summary import build_report, plan_context
 
 logger = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def _pruned_candidates(
         analysis = analyse(ctx)
         allocation = allocate(ctx, analysis, progress)
         solved = solve_cascade(ctx, analysis, allocation, progress)
-        errors = choice_errors(ctx, solved.model)
+        errors = choice_errors(ctx, runnable(ctx, analysis, solved.plan))
         logger.info("%s: %s: output error %.4f (fitting and selection samples)", option, label, errors.mean())
         tried[label] = (errors, ctx, analysis, allocation, solved)
     return tried
@@ -145,7 +144,7 @@ def _has_streams(inputs: Inputs) -> bool:
     return any(g.residual for g in find_groups(view, residual=True).groups)
 
 
-def choice_errors(ctx: RunContext, pruned: onnx.ModelProto) -> np.ndarray:
+def choice_errors(ctx: RunContext, pruned: Pruned) -> np.ndarray:
     """Per fitting and selection sample (augmented copies included): ``pruned``'s relative squared output error
     against the original (:func:`onnx_poem.verify.sample_errors`)."""
     idx = np.concatenate([ctx.split.fit, ctx.split.select])

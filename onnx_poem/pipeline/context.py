@@ -125,7 +125,7 @@ class Solved:
     left unpruned after they failed, and the agreement (``None`` before verification)."""
 
     plan: PrunePlan
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None  # built by ``verify`` (None from ``solve``: see pipeline.solving.runnable)
     layers: list[LayerReport]
     failed: dict[str, str]
     agreement: Agreement | None = None

@@ -4,6 +4,7 @@ whose rewrite breaks the model is dropped and its group left unpruned with the r
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -11,13 +12,14 @@ import onnx
 from ..cascade import Current, Stream, cut_position
 from ..coupling import ChannelGroup
 from ..errors import VerificationError, one_line
+from ..external import Overlay
 from ..graph import GraphView, check_model, check_structure, release_segments
 from ..modelio import infer_or_keep
-from ..plan import PrunePlan
-from ..rewrite import apply_plan, rewritten
+from ..plan import PrunePlan, Spill
+from ..rewrite import apply_plan, apply_plan_stubbed, rewritten
 from ..solve import solve_group
 from ..timing import stage
-from ..verify import Agreement, session, verify
+from ..verify import Agreement, Pruned, session, verify
 from .context import Allocation, Analysis, Progress, RunContext, Solved
 
 logger = logging.getLogger(__name__)
@@ -41,8 +43,10 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
     probe_feed = ctx.data.feed(ctx.split.fit[:1])
     failed = dict(alloc.failed)  # group id → why it was left unpruned after it failed
     plan, layers = PrunePlan(), []
-    # the model with ``plan`` applied (checked), reused as the cascade's current model
-    applied: onnx.ModelProto | None = ctx.model
+    spill = Spill()  # the decisions' large arrays go to files (see onnx_poem.plan)
+    # the cascade's current model: ``plan`` applied (checked; large weights stubbed, see apply_plan_stubbed),
+    # None until built for the next group
+    applied: Current | None = Current.original(view)
     current: Current | None = None
     for done, g in enumerate(todo):
         if progress:
@@ -50,17 +54,12 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
         nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
         for attempt in (0, 1):
             if applied is None:  # dropped before a rewrite that failed
-                applied = apply_plan(view, groups, plan) if plan.decisions else ctx.model
-            current = (
-                Current(applied, view.weights.excluding(rewritten(view, groups, plan)))
-                if cfg.mode == "cascade" and applied is not ctx.model
-                else Current.original(view)
-            )
+                applied = _current(view, groups, plan)
+            current = applied if cfg.mode == "cascade" else Current.original(view)
             try:
                 decision, group_layers = solve_group(
                     view, current, g, alloc.quotas[g.id], streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
                 )
-                trial = plan.extended(decision)
                 # the rewrite builds from the original: one pruned copy of the model in memory, not two
                 current = applied = None
                 # [R, memory] the arrays are shared within one group's statistics and converted again (the next
@@ -69,55 +68,100 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
                 view.weights.release()
                 release_segments()  # the segment graphs imported so far still refer to that copy
                 with stage("rewrite"):
-                    candidate = apply_plan(view, groups, trial)
-                    check_structure(candidate, what="the rewrite", error=VerificationError)
+                    trial = plan.extended(spill.decision(decision))
+                    del decision
+                    candidate = _current(view, groups, trial)
+                    check_structure(candidate.model, what="the rewrite", error=VerificationError)
             except Exception as e:
                 if attempt == 0 and plan.decisions and cfg.mode == "cascade" and _fails(view, groups, plan, probe_feed):
                     plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite
-                    applied = apply_plan(view, groups, plan) if plan.decisions else ctx.model
+                    applied = _current(view, groups, plan)
                     streams[1].reset()
                     continue
                 failed[g.id] = one_line(e)
                 logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
                 break
             plan, applied = trial, candidate
-            del candidate  # the only reference to the pruned copy is ``applied``
+            del candidate  # the only reference to the current model is ``applied``
             layers.extend(group_layers)
             break
     if progress:
         progress(len(todo), len(todo), "")
-    del streams, current
+    del streams, current, applied
     view.weights.release()  # the sessions that shared the arrays are gone
     release_segments()
+    return Solved(plan, None, layers, failed)
+
+
+def runnable(ctx: RunContext, a: Analysis, plan: PrunePlan) -> Pruned:
+    """The model with ``plan`` applied, to run: built stubbed when called (see :data:`onnx_poem.verify.Pruned`),
+    or the unpruned model."""
     if not plan.decisions:
-        pruned = infer_or_keep(ctx.unpruned())
-    else:
-        pruned = infer_or_keep(applied if applied is not None else apply_plan(view, groups, plan))
-    return Solved(plan, pruned, layers, failed)
+        return infer_or_keep(ctx.unpruned())
+    view = ctx.view
+
+    def build() -> tuple[onnx.ModelProto, Mapping[str, np.ndarray]]:
+        model, values = apply_plan_stubbed(view, a.groups, plan)
+        return model, Overlay(values, view.weights.excluding(rewritten(view, a.groups, plan)))
+
+    return build
+
+
+def _current(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan) -> Current:
+    """The cascade's model with ``plan`` applied: its large weights stubbed, each session given the
+    rewritten ones' new values and the original's arrays for the rest."""
+    if not plan.decisions:
+        return Current.original(view)
+    model, values = apply_plan_stubbed(view, groups, plan)
+    return Current(model, Overlay(values, view.weights.excluding(rewritten(view, groups, plan))))
 
 
 def verify_solved(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:
-    """Agreement on ``--verify-data`` when given, else on the verification split; a model that fails
-    verification loses the decisions that break it (found one by one) and is verified again."""
+    """Agreement on ``--verify-data`` when given, else on the verification split, then the pruned model built
+    (:attr:`Solved.model`); a model that fails verification or the checker loses the decisions that break it
+    (found one by one) and is verified again."""
+    plan, failed = solved.plan, dict(solved.failed)
     try:
-        agreement = _agreement(ctx, solved.model)
+        model, agreement = _verified(ctx, a, plan)
     except VerificationError:
-        if not solved.plan.decisions:
+        if not plan.decisions:
             raise
-        failed = dict(solved.failed)
-        plan = _drop_failing(ctx.view, a.groups, solved.plan, ctx.data.feed(ctx.split.fit[:1]), failed)
-        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan) if plan.decisions else ctx.unpruned())
-        solved = Solved(plan, model, solved.layers, failed)
-        agreement = _agreement(ctx, model)
-    layers = [la for la in solved.layers if la.group not in solved.failed]
+        plan = _drop_failing(ctx.view, a.groups, plan, ctx.data.feed(ctx.split.fit[:1]), failed)
+        model, agreement = _verified(ctx, a, plan)
+    layers = [la for la in solved.layers if la.group not in failed]
     latency = None
     if a.timing is not None:
         with stage("latency"):
-            latency = a.timing.ratio(solved.model) if solved.plan.decisions else 1.0
-    return Solved(solved.plan, solved.model, layers, solved.failed, agreement, latency)
+            latency = a.timing.ratio(model) if plan.decisions else 1.0
+    return Solved(plan, model, layers, failed, agreement, latency)
 
 
-def _agreement(ctx: RunContext, pruned: onnx.ModelProto) -> Agreement:
+def _verified(ctx: RunContext, a: Analysis, plan: PrunePlan) -> tuple[onnx.ModelProto, Agreement]:
+    """The agreement of the model with ``plan`` applied, run stubbed, then that model built and fully checked.
+
+    [R, memory] Built after the verification, not before: the verification runs the original's session first
+    (its outputs kept), then the pruned model's with the new weights as arrays; the pruned protobuf is made only
+    then.  A 2.5 GB MLP's run peaked in the verification, with the original, its session's weights, the pruned
+    model and the plan in memory at once (9.7 GB)."""
+    pruned = runnable(ctx, a, plan)
+    agreement = _agreement(ctx, pruned)
+    if isinstance(pruned, onnx.ModelProto):
+        return pruned, agreement
+    ctx.view.weights.release()  # the verification's session is gone
+    with stage("rewrite"):
+        model = infer_or_keep(apply_plan(ctx.view, a.groups, plan))
+        check_model(model, what="pruned model", error=VerificationError)
+    with stage("verification"):
+        # the model written is the one verified, with its weights stored: onnxruntime must load and run it (one
+        # sample; zero weights, which take no memory: the values were verified above)
+        try:
+            session(model, values=False).run(None, ctx.data.feed(ctx.split.fit[:1]))
+        except Exception as e:
+            raise VerificationError(f"onnxruntime cannot run the pruned model: {one_line(e)}") from e
+    return model, agreement
+
+
+def _agreement(ctx: RunContext, pruned: Pruned) -> Agreement:
     cfg = ctx.cfg
     with stage("verification"):
         if ctx.checks is not None:

@@ -67,6 +67,7 @@ def build_report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved
     report.groups = group_rows(ctx.view, a.coupling.groups, keeps)
     if solved.agreement is not None:
         report.set_agreement(solved.agreement)
+    assert solved.model is not None, "the report is built from a verified solve"
     report.macs_after, report.params_after = count_macs(solved.model, a.sample), count_params(solved.model)
     srn_asked = None if not ctx.transformed or a.target is None else a.target * sum(a.per_node.values())
     report.warnings += _budget_warnings(

@@ -1,0 +1,83 @@
+"""The cascade's memory for large models: a plan's arrays stored in files (:class:`onnx_poem.plan.Spill`) and
+the current model's weights as stubs with shared arrays (:func:`onnx_poem.rewrite.apply_plan_stubbed`).
+
+Both are meant to change no byte of the result; on these small models the thresholds are lowered so that
+every array takes the large-model path."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from models import BUILDERS, inputs_for
+from onnx_poem import external as ext
+from onnx_poem import plan as plan_mod
+from onnx_poem import planfile
+from onnx_poem.api import run
+from onnx_poem.coupling import find_groups
+from onnx_poem.external import Overlay
+from onnx_poem.fold import fold_constants
+from onnx_poem.graph import GraphView, session
+from onnx_poem.plan import Stored
+from onnx_poem.planfile import PlanContext
+from onnx_poem.rewrite import apply_plan, apply_plan_stubbed
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "relu_mlp", "residual"])
+def test_a_stored_plan_gives_the_same_model_and_plan_file(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = BUILDERS[name]()
+    x = inputs_for(model, 64)
+    monkeypatch.setattr(plan_mod.Spill, "MIN_BYTES", 1 << 40)  # nothing stored
+    want = run(model, ratio=0.5, calib=x, prune_residual=True)
+    monkeypatch.setattr(plan_mod.Spill, "MIN_BYTES", 0)  # everything stored
+    got = run(model, ratio=0.5, calib=x, prune_residual=True)
+    assert got.model is not None and want.model is not None
+    assert got.model.SerializeToString() == want.model.SerializeToString()
+    stored = [u.weight_data for d in got.plan.decisions for u in d.updates]
+    assert stored and all(isinstance(a, Stored) for a in stored)
+    assert not any(isinstance(u.weight_data, Stored) for d in want.plan.decisions for u in d.updates)
+    ctx = PlanContext("m", "0" * 64, {}, "internal")
+    assert planfile.encode(got.plan, ctx, Path("p.json")) == planfile.encode(want.plan, ctx, Path("p.json"))
+
+
+def test_a_stored_plans_folder_goes_with_its_last_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = BUILDERS["conv_chain"]()
+    monkeypatch.setattr(plan_mod.Spill, "MIN_BYTES", 0)
+    result = run(model, ratio=0.5, calib=inputs_for(model, 64))
+    a = result.plan.decisions[0].updates[0].weight_data
+    assert isinstance(a, Stored)
+    folder = a.path.parent
+    assert folder.is_dir() and np.array_equal(a.load(), np.load(a.path))
+    del a, result
+    gc.collect()
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "residual", "ffn"])
+def test_the_stubbed_rewrite_holds_no_weights_and_runs_as_the_full_one(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ext, "SESSION_MIN_BYTES", 64)
+    model = BUILDERS[name]()
+    x = inputs_for(model, 64)
+    result = run(model, ratio=0.5, calib=x, prune_residual=True)
+    assert result.model is not None and result.plan.decisions
+    view = GraphView.build(fold_constants(model), input_shapes={model.graph.input[0].name: [1, *x.shape[1:]]})
+    groups = {g.id: g for g in find_groups(view, residual=True).groups}
+    full = apply_plan(view, groups, result.plan)
+    stub, values = apply_plan_stubbed(view, groups, result.plan)
+    assert values
+    pooled = set(view.weights)
+    assert pooled and all(ext.is_stub(t) for t in stub.graph.initializer if t.name in pooled)
+    assert all(not t.HasField("raw_data") for t in stub.graph.initializer if t.name in pooled)
+    by_name = {t.name: onnx.numpy_helper.to_array(t) for t in full.graph.initializer}
+    for n, v in values.items():
+        assert np.array_equal(v, by_name[n]) and not v.flags.writeable
+    feed = {model.graph.input[0].name: x[:8]}
+    shared = Overlay(values, view.weights)
+    for a, b in zip(session(stub, shared=shared).run(None, feed), session(full).run(None, feed), strict=True):
+        assert np.array_equal(a, b)

@@ -8,6 +8,7 @@ it was a third copy of the weights (a 2.5 GB MLP's run peaked 2.3 GB higher).  E
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -60,6 +61,47 @@ class Spill:
             d, updates=tuple(replace(u, weight_data=self.keep(u.weight_data), bias_data=self.keep(u.bias_data))
                              for u in d.updates)
         )  # fmt: skip
+
+
+class StoredWeights(Mapping[str, np.ndarray]):
+    """Named arrays kept in a :class:`Spill`'s files (the small ones in memory), each read from its file on every
+    access (a read-only array); :meth:`update` writes only what changed.
+
+    [R, memory] The cascade's current model's rewritten weights: held in memory they grew to a second copy of the
+    model by the last group (a 2.5 GB MLP's statistics peaked at 7.9 GB with them); a segment's session reads
+    only its own weights.
+    """
+
+    def __init__(self, spill: Spill) -> None:
+        self._spill = spill
+        self._data: dict[str, Data] = {}
+
+    def update(self, values: dict[str, np.ndarray], changed: Collection[str] | None) -> None:
+        """Hold ``values`` (names not among them are dropped); of the names held already only those in
+        ``changed`` are written again (``None``: all).  Files no longer held are deleted."""
+        old = self._data
+        self._data = {
+            n: old[n] if n in old and changed is not None and n not in changed else self._spill.keep(v)
+            for n, v in values.items()
+        }
+        for n, a in old.items():
+            if isinstance(a, Stored) and self._data.get(n) is not a:
+                a.path.unlink(missing_ok=True)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        a = value(self._data[name])
+        if isinstance(self._data[name], Stored):
+            a.flags.writeable = False
+        return a
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
 
 
 @dataclass(frozen=True)

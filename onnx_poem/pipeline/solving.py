@@ -15,7 +15,7 @@ from ..errors import VerificationError, one_line
 from ..external import Overlay
 from ..graph import GraphView, check_model, check_structure, release_segments
 from ..modelio import infer_or_keep
-from ..plan import PrunePlan, Spill
+from ..plan import PrunePlan, Spill, StoredWeights
 from ..rewrite import apply_plan, apply_plan_stubbed, rewritten
 from ..solve import solve_group
 from ..timing import stage
@@ -44,6 +44,7 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
     failed = dict(alloc.failed)  # group id → why it was left unpruned after it failed
     plan, layers = PrunePlan(), []
     spill = Spill()  # the decisions' large arrays go to files (see onnx_poem.plan)
+    weights = StoredWeights(Spill())  # the current model's rewritten weights, in files of their own
     # the cascade's current model: ``plan`` applied (checked; large weights stubbed, see apply_plan_stubbed),
     # None until built for the next group
     applied: Current | None = Current.original(view)
@@ -54,7 +55,7 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
         nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
         for attempt in (0, 1):
             if applied is None:  # dropped before a rewrite that failed
-                applied = _current(view, groups, plan)
+                applied = _current(view, groups, plan, weights, None)
             current = applied if cfg.mode == "cascade" else Current.original(view)
             try:
                 decision, group_layers = solve_group(
@@ -70,12 +71,13 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
                 with stage("rewrite"):
                     trial = plan.extended(spill.decision(decision))
                     del decision
-                    candidate = _current(view, groups, trial)
+                    changed = rewritten(view, groups, PrunePlan(trial.decisions[-1:]))
+                    candidate = _current(view, groups, trial, weights, changed)
                     check_structure(candidate.model, what="the rewrite", error=VerificationError)
             except Exception as e:
                 if attempt == 0 and plan.decisions and cfg.mode == "cascade" and _fails(view, groups, plan, probe_feed):
                     plan = _drop_failing(view, groups, plan, probe_feed, failed)  # an earlier group's rewrite
-                    applied = _current(view, groups, plan)
+                    applied = _current(view, groups, plan, weights, None)
                     streams[1].reset()
                     continue
                 failed[g.id] = one_line(e)
@@ -87,7 +89,7 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
             break
     if progress:
         progress(len(todo), len(todo), "")
-    del streams, current, applied
+    del streams, current, applied, weights
     view.weights.release()  # the sessions that shared the arrays are gone
     release_segments()
     return Solved(plan, None, layers, failed)
@@ -107,13 +109,22 @@ def runnable(ctx: RunContext, a: Analysis, plan: PrunePlan) -> Pruned:
     return build
 
 
-def _current(view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan) -> Current:
+def _current(
+    view: GraphView,
+    groups: dict[str, ChannelGroup],
+    plan: PrunePlan,
+    weights: StoredWeights,
+    changed: set[str] | None,
+) -> Current:
     """The cascade's model with ``plan`` applied: its large weights stubbed, each session given the
-    rewritten ones' new values and the original's arrays for the rest."""
+    rewritten ones' new values (held in ``weights``, which are updated: only the ``changed`` ones are written
+    again, all if ``None``) and the original's arrays for the rest."""
     if not plan.decisions:
         return Current.original(view)
     model, values = apply_plan_stubbed(view, groups, plan)
-    return Current(model, Overlay(values, view.weights.excluding(rewritten(view, groups, plan))))
+    weights.update(values, changed)
+    del values
+    return Current(model, Overlay(weights, view.weights.excluding(rewritten(view, groups, plan))))
 
 
 def verify_solved(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:

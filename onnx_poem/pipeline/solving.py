@@ -61,7 +61,7 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
                 decision, group_layers = solve_group(
                     view, current, g, alloc.quotas[g.id], streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
                 )
-                # the rewrite builds from the original: one pruned copy of the model in memory, not two
+                # the current model goes before the next is built (its weights' files are updated in place)
                 current = applied = None
                 # [R, memory] the arrays are shared within one group's statistics and converted again (the next
                 # segment's only) for the next group: a 2.5 GB MLP's solve peaked at 8.3 GB instead of 10.3 GB.

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +22,12 @@ class Stored:
 
     path: Path
     spill: Spill
+    dtype: np.dtype[Any]  # the array's own (``.npy`` files keep extension types such as bfloat16 as raw bytes)
 
     def load(self) -> np.ndarray:
         """The array, read from its file (a new array at every call)."""
-        return np.asarray(np.load(self.path, allow_pickle=False))
+        a = np.asarray(np.load(self.path, allow_pickle=False))
+        return a if a.dtype == self.dtype else a.view(self.dtype)
 
 
 #: a plan's array: in memory, or in a file
@@ -53,7 +56,7 @@ class Spill:
         path = Path(self._dir.name) / f"{self._count}.npy"
         self._count += 1
         np.save(path, np.ascontiguousarray(a), allow_pickle=False)
-        return Stored(path, self)
+        return Stored(path, self, a.dtype)
 
     def decision(self, d: GroupDecision) -> GroupDecision:
         """``d`` with its large arrays stored."""

@@ -99,3 +99,15 @@ def test_stored_weights_write_only_what_changed_and_delete_what_they_drop(monkey
     w.update({"a": a + 1}, set())  # b dropped: its file goes
     folder = w._data["a"].path.parent  # type: ignore[union-attr]
     assert set(w) == {"a"} and len(list(folder.iterdir())) == 1
+
+
+def test_a_stored_array_keeps_its_element_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``.npy`` files store bfloat16 as raw two-byte values; a stored array reads back as bfloat16."""
+    monkeypatch.setattr(plan_mod.Spill, "MIN_BYTES", 0)
+    dt = onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)
+    a = np.arange(12, dtype=np.float32).reshape(3, 4).astype(dt)
+    w = plan_mod.StoredWeights(plan_mod.Spill())
+    w.update({"a": a, "h": a.astype(np.float16)}, None)
+    for name, want in (("a", a), ("h", a.astype(np.float16))):
+        got = w[name]
+        assert got.dtype == want.dtype and np.array_equal(got.view(np.uint16), want.view(np.uint16))

@@ -63,6 +63,8 @@ def encode(plan: PrunePlan, ctx: PlanContext, json_path: Path) -> dict[Path, byt
                 {"node": u.node, "weight": u.weight, "bias": u.bias, "weight_array": wkey, "bias_array": bkey}
             )
         decisions.append({"group": d.group_id, "channels": d.channels, "keep": list(d.keep), "updates": updates})
+    # element types a ``.npy`` header cannot name (bfloat16 is stored as raw two-byte values): named here
+    extension = {k: a.dtype.name for k, a in arrays.items() if a.dtype.isbuiltin == 2}  # 2: a user-defined type
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -72,6 +74,7 @@ def encode(plan: PrunePlan, ctx: PlanContext, json_path: Path) -> dict[Path, byt
         "settings": ctx.settings,
         "arrays": arrays_path(json_path).name,
         "decisions": decisions,
+        **({"dtypes": extension} if extension else {}),
     }
     return {json_path: (json.dumps(doc, indent=1) + "\n").encode(), arrays_path(json_path): _npz(arrays)}
 
@@ -112,6 +115,9 @@ def read(json_path: Path) -> tuple[PrunePlan, PlanContext]:
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UsageError(f"{npz}: unreadable plan weights ({type(e).__name__}: {e})") from e
     try:
+        for key, name in dict(doc.get("dtypes", {})).items():
+            if key in arrays:
+                arrays[key] = arrays[key].view(_extension_dtype(str(name), json_path))
         decisions = tuple(
             GroupDecision(
                 str(d["group"]),
@@ -140,3 +146,17 @@ def read(json_path: Path) -> tuple[PrunePlan, PlanContext]:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UsageError(f"{json_path}: malformed plan ({type(e).__name__}: {e})") from e
     return PrunePlan(decisions), ctx
+
+
+def _extension_dtype(name: str, json_path: Path) -> np.dtype[Any]:
+    """The element type ONNX maps to the NumPy type ``name`` (bfloat16, float8 types: ``ml_dtypes``)."""
+    import onnx  # only for such plans: this module is plain data otherwise
+
+    for t in onnx.TensorProto.DataType.values():
+        try:
+            dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if dt.name == name:
+            return dt
+    raise UsageError(f"{json_path}: unknown element type {name!r} in the plan's dtypes")

@@ -111,3 +111,25 @@ def test_a_stored_array_keeps_its_element_type(monkeypatch: pytest.MonkeyPatch) 
     for name, want in (("a", a), ("h", a.astype(np.float16))):
         got = w[name]
         assert got.dtype == want.dtype and np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_a_saved_plan_keeps_bfloat16_arrays(tmp_path: Path) -> None:
+    dt = onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)
+    w = np.arange(6, dtype=np.float32).reshape(2, 3).astype(dt)
+    u = plan_mod.ConsumerUpdate(0, "w", w, None, np.zeros(2, np.float32))
+    p = plan_mod.PrunePlan((plan_mod.GroupDecision("g", 4, (0, 1), (u,)),))
+    ctx = PlanContext("m", "0" * 64, {}, "internal")
+    for path, data in planfile.encode(p, ctx, tmp_path / "p.json").items():
+        path.write_bytes(data)
+    got, _ = planfile.read(tmp_path / "p.json")
+    v = got.decisions[0].updates[0]
+    assert v.weight_value.dtype == dt and np.array_equal(v.weight_value.view(np.uint16), w.view(np.uint16))
+    assert v.bias_value.dtype == np.float32
+    plain = plan_mod.PrunePlan(
+        (
+            plan_mod.GroupDecision(
+                "g", 4, (0, 1), (plan_mod.ConsumerUpdate(0, "w", w.astype(np.float32), None, np.zeros(2, np.float32)),)
+            ),
+        )
+    )
+    assert b'"dtypes"' not in planfile.encode(plain, ctx, tmp_path / "q.json")[tmp_path / "q.json"]

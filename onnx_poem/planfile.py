@@ -9,7 +9,8 @@
      "settings": {...},                               # settings: informational
      "decisions": [{"group": id, "channels": C, "keep": [atoms],
                     "updates": [{"node": i, "weight": name, "bias": name | null,
-                                 "weight_array": key, "bias_array": key}]}]}
+                                 "weight_array": key, "bias_array": key}]}],
+     "dtypes": {key: "bfloat16", ...}}               # only for arrays of a type .npy cannot name
 
 ``PLAN.npz`` holds the arrays under those keys (written with fixed zip
 timestamps, so the same plan gives the same bytes).  Applying a plan needs the

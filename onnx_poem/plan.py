@@ -92,8 +92,9 @@ class StoredWeights(Mapping[str, np.ndarray]):
                 a.path.unlink(missing_ok=True)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        a = value(self._data[name])
-        if isinstance(self._data[name], Stored):
+        a = self._data[name]
+        if isinstance(a, Stored):
+            a = a.load()
             a.flags.writeable = False
         return a
 

@@ -29,10 +29,9 @@ from onnx import helper
 from .calibration.sources import CalibrationData
 from .cascade import Stream, cut_position
 from .coupling import ChannelGroup
-from .external import Overlay
 from .graph import GraphView, constant_tensors, segment_session, session
 from .plan import ConsumerUpdate, GroupDecision, PrunePlan
-from .rewrite import apply_plan_stubbed, bias_name, rewritten
+from .rewrite import apply_plan_stubbed, bias_name, session_arrays
 
 
 class Probe:
@@ -80,7 +79,7 @@ class Probe:
             self.outputs,
             cut=self.stream.frontier,
             dtypes=self.view.dtypes,
-            shared=Overlay(values, self.view.weights.excluding(rewritten(self.view, self.groups, plan))),
+            shared=session_arrays(self.view, self.groups, plan, values),
             overridable=list(names),
         )
         del model, values

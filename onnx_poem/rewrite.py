@@ -11,7 +11,7 @@ ends up pruned on both axes.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx
@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from .coupling import ChannelGroup
 from .coupling.edits import Rewrite
-from .external import copy_except, remove_where, stub_of
+from .external import Overlay, copy_except, remove_where, stub_of
 from .graph import GraphView, subgraph_reads
 from .plan import ConsumerUpdate, Data, PrunePlan
 from .plan import value as plan_value
@@ -49,9 +49,16 @@ def apply_plan_stubbed(
     once, by :func:`apply_plan`.  Initializers read inside subgraphs keep their data (onnxruntime reads those
     from the model itself).
     """
-    stub = frozenset(n for n in view.weights if n not in subgraph_reads(view.model.graph))
-    model, values = _apply(view, groups, plan, stub)
-    return model, values
+    inline = subgraph_reads(view.model.graph)
+    return _apply(view, groups, plan, frozenset(n for n in view.weights if n not in inline))
+
+
+def session_arrays(
+    view: GraphView, groups: dict[str, ChannelGroup], plan: PrunePlan, values: Mapping[str, np.ndarray]
+) -> Mapping[str, np.ndarray]:
+    """The arrays a session of :func:`apply_plan_stubbed`'s model takes: the rewritten weights' ``values``
+    (as returned, or held elsewhere), the original's (``view.weights``) for the rest."""
+    return Overlay(values, view.weights.excluding(rewritten(view, groups, plan)))
 
 
 def _apply(
@@ -62,7 +69,7 @@ def _apply(
     new_bias: dict[int, str] = {}  # consumer node → name of a bias the rewrite creates
     for dec in plan.decisions:
         for u in dec.updates:
-            rw.later_value(u.weight, u.weight_data)  # read when used (a stored plan's arrays one at a time)
+            arrays[u.weight] = u.weight_data  # a stored one is read when used (rw.get, _copy_with): one at a time
             if u.bias is not None:
                 old = rw.get(u.bias)
                 arrays[u.bias] = u.bias_value.reshape(old.shape) if old.size == u.bias_value.size else u.bias_value

@@ -52,10 +52,6 @@ class Rewrite:
             a = self.arrays[name] = a.load()
         return a
 
-    def later_value(self, name: str, a: np.ndarray | Stored) -> None:
-        """Constant ``name`` takes value ``a`` (a stored one is read when first used)."""
-        self.arrays[name] = a
-
     def later(self, phase: Phase, edit: GraphEdit) -> None:
         """Run ``edit`` on the pruned copy once the new constants are in it."""
         self._graph.append((phase, len(self._graph), edit))

@@ -12,11 +12,10 @@ import onnx
 from ..cascade import Current, Stream, cut_position
 from ..coupling import ChannelGroup
 from ..errors import VerificationError, one_line
-from ..external import Overlay
 from ..graph import GraphView, check_model, check_structure, release_segments
 from ..modelio import infer_or_keep
 from ..plan import PrunePlan, Spill, StoredWeights
-from ..rewrite import apply_plan, apply_plan_stubbed, rewritten
+from ..rewrite import apply_plan, apply_plan_stubbed, rewritten, session_arrays
 from ..solve import solve_group
 from ..timing import stage
 from ..verify import Agreement, Pruned, session, verify
@@ -104,7 +103,7 @@ def runnable(ctx: RunContext, a: Analysis, plan: PrunePlan) -> Pruned:
 
     def build() -> tuple[onnx.ModelProto, Mapping[str, np.ndarray]]:
         model, values = apply_plan_stubbed(view, a.groups, plan)
-        return model, Overlay(values, view.weights.excluding(rewritten(view, a.groups, plan)))
+        return model, session_arrays(view, a.groups, plan, values)
 
     return build
 
@@ -124,7 +123,7 @@ def _current(
     model, values = apply_plan_stubbed(view, groups, plan)
     weights.update(values, changed)
     del values
-    return Current(model, Overlay(weights, view.weights.excluding(rewritten(view, groups, plan))))
+    return Current(model, session_arrays(view, groups, plan, weights))
 
 
 def verify_solved(ctx: RunContext, a: Analysis, solved: Solved) -> Solved:

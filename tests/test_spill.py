@@ -133,3 +133,23 @@ def test_a_saved_plan_keeps_bfloat16_arrays(tmp_path: Path) -> None:
         )
     )
     assert b'"dtypes"' not in planfile.encode(plain, ctx, tmp_path / "q.json")[tmp_path / "q.json"]
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "needle"), [({"d0_u0_weight": "nosuch"}, "unknown element type"), ([1], "malformed")]
+)
+def test_a_plan_with_bad_dtypes_is_refused_in_one_line(tmp_path: Path, dtypes: object, needle: str) -> None:
+    import json
+
+    from onnx_poem.errors import UsageError
+
+    u = plan_mod.ConsumerUpdate(0, "w", np.ones((2, 3), np.float32), None, np.zeros(2, np.float32))
+    p = plan_mod.PrunePlan((plan_mod.GroupDecision("g", 4, (0, 1), (u,)),))
+    for path, data in planfile.encode(p, PlanContext("m", "0" * 64, {}, "internal"), tmp_path / "p.json").items():
+        path.write_bytes(data)
+    doc = json.loads((tmp_path / "p.json").read_text())
+    doc["dtypes"] = dtypes
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    with pytest.raises(UsageError, match=needle) as e:
+        planfile.read(tmp_path / "p.json")
+    assert "\n" not in str(e.value)

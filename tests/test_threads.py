@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from models import conv_chain, inputs_for
 from onnx_poem.cli import main
 from onnx_poem.graph import session
-from onnx_poem.threads import blas_controls, limit_threads, ort_threads
+from onnx_poem.threads import SPIN_ENV, SPIN_LOG2, blas_controls, limit_threads, ort_threads, spin_controls
 
 
 def test_limit_threads_caps_sessions_and_blas_then_restores() -> None:
@@ -30,6 +31,35 @@ def test_limit_threads_caps_sessions_and_blas_then_restores() -> None:
     assert ort_threads() == 0
     assert [get() for get, _ in controls] == before
     assert session(model).get_session_options().intra_op_num_threads == 0
+
+
+def test_a_run_shortens_the_idle_blas_spin_then_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a run every loaded OpenBLAS reads the short spin (its workers restarted with it), after it the
+    setting it had; a product computed inside equals one computed outside."""
+    controls = spin_controls()
+    if not controls:
+        pytest.skip("no OpenBLAS with a rereadable spin setting loaded in this process")
+    monkeypatch.delenv(SPIN_ENV, raising=False)
+    before = [timeout() for timeout, _ in controls]
+    a = np.random.default_rng(0).standard_normal((300, 400))
+    outside = a @ a.T
+    for n in (None, 1):
+        with limit_threads(n):
+            assert [timeout() for timeout, _ in controls] == [SPIN_LOG2] * len(controls)
+            if n is None:  # the same threads: the same sums
+                assert np.array_equal(a @ a.T, outside)
+        assert SPIN_ENV not in os.environ
+        assert [timeout() for timeout, _ in controls] == before
+
+
+def test_a_user_spin_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    controls = spin_controls()
+    if not controls:
+        pytest.skip("no OpenBLAS with a rereadable spin setting loaded in this process")
+    monkeypatch.setenv(SPIN_ENV, "8")
+    with limit_threads(None):
+        assert os.environ[SPIN_ENV] == "8"
+    assert os.environ[SPIN_ENV] == "8"
 
 
 def test_cli_threads_gives_the_same_model(tmp_path: Path) -> None:

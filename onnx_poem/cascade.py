@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from .calibration.sources import CalibrationData
+from .calibration.store import map_npy_stream
 from .coupling import ChannelGroup
 from .graph import GraphView, segment_session, trim_heap
 
@@ -161,8 +162,7 @@ class Stream:
         """Batch ``k``'s model inputs (those in ``names``, when given) and its tensors of the recorded frontier."""
         have = self._feed(k, names)
         if self.files:
-            with open(self.files[k], "rb") as fh:
-                have.update({n: np.load(fh) for n in self.frontier})
+            have.update(zip(self.frontier, map_npy_stream(self.files[k], len(self.frontier)), strict=True))
         return have
 
     def adopt(self, other: Stream) -> None:

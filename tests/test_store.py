@@ -165,3 +165,32 @@ def test_a_calibration_file_cut_short_is_one_line_and_nothing_is_written(tmp_pat
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert res.output.strip().splitlines()[-1].startswith("error:") and "calibration" in res.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_frontier_file_is_mapped_array_by_array(tmp_path: Path) -> None:
+    """``map_npy_stream`` gives back every array ``numpy.save`` wrote one after another (plain blocks mapped,
+    the rest read), equal in dtype, shape and values; they outlive the file, and writing one changes neither
+    the file nor the others."""
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((3, 4, 5)).astype(np.float32),
+        np.asfortranarray(rng.standard_normal((6, 7))),  # Fortran order: read
+        np.array(3, dtype=np.int64),  # 0-d: read
+        np.zeros((0, 4), dtype=np.float32),  # empty: read
+        rng.standard_normal((2, 9)).astype(np.float16),
+        np.arange(10, dtype=np.int64),
+    ]
+    path = tmp_path / "frontier.npy"
+    with open(path, "wb") as fh:
+        for a in arrays:
+            np.save(fh, a, allow_pickle=False)
+    got = store.map_npy_stream(path, len(arrays))
+    assert isinstance(got[0].base, np.memmap) and not isinstance(got[1].base, np.memmap)  # mapped / read
+    before = path.read_bytes()
+    got[0][...] = 0.0  # copy-on-write: the file keeps its bytes
+    assert path.read_bytes() == before
+    path.unlink()
+    for a, g in zip(arrays[1:], got[1:], strict=True):
+        assert g.dtype == a.dtype and g.shape == a.shape
+        np.testing.assert_array_equal(g, a)
+    assert type(got[-1]) is np.ndarray

@@ -10,8 +10,8 @@ line says that BLAS follows ``OPENBLAS_NUM_THREADS``.
 
 Idle BLAS workers (:func:`short_blas_spin`): an OpenBLAS worker busy-waits for
 ``2^28`` cycles (about 0.1 s) after each call before it sleeps.  numpy and scipy
-load one OpenBLAS each, and onnxruntime has its own pool, so on a machine with
-few cores each library's calls ran beside the other's spinning workers: an
+load one OpenBLAS each (onnxruntime's workers do not spin, see :mod:`onnx_poem.graph`), so on a machine with
+few cores each library's calls ran beside the other's spinning worker: an
 ``ssyrk`` (scipy) alternating with a matrix product (numpy) took twice as long
 as the same calls alone (measured, 2 cores).  A run shortens the spin to
 :data:`SPIN_LOG2` (``2^20`` cycles, well under a millisecond), enough to catch
@@ -47,8 +47,8 @@ def ort_threads() -> int:
     return _ORT_THREADS.get()
 
 
-def blas_controls() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
-    """``(get, set)`` thread-count functions of every OpenBLAS the process has loaded (one per library)."""
+def _openblas_libraries() -> list[ctypes.CDLL]:
+    """Every OpenBLAS the process has loaded (by the shared objects in ``/proc/self/maps``; none elsewhere)."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         return []
@@ -56,9 +56,16 @@ def blas_controls() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
     out = []
     for path in paths:
         try:
-            lib = ctypes.CDLL(path)
+            out.append(ctypes.CDLL(path))
         except OSError:
             continue
+    return out
+
+
+def blas_controls() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
+    """``(get, set)`` thread-count functions of every OpenBLAS the process has loaded (one per library)."""
+    out = []
+    for lib in _openblas_libraries():
         for get_name, set_name in _SYMBOLS:
             if hasattr(lib, get_name) and hasattr(lib, set_name):
                 get, put = getattr(lib, get_name), getattr(lib, set_name)
@@ -79,16 +86,8 @@ def spin_controls() -> list[tuple[Callable[[], int], Callable[[], None]]]:
     """``(timeout, restart)`` of every loaded OpenBLAS that can reread its spin setting: ``timeout()`` the log2
     cycles in force; ``restart()`` rereads ``OPENBLAS_THREAD_TIMEOUT`` and stops the workers, which the next
     threaded call starts again with the new setting (OpenBLAS reads it only when it starts its workers)."""
-    maps = Path("/proc/self/maps")
-    if not maps.exists():
-        return []
-    paths = sorted({line.split()[-1] for line in maps.read_text().splitlines() if "openblas" in line.lower()})
     out: list[tuple[Callable[[], int], Callable[[], None]]] = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in _openblas_libraries():
         names = ("openblas_thread_timeout", "openblas_read_env", "blas_thread_shutdown_")
         if all(hasattr(lib, n) for n in names):
             timeout = lib.openblas_thread_timeout

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -157,13 +158,15 @@ def run_one(a: argparse.Namespace) -> dict:
     private = Path(a.work) / f"tmp_{os.getpid()}"
     private.mkdir(parents=True, exist_ok=True)
     shared_tmp, tempfile.tempdir = tempfile.tempdir, str(private)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     try:
-        with _DiskWatch(private) as disk:
+        with _DiskWatch(private) as disk, _OrtClock() as ort_clock:
             pruned, report = prune(model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples)
     finally:
         tempfile.tempdir = shared_tmp
         shutil.rmtree(private, ignore_errors=True)
     prune_s = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_SELF)
     one = data.feed([0])
     calib.unlink()
     macs = count_macs(model, one)
@@ -182,16 +185,59 @@ def run_one(a: argparse.Namespace) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "peak_tmp_mb": disk.peak / 1e6,
         "timings": {k: round(v, 2) for k, v in report.timings.items()},
+        # the prune's CPU time by where it ran (every thread), its minor page faults, and onnxruntime's runs
+        "cpu": {
+            "user_s": round(after.ru_utime - before.ru_utime, 1),
+            "system_s": round(after.ru_stime - before.ru_stime, 1),
+            "minor_faults": after.ru_minflt - before.ru_minflt,
+            "onnxruntime_s": round(ort_clock.seconds, 1),
+        },
     }
+
+
+class _OrtClock:
+    """Wall seconds spent inside ``InferenceSession.run`` while the block runs (every session, the probes' too):
+    a component timer that the machine's run-to-run spread does not hide (scale.md, session 22)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> _OrtClock:
+        import onnxruntime as ort
+
+        self._cls, self._run = ort.InferenceSession, ort.InferenceSession.run
+        clock, run = self, self._run
+
+        def timed(sess: Any, *args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return run(sess, *args, **kwargs)
+            finally:
+                clock.seconds += time.perf_counter() - t
+
+        self._cls.run = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cls.run = self._run  # type: ignore[method-assign]
 
 
 STAGE_COLS = ("statistics", "selection", "reconstruction", "allocation", "rewrite", "verification", "load", "other")
 
 
+def _cpu(r: dict) -> str:
+    """The row's onnxruntime, CPU and page-fault cells (blank for rows recorded before they were)."""
+    c = r.get("cpu")
+    if not c:
+        return " |  | "
+    return f"{c['onnxruntime_s']:.1f} | {c['user_s']:.0f} / {c['system_s']:.0f} | {c['minor_faults'] / 1e6:.2f}"
+
+
 def _table(rows: list[dict]) -> str:
     head = (
         "| model | allocation | GMACs | params (M) | samples | forward (s) | prune (s) | prune / forward | "
-        "MACs after | peak RSS (MB) | peak tmp (MB) | " + " | ".join(STAGE_COLS) + " | commit |"
+        "MACs after | peak RSS (MB) | peak tmp (MB) | " + " | ".join(STAGE_COLS) + " | onnxruntime (s) | "
+        "CPU user / system (s) | minor faults (M) | commit |"
     )
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -203,7 +249,7 @@ def _table(rows: list[dict]) -> str:
         out.append(
             f"| {r['model']} | {r['allocation']} | {r['gmacs']:.2f} | {r['params_m']:.1f} | {r['samples']} | "
             f"{r['forward_s']:.1f} | {r['prune_s']:.1f} | **{r['prune_per_forward']:.1f}** | {r['macs_ratio']:.3f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['peak_tmp_mb']:.0f} | {stages} | {r.get('commit', '?')} |"
+            f"{r['peak_rss_mb']:.0f} | {r['peak_tmp_mb']:.0f} | {stages} | {_cpu(r)} | {r.get('commit', '?')} |"
         )
     return "\n".join(out) + "\n"
 

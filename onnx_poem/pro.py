@@ -66,6 +66,10 @@ def error_curves(
     the curve's end; the curve is multiplied by ``ε_g(j) / e_g(j)``, interpolated
     linearly in ``j`` between those points (no extrapolation).  The probes run
     as :class:`onnx_poem.probe.Probe` describes.
+
+    ``chunks``: the fitting batches (the first ``n_fit`` samples): [R, speed] the curves read only the sums
+    ``G, P, Gw, Pw`` of the fitting samples, so the pass neither visits the selection batches nor keeps
+    reservoir rows (the same curves; ResNet-50's pass had spent ~6 s on both, and held its consumers' rows).
     """
     probe_cfg = replace(cfg, mode="parallel")
     work = tmp / "pro"
@@ -102,7 +106,7 @@ def _error_curve(
     """PRO's curve of one group (see :func:`error_curves`)."""
     W0s = [effective(view, c)[0] for c in g.consumers]
     with stage("statistics"):
-        stats = collect(view, Current.original(view), g, W0s, streams, nxt, n_fit, cfg, i)
+        stats = collect(view, Current.original(view), g, W0s, streams, nxt, n_fit, cfg, i, reservoirs=False)
     layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     problems, scales = [], []
     for d in layers:

@@ -66,13 +66,16 @@ def collect(
     n_fit: int,
     cfg: PruneConfig,
     index: int,
+    *,
+    reservoirs: bool = True,
 ) -> list[LayerStats]:
     """Stream the calibration batches (the first ``n_fit`` samples fit, the rest held out) for group ``g``.
 
     Targets come from the original model (``streams[0]``), consumer inputs from
     ``current`` (``streams[1]``); both run segment-wise from their cached frontier.
     The original model never changes, so its stream may move on to ``next_cut``
-    (the next group's cut) when only it is needed.
+    (the next group's cut) when only it is needed.  ``reservoirs = False``: the sums only (no rows kept,
+    for a caller that reads nothing but ``G, P, Gw, Pw``; the sums are the same).
     """
     orig_names = [*view.inputs, *(t for c in g.consumers for t in (c.output, c.offset) if t)]
     cur_names = [t for c in g.consumers for t in (c.input, c.offset) if t]
@@ -93,6 +96,8 @@ def collect(
         fit_cap = cfg.reservoir if per is None else max(1, min(cfg.reservoir, n_fit * per))
         held_cap = max(cfg.reservoir // 2, 1)
         held_cap = held_cap if per is None else max(1, min(held_cap, (n_all - n_fit) * per))
+        if not reservoirs:
+            fit_cap = held_cap = 0
         stats.append(LayerStats.empty(W0.shape[1], W0.shape[0], capacity=fit_cap, held_capacity=held_cap, seed=seed))
     rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
     seen = 0
@@ -157,10 +162,11 @@ def _add_batch(
             s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
     a = y + s_orig
     kind, params = c.activation.kind, c.activation.params
-    z = act_apply(kind, params, a)
-    offset = {"s": s_hat} if c.offset else {}  # without an offset S is zero (layer_data)
-    if held:
-        st.held.add(x=x, y=y, z=z, **offset)
+    rows = st.held if held else st.fit
+    # the rows a reservoir keeps with the inputs (none without one)
+    extra = {"z": act_apply(kind, params, a), **({"s": s_hat} if c.offset else {})} if rows.capacity else {}
+    if held:  # without an offset S is zero (layer_data)
+        st.held.add(x=x, y=y, **extra)
         return
     w = np.mean(act_derivative(kind, params, a) ** 2, axis=1) if weighted else None
-    st.add_fit(x, y, w, {"z": z, **offset})
+    st.add_fit(x, y, w, extra)

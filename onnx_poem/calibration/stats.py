@@ -47,6 +47,9 @@ class Reservoir:
         n = len(next(iter(batch.values())))
         if n == 0:
             return
+        if self.capacity == 0:  # keeps nothing: no buffers, no draws
+            self.seen += n
+            return
         take = min(self.capacity - self._n, n)
         if take > 0:
             need = self._n + take

@@ -13,7 +13,7 @@ from ..latency import LatencyCost, fit_best, ratio_for_latency
 from ..latency.widths import width_model
 from ..pro import PROBE_SAMPLES, error_curves
 from ..timing import stage
-from .context import Allocation, Analysis, Curves, Progress, RunContext
+from .context import Allocation, Analysis, Curves, Progress, RunContext, fit_chunks
 
 
 def measure_curves(ctx: RunContext, a: Analysis, progress: Progress | None) -> Curves:
@@ -23,7 +23,7 @@ def measure_curves(ctx: RunContext, a: Analysis, progress: Progress | None) -> C
     probe = split.select[:PROBE_SAMPLES] if len(split.select) else split.fit[:PROBE_SAMPLES]
     with stage("allocation"):
         curves = error_curves(
-            ctx.view, a.free, a.groups, ctx.data, ctx.chunks, len(split.fit), a.ratio, ctx.cfg, ctx.workdir, probe,
+            ctx.view, a.free, a.groups, ctx.data, fit_chunks(ctx), len(split.fit), a.ratio, ctx.cfg, ctx.workdir, probe,
             progress, failed,
         )  # fmt: skip
     return Curves(curves, failed, time.perf_counter() - t1)

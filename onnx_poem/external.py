@@ -49,10 +49,16 @@ def too_big(model: onnx.ModelProto) -> bool:
     ``Constant`` values of the main graph) come within the graph's headroom of the limit.
 
     (``ModelProto.ByteSize`` would serialise the model to measure it, and fails past the limit.)"""
+    return stored_bytes(model) >= PROTO_LIMIT
+
+
+def stored_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data ``model``'s protobuf holds (initializers and ``Constant`` values of the main graph;
+    typed fields counted at 8 bytes an element), without serialising it."""
     total = sum(_data_bytes(t) for t in model.graph.initializer)
     for n in model.graph.node:
         total += sum(_data_bytes(a.t) for a in n.attribute if a.HasField("t"))
-    return total >= PROTO_LIMIT
+    return total
 
 
 def _data_bytes(t: onnx.TensorProto) -> int:

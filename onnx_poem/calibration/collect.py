@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arena import release_arena
 from ..cascade import Current, Stream, cut_position
 from ..config import PruneConfig
 from ..coupling import ChannelGroup, Consumer
@@ -113,6 +114,8 @@ def collect(
             pass
     elif cfg.mode == "cascade":
         cur_stream.adopt(orig_stream)
+    orig = cur = {}  # the last batch's tensors: the calibration runs' memory goes back before the solvers run
+    release_arena()
     for st in stats:
         st.finish(weighted)
     return stats

@@ -108,7 +108,7 @@ def check_model(model: onnx.ModelProto, *, what: str, error: type[Exception]) ->
         if too_big(model):
             onnx.checker.check_model(skeleton(model), full_check=True)
             _check_sizes(model)
-        elif stored_bytes(model) >= CHECK_FROM_FILE_BYTES:
+        elif stored_bytes(model) >= CHECK_FROM_FILE_BYTES and not _refers_outside(model):
             _check_from_file(model)
         else:
             onnx.checker.check_model(model, full_check=True)
@@ -139,6 +139,12 @@ def _check_from_file(model: onnx.ModelProto) -> None:
                     fh.write(c)
         onnx.checker.check_model(str(path), full_check=True)
     _check_sizes(model)
+
+
+def _refers_outside(model: onnx.ModelProto) -> bool:
+    """Some initializer of ``model`` still refers to external data (a caller's model loaded without it): the
+    file route would look for that data beside the temporary file, so such a model is checked in memory."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _check_sizes(model: onnx.ModelProto) -> None:

@@ -66,3 +66,23 @@ def test_file_route_leaves_nothing_behind(tmp_path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(graph, "CHECK_FROM_FILE_BYTES", 0)
     graph.check_model(_matmul(), what="model", error=ModelError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_referring_to_external_data_is_checked_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller's model that still refers to external data is checked in memory as before (where the checker
+    looks for the data relative to the working directory), not from a temporary folder."""
+    monkeypatch.setattr(graph, "CHECK_FROM_FILE_BYTES", 0)
+    m = _matmul()
+    m.graph.initializer.append(numpy_helper.from_array(np.ones(4, dtype=np.float32), "unused"))
+    ext = m.graph.initializer[-1]
+    ext.ClearField("raw_data")
+    ext.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "weights.bin"), ("offset", "0"), ("length", "16")):
+        e = ext.external_data.add()
+        e.key, e.value = k, v
+    monkeypatch.setattr(graph, "_check_from_file", lambda m: pytest.fail("checked from a temporary file"))
+    with pytest.raises(onnx.checker.ValidationError) as own:  # onnx itself, in memory: no such file here
+        onnx.checker.check_model(m, full_check=True)
+    with pytest.raises(ModelError) as ours:
+        graph.check_model(m, what="model", error=ModelError)
+    assert str(own.value).strip().splitlines()[0] in str(ours.value)

@@ -157,16 +157,15 @@ def _add_batch(
     keep = ok.reshape(-1)
     x = input_samples(c, x_hat, pos)[keep].astype(np.float32)  # the statistics take float32 rows
     y = output_samples(c, y_full, pos).astype(np.float64)[keep]
+    rows = st.held if held else st.fit  # a reservoir of capacity 0 keeps nothing: no z, no s computed for it
     s_orig = s_hat = np.zeros_like(y)
     if c.offset:
         s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)[keep]
         s_hat = s_orig
-        if cur[c.offset].shape == orig[c.offset].shape:  # else pruned already: use the original shortcut
+        if rows.capacity and cur[c.offset].shape == orig[c.offset].shape:  # else pruned already: the original's
             s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
     a = y + s_orig
     kind, params = c.activation.kind, c.activation.params
-    rows = st.held if held else st.fit
-    # the rows a reservoir keeps with the inputs (none without one)
     extra = {"z": act_apply(kind, params, a), **({"s": s_hat} if c.offset else {})} if rows.capacity else {}
     if held:  # without an offset S is zero (layer_data)
         st.held.add(x=x, y=y, **extra)

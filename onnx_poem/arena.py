@@ -38,6 +38,7 @@ _REGISTERED: bool | None = None  # None: not tried yet
 _SHRINKER: ort.InferenceSession | None = None
 _RUN = ort.RunOptions()
 _RUN.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+_ONE = np.ones(1, dtype=np.float32)  # the shrinking run's input
 
 #: ``OrtArenaCfg`` arena extend strategy: grow by what a request needs (``kSameAsRequested``), not to the next
 #: power of two, so the arena holds about what the runs use
@@ -84,9 +85,6 @@ def release_arena() -> None:
             m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
             _SHRINKER = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         _SHRINKER.run(None, {"x": _ONE}, _RUN)
-
-
-_ONE = np.ones(1, dtype=np.float32)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .arena import release_arena, use_shared_arena
-from .errors import ModelError
+from .errors import ModelError, OutputError
 from .external import (
     FLOAT_TYPES,
     STUB_LOCATION,
@@ -39,6 +39,7 @@ from .external import (
     stubbed,
     too_big,
 )
+from .outputs import write_together
 from .threads import ort_threads
 
 logger = logging.getLogger(__name__)
@@ -133,10 +134,11 @@ def _check_from_file(model: onnx.ModelProto) -> None:
     """
     with tempfile.TemporaryDirectory(prefix="onnx-poem-check-") as d:
         path = Path(d) / "model.onnx"
-        for p, chunks in encode(model, path, external=True).items():
-            with open(p, "wb") as fh:
-                for c in chunks:
-                    fh.write(c)
+        try:
+            write_together(encode(model, path, external=True), force=False)
+        except OutputError:  # no room for the copy: not the model's fault, so the checker reads it from memory
+            onnx.checker.check_model(model, full_check=True)
+            return
         onnx.checker.check_model(str(path), full_check=True)
     _check_sizes(model)
 

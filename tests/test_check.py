@@ -86,3 +86,21 @@ def test_a_model_referring_to_external_data_is_checked_in_memory(monkeypatch: py
     with pytest.raises(ModelError) as ours:
         graph.check_model(m, what="model", error=ModelError)
     assert str(own.value).strip().splitlines()[0] in str(ours.value)
+
+
+def test_no_room_for_the_file_falls_back_to_the_check_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary folder that cannot take the copy is not the model's fault: the checker reads the model from
+    memory instead, and a bad model still fails."""
+    from onnx_poem.errors import OutputError
+
+    def full(files, *, force):
+        raise OutputError("cannot write the outputs: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(graph, "CHECK_FROM_FILE_BYTES", 0)
+    monkeypatch.setattr(graph, "write_together", full)
+    graph.check_model(_matmul(), what="model", error=ModelError)
+    m = _matmul()
+    m.graph.node[0].input[1] = "missing"
+    with pytest.raises(ModelError, match="fails the ONNX checker") as e:
+        graph.check_model(m, what="model", error=ModelError)
+    assert "No space" not in str(e.value)

@@ -476,7 +476,7 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float, con
 #: below :data:`RELAX_TOL`), 2.6 T multiply-adds of ``rows × n × m`` products, 5.9 forward passes' worth; on
 #: ResNet-20 (the README demo) the held-out post-activation error relative to least squares was 0.9578 with
 #: 167 iterations over its layers, 0.9590 with 72 under this schedule (mean over layers, the best of least
-#: squares and the two blends per output): 3 % of POEM's gain for 43 % of the iterations (RESULTS.md, [R] 27)
+#: squares and the two blends per output): 3 % of POEM's gain for 43 % of the iterations (RESULTS.md, [R] 24)
 RELAX_SCHEDULE = ((1.0, 5), (10.0, 2), (100.0, 1))
 #: the relaxation moves on to the next λ once an iteration changes W by less than this (relative)
 RELAX_TOL = 1e-3

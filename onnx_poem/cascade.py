@@ -88,17 +88,12 @@ class OriginalSpan:
 def original_spans(view: GraphView, order: Sequence[ChannelGroup]) -> list[OriginalSpan]:
     """The original stream's span for each group of ``order`` (the order the groups are collected in).
 
-    Within a run of groups whose cuts do not decrease, a group's start is the smallest :func:`original_reach` of
-    it and the run's later groups: the starts do not go back (a stream whose frontier lies after a start restarts
-    from the model's inputs), each lies where the group before leaves the stream, and none before its group's cut
-    (the later groups' reaches lie at or after their cuts).  Where a cut decreases (the cascade takes residual
-    groups after the block-internal ones) the stream restarts from the inputs, as it did when it went from cut to
-    cut; a minimum over every later group would instead hold every earlier group's start back to that cut."""
-    cuts = [cut_position(view, g) for g in order]
+    A group's start is the smallest :func:`original_reach` of it and every later group, so the starts never go
+    back (a stream whose frontier lies after a start restarts from the model's inputs) and each lies where the
+    stream is left by the group before."""
     starts = [original_reach(view, g) for g in order]
     for i in range(len(starts) - 2, -1, -1):
-        if cuts[i + 1] >= cuts[i]:
-            starts[i] = min(starts[i], starts[i + 1])
+        starts[i] = min(starts[i], starts[i + 1])
     return [OriginalSpan(s, starts[i + 1] if i + 1 < len(starts) else None) for i, s in enumerate(starts)]
 
 

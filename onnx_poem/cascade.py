@@ -20,7 +20,7 @@ from the inputs). Graphs whose subgraphs read outer tensors always run from the 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,45 +56,6 @@ def cut_position(view: GraphView, g: ChannelGroup) -> int:
             nodes.add(view.producer[t])
         nodes.update(u.node for u in view.users(t))
     return min(nodes)
-
-
-def original_reach(view: GraphView, g: ChannelGroup) -> int:
-    """The last node position from which the original model's stream still gives what collecting ``g`` reads of it.
-
-    That is its consumers' inputs, outputs and residual offsets.  From a frontier at position ``p`` a tensor is
-    computed when its node lies at or after ``p``, and read from the frontier when a node at or after ``p`` reads it
-    (:meth:`GraphView.crossing`); so ``p`` may lie up to a tensor's last reader, and up to the first consumer (the
-    consumers' outputs are computed, not cached: the frontier stays the size of the one at the cut).  [R, speed]
-    The original model never changes, so its stream need not go back to ``g``'s cut (:func:`cut_position`) as the
-    current model's must: on ResNet-50 it ran each block's 3x3 convolution twice, 1.54 forward passes per pass.
-    """
-    reach = [c.node for c in g.consumers]
-    for c in g.consumers:
-        for t in (c.input, c.output, c.offset):
-            if t and t in view.producer:  # a model input or a constant is there from any position
-                reach.append(max([view.producer[t], *(u.node for u in view.users(t))]))
-    return min(reach)
-
-
-@dataclass(frozen=True)
-class OriginalSpan:
-    """Where the original model's stream starts for a group (:attr:`start`) and where it records its frontier for
-    the next (:attr:`next`; ``None``: the last group)."""
-
-    start: int
-    next: int | None
-
-
-def original_spans(view: GraphView, order: Sequence[ChannelGroup]) -> list[OriginalSpan]:
-    """The original stream's span for each group of ``order`` (the order the groups are collected in).
-
-    A group's start is the smallest :func:`original_reach` of it and every later group, so the starts never go
-    back (a stream whose frontier lies after a start restarts from the model's inputs) and each lies where the
-    stream is left by the group before."""
-    starts = [original_reach(view, g) for g in order]
-    for i in range(len(starts) - 2, -1, -1):
-        starts[i] = min(starts[i], starts[i + 1])
-    return [OriginalSpan(s, starts[i + 1] if i + 1 < len(starts) else None) for i, s in enumerate(starts)]
 
 
 class Stream:

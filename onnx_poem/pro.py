@@ -16,7 +16,7 @@ import numpy as np
 from .allocation import PRO_MAX_RATIO, region_keeps
 from .calibration.collect import collect, layer_data
 from .calibration.sources import CalibrationData
-from .cascade import Current, OriginalSpan, Stream, cut_position, original_spans
+from .cascade import Current, Stream, cut_position
 from .config import PruneConfig
 from .coupling import ChannelGroup
 from .coupling.groups import positions
@@ -78,13 +78,13 @@ def error_curves(
     order = sorted(groups, key=lambda g: cut_position(view, g))
     probe = Probe(view, every, data, probe_idx, cfg.batch_size, work)
     curves: dict[str, np.ndarray] = {}
-    spans = original_spans(view, order)
     for i, g in enumerate(order):
         release_segments()
         if progress:
             progress(i, len(order), f"sensitivity {g.id}")
+        nxt = cut_position(view, order[i + 1]) if i + 1 < len(order) else None
         try:
-            curves[g.id] = _error_curve(view, g, streams, spans[i], n_fit, probe_cfg, i, ratio, probe)
+            curves[g.id] = _error_curve(view, g, streams, nxt, n_fit, probe_cfg, i, ratio, probe)
         except Exception as e:
             failed[g.id] = f"error curve: {one_line(e)}"
             logger.warning("group %s left unpruned: %s", g.id, failed[g.id])
@@ -96,7 +96,7 @@ def _error_curve(
     view: GraphView,
     g: ChannelGroup,
     streams: tuple[Stream, Stream],
-    span: OriginalSpan,
+    nxt: int | None,
     n_fit: int,
     cfg: PruneConfig,
     i: int,
@@ -106,7 +106,7 @@ def _error_curve(
     """PRO's curve of one group (see :func:`error_curves`)."""
     W0s = [effective(view, c)[0] for c in g.consumers]
     with stage("statistics"):
-        stats = collect(view, Current.original(view), g, W0s, streams, span, n_fit, cfg, i, reservoirs=False)
+        stats = collect(view, Current.original(view), g, W0s, streams, nxt, n_fit, cfg, i, reservoirs=False)
     layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     problems, scales = [], []
     for d in layers:

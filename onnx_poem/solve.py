@@ -9,7 +9,7 @@ import numpy as np
 
 from .calibration.collect import collect, layer_data
 from .calibration.stats import LayerStats
-from .cascade import Current, OriginalSpan, Stream
+from .cascade import Current, Stream
 from .config import PruneConfig
 from .coupling import ChannelGroup, Consumer
 from .coupling.groups import positions
@@ -30,7 +30,7 @@ def solve_group(
     g: ChannelGroup,
     quota: np.ndarray,
     streams: tuple[Stream, Stream],
-    span: OriginalSpan | None,
+    next_cut: int | None,
     n_fit: int,
     cfg: PruneConfig,
     index: int,
@@ -38,7 +38,7 @@ def solve_group(
     t0 = time.perf_counter()
     W0s = [effective(view, c)[0] for c in g.consumers]
     with stage("statistics"):
-        stats = collect(view, current, g, W0s, streams, span, n_fit, cfg, index)
+        stats = collect(view, current, g, W0s, streams, next_cut, n_fit, cfg, index)
     layers = [layer_data(c, W0, st) for c, W0, st in zip(g.consumers, W0s, stats, strict=True)]
     lam = group_damping(view, g, cfg)
     with stage("selection"):

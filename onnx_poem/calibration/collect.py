@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..arena import release_arena
-from ..cascade import Current, OriginalSpan, Stream, cut_position
+from ..cascade import Current, Stream, cut_position
 from ..config import PruneConfig
 from ..coupling import ChannelGroup, Consumer
 from ..graph import GraphView
@@ -63,7 +63,7 @@ def collect(
     g: ChannelGroup,
     W0s: list[np.ndarray],
     streams: tuple[Stream, Stream],
-    span: OriginalSpan | None,
+    next_cut: int | None,
     n_fit: int,
     cfg: PruneConfig,
     index: int,
@@ -74,11 +74,9 @@ def collect(
 
     Targets come from the original model (``streams[0]``), consumer inputs from
     ``current`` (``streams[1]``); both run segment-wise from their cached frontier.
-    The original model never changes, so its stream runs from ``span.start`` and records its frontier at
-    ``span.next`` (:func:`onnx_poem.cascade.original_spans`), not at the groups' cuts, except while the current
-    model is still the original in the cascade: the current stream then takes the original's frontier, which must
-    lie at ``g``'s cut.  ``span = None``: from ``g``'s cut, and no next group.  ``reservoirs = False``: the sums
-    only (no rows kept, for a caller that reads nothing but ``G, P, Gw, Pw``; the sums are the same).
+    The original model never changes, so its stream may move on to ``next_cut``
+    (the next group's cut) when only it is needed.  ``reservoirs = False``: the sums only (no rows kept,
+    for a caller that reads nothing but ``G, P, Gw, Pw``; the sums are the same).
     """
     orig_names = [*view.inputs, *(t for c in g.consumers for t in (c.output, c.offset) if t)]
     cur_names = [t for c in g.consumers for t in (c.input, c.offset) if t]
@@ -88,10 +86,7 @@ def collect(
     cut = cut_position(view, g)
     orig_stream, cur_stream = streams
     cur_runs = None if same else cur_stream.run(current.model, cur_names, cut, shared=current.shared)
-    if span is None or (same and cfg.mode == "cascade"):
-        orig_start = orig_cut = cut
-    else:
-        orig_start, orig_cut = span.start, span.start if span.next is None else span.next
+    orig_cut = next_cut if (next_cut is not None and not (same and cfg.mode == "cascade")) else cut
     weighted = cfg.method == "poem"
     n_all = sum(len(c) for c in orig_stream.chunks)
     stats: list[LayerStats] = []
@@ -107,7 +102,7 @@ def collect(
         stats.append(LayerStats.empty(W0.shape[1], W0.shape[0], capacity=fit_cap, held_capacity=held_cap, seed=seed))
     rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
     seen = 0
-    for orig in orig_stream.run(view.model, orig_names, orig_start, orig_cut):
+    for orig in orig_stream.run(view.model, orig_names, cut, orig_cut):
         cur = next(cur_runs) if cur_runs else orig
         held = seen >= n_fit
         seen += len(next(iter(orig.values())))

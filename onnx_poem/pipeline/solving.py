@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from ..cascade import Current, Stream, original_spans
+from ..cascade import Current, Stream, cut_position
 from ..coupling import ChannelGroup
 from ..errors import VerificationError, one_line
 from ..graph import GraphView, check_model, check_structure, release_segments
@@ -48,25 +48,17 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
     # None until built for the next group
     applied: Current | None = Current.original(view)
     current: Current | None = None
-    spans = original_spans(view, todo)
     for done, g in enumerate(todo):
         if progress:
             progress(done, len(todo), g.id)
+        nxt = cut_position(view, todo[done + 1]) if done + 1 < len(todo) else None
         for attempt in (0, 1):
             if applied is None:  # dropped before a rewrite that failed
                 applied = _current(view, groups, plan, weights, None)
             current = applied if cfg.mode == "cascade" else Current.original(view)
             try:
                 decision, group_layers = solve_group(
-                    view,
-                    current,
-                    g,
-                    alloc.quotas[g.id],
-                    streams,
-                    spans[done],
-                    len(ctx.split.fit),
-                    cfg,
-                    len(plan.decisions),
+                    view, current, g, alloc.quotas[g.id], streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
                 )
                 # the current model goes before the next is built (its weights' files are updated in place)
                 current = applied = None

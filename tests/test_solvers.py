@@ -185,6 +185,26 @@ def test_poem_fit_in_the_reservoirs_own_rows_gives_the_same_weights(whole: bool)
     assert np.array_equal(copied, in_place)
 
 
+def test_relaxation_runs_at_most_its_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relaxation's cost is bounded by ``RELAX_SCHEDULE``: with no early stop it runs exactly that many U-steps
+    per λ, in order (ResNet-50's relaxations never stopped early: the bound is the cost, benchmarks/scale.md)."""
+    d = _layer(C=12, k=3, m=7, N=3000, seed=4)
+    cols = kept_columns(np.array([0, 2, 3, 5, 8, 9, 11]), d.k, d.G.shape[0])
+    W_ls = rec.least_squares(d, cols, 0.01)
+    lams: list[float] = []
+    real = rec._u_step
+
+    def counted(r: np.ndarray, z: np.ndarray, lam: float, pieces: object) -> np.ndarray:
+        lams.append(lam)
+        return real(r, z, lam, pieces)
+
+    monkeypatch.setattr(rec, "_u_step", counted)
+    monkeypatch.setattr(rec, "RELAX_TOL", 0.0)
+    assert rec.poem_fit(d, cols, W_ls, mu=0.3) is not None
+    assert lams == [lam for lam, iters in rec.RELAX_SCHEDULE for _ in range(iters)]
+    assert len(lams) <= 8
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_derivatives_match_finite_differences(kind: str) -> None:
     params = {"leaky_relu": (0.1,), "clip": (0.0, 6.0), "hard_sigmoid": (0.2, 0.5), "elu": (1.0,)}.get(kind, ())

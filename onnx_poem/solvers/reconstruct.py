@@ -473,7 +473,7 @@ def _reconstruct(d: LayerData, keep: np.ndarray, *, method: str, lam: float, con
 
 #: the relaxation's ``(λ, at most this many iterations)``, in order.  [R, speed; session 24] Was eight
 #: iterations for each λ: on ResNet-50 (random weights) all 24 ran for every consumer (the steps never fell
-#: below :data:`RELAX_TOL`), 2.6 T multiply-adds of ``rows × n × m`` products, 5.9 forward passes' worth; on
+#: below :data:`RELAX_TOL`), 3.1 T multiply-adds (2.6 T in ``rows × n × m`` products), 5.9 forward passes; on
 #: ResNet-20 (the README demo) the held-out post-activation error relative to least squares was 0.9578 with
 #: 167 iterations over its layers, 0.9590 with 72 under this schedule (mean over layers, the best of least
 #: squares and the two blends per output): 3 % of POEM's gain for 43 % of the iterations (RESULTS.md, [R] 24)

@@ -144,9 +144,10 @@ def _check_from_file(model: onnx.ModelProto) -> None:
 
 
 def _refers_outside(model: onnx.ModelProto) -> bool:
-    """Some initializer of ``model`` still refers to external data (a caller's model loaded without it): the
-    file route would look for that data beside the temporary file, so such a model is checked in memory."""
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    """Some tensor of ``model`` (an initializer, a ``Constant`` value, a subgraph's; :func:`_all_tensors`) still
+    refers to external data (a caller's model loaded without it): the file route would look for that data
+    beside the temporary file, so such a model is checked in memory."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model.graph))
 
 
 def _check_sizes(model: onnx.ModelProto) -> None:

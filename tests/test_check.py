@@ -68,13 +68,20 @@ def test_file_route_leaves_nothing_behind(tmp_path, monkeypatch: pytest.MonkeyPa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_model_referring_to_external_data_is_checked_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A caller's model that still refers to external data is checked in memory as before (where the checker
-    looks for the data relative to the working directory), not from a temporary folder."""
+@pytest.mark.parametrize("where", ["initializer", "constant"])
+def test_a_model_referring_to_external_data_is_checked_in_memory(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller's model that still refers to external data (in an initializer or a ``Constant`` node's value) is
+    checked in memory as before (where the checker looks for the data relative to the working directory), not
+    from a temporary folder, and gets what onnx's own check says."""
     monkeypatch.setattr(graph, "CHECK_FROM_FILE_BYTES", 0)
     m = _matmul()
-    m.graph.initializer.append(numpy_helper.from_array(np.ones(4, dtype=np.float32), "unused"))
-    ext = m.graph.initializer[-1]
+    value = numpy_helper.from_array(np.ones(4, dtype=np.float32), "unused")
+    if where == "initializer":
+        m.graph.initializer.append(value)
+        ext = m.graph.initializer[-1]
+    else:
+        m.graph.node.append(helper.make_node("Constant", [], ["unused"], value=value))
+        ext = m.graph.node[-1].attribute[0].t
     ext.ClearField("raw_data")
     ext.data_location = TensorProto.EXTERNAL
     for k, v in (("location", "weights.bin"), ("offset", "0"), ("length", "16")):

@@ -300,18 +300,24 @@ def test_cholesky_failures_fall_back_and_say_so(caplog) -> None:
     assert "falling back" in caplog.text
 
 
-def _eager_greedy(G: np.ndarray, P: np.ndarray, W0: np.ndarray, k: int, channels: int, keep: int, lam: float):
-    """Reference: at every step, the removal whose damped least-squares refit loses the least, by direct solves."""
+def _damped_loss(G: np.ndarray, P: np.ndarray, W0: np.ndarray, k: int, lam: float):
+    """``alive → ‖Y − W X‖²`` up to a constant, ``−tr(P_S G_SS⁻¹ P_Sᵀ)`` of the damped refit, by a direct solve."""
     from onnx_poem.solvers.linalg import damping
 
     delta = damping(G, lam)
     Gd, Pd = G + delta * np.eye(len(G)), P + delta * W0
 
-    def loss(alive: list[int]) -> float:  # ‖Y − W X‖² up to a constant: −tr(P_S G_SS⁻¹ P_Sᵀ)
+    def loss(alive: list[int]) -> float:
         cols = np.concatenate([np.arange(c * k, c * k + k) for c in alive] + [np.array([len(G) - 1])])
         W = np.linalg.solve(Gd[np.ix_(cols, cols)], Pd[:, cols].T).T
         return float(-np.sum(W * Pd[:, cols]))
 
+    return loss
+
+
+def _eager_greedy(G: np.ndarray, P: np.ndarray, W0: np.ndarray, k: int, channels: int, keep: int, lam: float):
+    """Reference: at every step, the removal whose damped least-squares refit loses the least, by direct solves."""
+    loss = _damped_loss(G, P, W0, k, lam)
     alive, costs = list(range(channels)), []
     while len(alive) > keep:
         trial = [loss([a for a in alive if a != c]) for c in alive]
@@ -336,6 +342,49 @@ def test_lazy_greedy_matches_eager_solves_across_flushes(k: int) -> None:
     ref_kept, ref_costs = _eager_greedy(G, P, W0, k, C, 30, 0.01)
     np.testing.assert_array_equal(kept, np.sort(ref_kept))
     np.testing.assert_allclose(trace, ref_costs, rtol=1e-6, atol=1e-6 * abs(ref_costs).max())
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_block_steps_cost_what_a_direct_refit_loses(k: int) -> None:
+    """A wide group loses ``block_size(alive)`` atoms per step by one joint downdate: at the end of every step the
+    trace's cumulative cost is the damped refit's loss on what is left (direct solves), across flushes."""
+    from onnx_poem.solvers.greedy import block_size
+
+    rng = np.random.default_rng(5)
+    C, m, rows, keep = 300, 10, 3000, 90  # steps of 4, 3, 2, then 1 atom; flushes between them
+    X = rng.standard_normal((rows, C * k)) * rng.gamma(1.0, 1.0, C * k) + 0.3 * rng.standard_normal((rows, 1))
+    Xb = np.hstack([X, np.ones((rows, 1))])
+    W0 = rng.standard_normal((m, C * k + 1))
+    Y = Xb @ W0.T + 0.5 * rng.standard_normal((rows, m))
+    G, P = Xb.T @ Xb, Y.T @ Xb
+    trace: list[float] = []
+    removed: list[int] = []
+    kept = greedy_eliminate([QuadProblem(G, P, W0, k)], C, keep, lam=0.01, trace=trace, removed=removed)
+    assert len(kept) == keep and sorted(removed + kept.tolist()) == list(range(C))
+    ends, alive = [], C
+    while alive > keep:
+        alive -= min(block_size(alive), alive - keep)
+        ends.append(C - alive)
+    assert ends[0] == 4 and len(ends) < C - keep  # several atoms per step
+    loss = _damped_loss(G, P, W0, k, 0.01)
+    base, cum = loss(list(range(C))), np.cumsum(trace)
+    for j in ends:
+        left = sorted(set(range(C)) - set(removed[:j]))
+        assert cum[j - 1] == pytest.approx(loss(left) - base, rel=1e-6)
+
+
+def test_block_steps_respect_region_quotas() -> None:
+    rng = np.random.default_rng(6)
+    C, m, rows = 260, 8, 1500
+    X = rng.standard_normal((rows, C)) * rng.gamma(1.0, 1.0, C)
+    Xb = np.hstack([X, np.ones((rows, 1))])
+    W0 = rng.standard_normal((m, C + 1))
+    G, P = Xb.T @ Xb, (Xb @ W0.T).T @ Xb
+    regions = np.repeat([0, 1, 2], [100, 130, 30])
+    quota = np.array([40, 120, 10])  # region 1 loses 10 atoms only, region 2 most of its 30
+    kept = greedy_eliminate([QuadProblem(G, P, W0, 1)], C, int(quota.sum()), lam=0.01, regions=regions,
+                            region_keep=quota)  # fmt: skip
+    assert np.bincount(regions[kept], minlength=3).tolist() == quota.tolist()
 
 
 def test_in_place_solve_falls_back_on_the_restored_matrix() -> None:

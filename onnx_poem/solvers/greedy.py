@@ -111,29 +111,41 @@ class _State:
         out[present] = np.sum(inv * self.K[c], axis=(1, 2))
         return out
 
-    def remove(self, atom: int) -> None:
-        channel = int(self.channel(np.array([atom]))[0])
-        if channel < 0:
-            return
-        M = self.cols(self.slot[[channel]])[0]
+    def remove(self, atoms: np.ndarray) -> float:
+        """Remove ``atoms`` together (one joint downdate) and return the joint cost
+        ``ΔE_M = tr(W_M (H_MM)⁻¹ W_Mᵀ)`` of their present channels (0 if none is present here)."""
+        channels = self.channel(np.asarray(atoms))
+        channels = channels[channels >= 0]
+        if not len(channels):
+            return 0.0
+        M = self.cols(self.slot[channels]).reshape(-1)
+        w = len(M)
+        if self.r + w > self.A.shape[1]:
+            self.flush()
+            if w > self.A.shape[1]:
+                n1 = self.Hb.shape[0]
+                self.A, self.B, self.V = np.zeros((n1, w)), np.zeros((n1, w)), np.zeros((self.Wb.shape[0], w))
+            M = self.cols(self.slot[channels]).reshape(-1)
         r, k, C = self.r, self.p.k, self.C
         Br = self.B[:, :r]
-        h = self.Hb[:, M] - self.A[:, :r] @ Br[M].T  # (n1, k) = H_:M
+        h = self.Hb[:, M] - self.A[:, :r] @ Br[M].T  # (n1, w) = H_:M
         h[self.dead] = 0.0
-        wM = self.Wb[:, M] - self.V[:, :r] @ Br[M].T  # (m, k) = W_M
+        wM = self.Wb[:, M] - self.V[:, :r] @ Br[M].T  # (m, w) = W_M
         inv = np.linalg.inv(h[M, :])
         a, v = h @ inv, wM @ inv
-        Q = self.Wb.T @ v - Br @ (self.V[:, :r].T @ v)  # (n1, k) = Wᵀ v
-        hc, ac, Qc = (z[: C * k].reshape(C, k, k) for z in (h, a, Q))
+        joint = float(np.sum(v * wM))
+        Q = self.Wb.T @ v - Br @ (self.V[:, :r].T @ v)  # (n1, w) = Wᵀ v
+        hc, ac, Qc = (z[: C * k].reshape(C, k, w) for z in (h, a, Q))
         hT = hc.transpose(0, 2, 1)
         self.D -= ac @ hT
         QhT = Qc @ hT
         self.K += (hc @ (v.T @ v)) @ hT - QhT - QhT.transpose(0, 2, 1)
         self.dead[M] = True
-        self.A[:, r : r + k], self.B[:, r : r + k], self.V[:, r : r + k] = a, h, v
-        self.r = r + k
+        self.A[:, r : r + w], self.B[:, r : r + w], self.V[:, r : r + w] = a, h, v
+        self.r = r + w
         if self.r >= self.limit:
             self.flush()
+        return joint
 
     def flush(self) -> None:
         """Apply the pending downdates to ``H_b`` and ``W_b`` and drop the removed channels' rows and columns
@@ -166,6 +178,38 @@ class _State:
 
 #: pending rank of the lazy downdates before they are applied to ``H`` (at least; or ``(n+1)/8``)
 FLUSH = 64
+
+#: a greedy step removes one atom per this many still alive (at least one), see :func:`block_size`
+BLOCK_DIVISOR = 64
+
+
+def block_size(alive: int) -> int:
+    """Atoms one greedy step removes together when ``alive`` are left: ``max(1, alive // BLOCK_DIVISOR)``.
+
+    [R, speed] Groups of up to 127 atoms (every group of the CIFAR ResNets) are eliminated one atom at a time, as
+    §2 writes it. Wider ones remove the cheapest ``alive // 64`` atoms (at most 1.6 % of those left) by one joint
+    downdate, their costs taken at the step's start (SparseGPT/OBC-style blocks): each step reads ``H`` and ``W``
+    once instead of once per atom, and the costs are recomputed ``~64·ln(n / kept)`` times instead of once per
+    removal. The downdate is exact for the block; only the choice ignores the interactions inside it.
+    """
+    return max(1, alive // BLOCK_DIVISOR)
+
+
+def _block(cost: np.ndarray, region: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
+    """Positions of the atoms one step removes: ``argmin(cost)`` first (ties to the lower position), then the next
+    cheapest finite ``cost`` entries, up to ``size`` in all, that no region's quota ``left`` forbids."""
+    first = int(np.argmin(cost))
+    pick = [first]
+    quota = left.copy()
+    quota[region[first]] -= 1
+    if size > 1:
+        for j in np.argsort(cost, kind="stable"):
+            if len(pick) == size or not np.isfinite(cost[j]):
+                break
+            if j != first and quota[region[j]] > 0:
+                quota[region[j]] -= 1
+                pick.append(int(j))
+    return np.array(pick, dtype=np.int64)
 
 
 def greedy_eliminate(
@@ -200,20 +244,27 @@ def greedy_eliminate(
     if regions is None or region_keep is None:
         regions, region_keep = np.zeros(channels, dtype=np.int64), np.array([keep])
     left = np.bincount(regions, minlength=len(region_keep)) - region_keep  # removals still due per region
-    for _ in range(int(left.sum())):
+    w = scales or [1.0] * len(states)
+    while left.sum() > 0:
         each = [s.costs(alive) for s in states]
         cost = np.zeros(len(alive))
         for c in each:
             cost += c
         cost[left[regions[alive]] <= 0] = np.inf
-        j = int(np.argmin(cost))
+        pick = _block(cost, regions[alive], left, block_size(len(alive)))
+        victims = alive[pick]
+        joint = [s.remove(victims) for s in states]
         if trace is not None:
-            trace.append(float(sum(w * c[j] for w, c in zip(scales or [1.0] * len(states), each, strict=True))))
-        left[regions[alive[j]]] -= 1
-        victim = int(alive[j])
+            alone = np.array([sum(x * c[j] for x, c in zip(w, each, strict=True)) for j in pick])
+            if len(pick) == 1:
+                trace.append(float(alone[0]))
+            else:  # the block's joint cost, shared out in proportion to the members' own costs
+                total = float(sum(x * e for x, e in zip(w, joint, strict=True)))
+                trace.extend(
+                    (total * alone / alone.sum() if alone.sum() > 0 else np.full(len(pick), total / len(pick))).tolist()
+                )
+        np.subtract.at(left, regions[victims], 1)
         if removed is not None:
-            removed.append(victim)
-        alive = np.delete(alive, j)
-        for s in states:
-            s.remove(victim)
+            removed.extend(int(v) for v in victims)
+        alive = np.delete(alive, pick)
     return alive

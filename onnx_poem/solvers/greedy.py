@@ -11,7 +11,9 @@ Channel ``c`` owns the ``k`` columns ``c·k … c·k+k-1``; the last column
 and the downdates ``W ← W − W_M (H_MM)⁻¹ H_M:``, ``H ← H − H_:M (H_MM)⁻¹ H_M:``
 keep ``W`` the optimal refit on the remaining columns.  Several consumers of
 one group are eliminated together; a channel's cost is the sum over them.
-``H`` is updated lazily (see :class:`_State`).
+``H`` is updated lazily (see :class:`_State`).  While 128 or more atoms are
+alive, a step removes the cheapest ``alive // 64`` of them together, ``M``
+then being all their columns (:func:`block_size`).
 """
 
 from __future__ import annotations
@@ -229,6 +231,8 @@ def greedy_eliminate(
     With ``trace``, the cost of every removal is appended to it, in removal order:
     ``Σ_s scales[s]·ΔE_s`` over the problems (``scales`` default to 1), so that
     ``cumsum(trace)`` is the error curve of the group (PRO allocation, ALGORITHMS.md §7);
+    a step of several atoms (:func:`block_size`) appends its joint cost shared out in
+    proportion to the members' own costs, so the curve is exact at every step's end;
     with ``removed``, the removed atoms are appended to it in the same order.
 
     ``channels`` is the number of atoms; each problem maps atoms to its own channels.

@@ -327,16 +327,22 @@ def _eager_greedy(G: np.ndarray, P: np.ndarray, W0: np.ndarray, k: int, channels
     return np.array(alive), np.array(costs)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_lazy_greedy_matches_eager_solves_across_flushes(k: int) -> None:
-    """The lazy downdates (flushed every FLUSH ranks) pick what direct refits pick, with the same costs."""
-    rng = np.random.default_rng(3)
-    C, m, rows = 90, 12, 2000  # 60 removals: at least one flush of the pending rank (FLUSH = 64)
+def _greedy_problem(
+    rng: np.random.Generator, C: int, k: int, m: int, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``G``, ``P``, ``W0`` of a noisy linear layer over ``C`` channels of ``k`` columns with uneven scales."""
     X = rng.standard_normal((rows, C * k)) * rng.gamma(1.0, 1.0, C * k) + 0.3 * rng.standard_normal((rows, 1))
     Xb = np.hstack([X, np.ones((rows, 1))])
     W0 = rng.standard_normal((m, C * k + 1))
     Y = Xb @ W0.T + 0.5 * rng.standard_normal((rows, m))
-    G, P = Xb.T @ Xb, Y.T @ Xb
+    return Xb.T @ Xb, Y.T @ Xb, W0
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_lazy_greedy_matches_eager_solves_across_flushes(k: int) -> None:
+    """The lazy downdates (flushed every FLUSH ranks) pick what direct refits pick, with the same costs."""
+    C = 90  # 60 removals: at least one flush of the pending rank (FLUSH = 64)
+    G, P, W0 = _greedy_problem(np.random.default_rng(3), C, k, m=12, rows=2000)
     trace: list[float] = []
     kept = greedy_eliminate([QuadProblem(G, P, W0, k)], C, 30, lam=0.01, trace=trace)
     ref_kept, ref_costs = _eager_greedy(G, P, W0, k, C, 30, 0.01)
@@ -353,13 +359,8 @@ def test_block_steps_cost_what_a_direct_refit_loses(k: int, divisor: int, monkey
     from onnx_poem.solvers.greedy import block_size
 
     monkeypatch.setattr(greedy, "BLOCK_DIVISOR", divisor)
-    rng = np.random.default_rng(5)
-    C, m, rows, keep = 300, 10, 3000, 90  # steps of 4, 3, 2, then 1 atom; flushes between them
-    X = rng.standard_normal((rows, C * k)) * rng.gamma(1.0, 1.0, C * k) + 0.3 * rng.standard_normal((rows, 1))
-    Xb = np.hstack([X, np.ones((rows, 1))])
-    W0 = rng.standard_normal((m, C * k + 1))
-    Y = Xb @ W0.T + 0.5 * rng.standard_normal((rows, m))
-    G, P = Xb.T @ Xb, Y.T @ Xb
+    C, keep = 300, 90  # steps of 4, 3, 2, then 1 atom; flushes between them
+    G, P, W0 = _greedy_problem(np.random.default_rng(5), C, k, m=10, rows=3000)
     trace: list[float] = []
     removed: list[int] = []
     kept = greedy_eliminate([QuadProblem(G, P, W0, k)], C, keep, lam=0.01, trace=trace, removed=removed)

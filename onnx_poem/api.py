@@ -26,6 +26,7 @@ import onnx
 from .arena import arena_scope
 from .calibration.sources import ImageOptions
 from .config import ALLOCATIONS, PruneConfig
+from .device import use_device
 from .errors import UsageError
 from .pipeline.allocate import allocate, measure_curves
 from .pipeline.analyse import analyse
@@ -111,7 +112,7 @@ def run(
     if cfg.dry_run and cfg.residual == "auto":
         raise UsageError("--residual auto measures pruned models: a dry run cannot; give a fixed --residual")
     t0 = time.perf_counter()
-    with limit_threads(cfg.threads), arena_scope(), bind(Clock()) as clock, stage("other"):
+    with limit_threads(cfg.threads), use_device(cfg.device), arena_scope(), bind(Clock()) as clock, stage("other"):
         with stage("load"):
             inputs = load_inputs(model, cfg, calib, image_options, verify_data)
         result = _prune(inputs, progress)
@@ -154,7 +155,13 @@ def run_family(
         raise UsageError("a family shares one analysis: give a fixed --hidden fraction, not auto")
     t0 = time.perf_counter()
     results: list[PruneResult] = []
-    with limit_threads(cfgs[0].threads), arena_scope(), bind(Clock()) as shared_clock, stage("other"):
+    with (
+        limit_threads(cfgs[0].threads),
+        use_device(cfgs[0].device),
+        arena_scope(),
+        bind(Clock()) as shared_clock,
+        stage("other"),
+    ):
         inputs = load_inputs(model, cfgs[0], calib, image_options, verify_data)
         with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
             base = build_context(inputs, Path(tmp))

@@ -23,6 +23,7 @@ from . import __version__, planfile
 from .api import ALLOCATIONS, apply_saved_plan, run, run_family
 from .calibration.sources import ImageOptions
 from .config import RESIDUALS, SERIALISED_FORMS, STREAM_GROUPS
+from .device import DEVICES, use_device
 from .errors import ModelError, PoemError, UsageError
 from .external import encode
 from .graph import GraphView, declared_shape, input_files, load_model
@@ -304,6 +305,14 @@ def main() -> None:
     help="Threads for onnxruntime and BLAS (default: every core).",
 )
 @click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="cpu",
+    show_default=True,
+    help="Where the calibration, probe and verification passes run: cuda needs onnxruntime's CUDA provider "
+    "(the onnxruntime-gpu package); the statistics and solvers stay on the CPU.",
+)
+@click.option(
     "--verify-data",
     type=click.Path(path_type=Path),
     help="Separate verification set (same formats as --calib; labels from an npz array 'labels' or one image "
@@ -368,6 +377,7 @@ def prune_cmd(
     damping: float | None,
     seed: int,
     threads: int | None,
+    device: str,
     augment: int,
     hidden: float | str,
     verify_data: Path | None,
@@ -421,7 +431,7 @@ def prune_cmd(
         if family is not None:
             _family(model, family, out, report, calib, force, quiet, debug, method=method, mode=mode,
                     samples=samples, positions=positions, damping=damping, seed=seed, verify_data=verify_data,
-                    threads=threads, augment=augment, **_hidden_options(hidden), residual=residual,
+                    threads=threads, device=device, augment=augment, **_hidden_options(hidden), residual=residual,
                     allocation=allocation,
                     round_to=round_to, synthetic=synthetic, latency_on=latency_on, latency_batch=latency_batch,
                     latency_cache=None if latency_cache is None else str(latency_cache),
@@ -444,7 +454,7 @@ def prune_cmd(
             size=_size(input_size), mean=_floats(mean) or (0.0,), std=_floats(std) or (1.0,), scale=scale, layout=layout
         )
         progress = _Progress(sys.stderr.isatty() and not quiet)
-        with _terminate_as_interrupt() as term, limit_threads(threads):
+        with _terminate_as_interrupt() as term, limit_threads(threads), use_device(device):
             files: dict[Path, bytes | Iterable[bytes]] = {}
             pruned: onnx.ModelProto | None
             if apply_plan is not None:
@@ -461,6 +471,7 @@ def prune_cmd(
                     positions=positions,
                     damping=damping,
                     seed=seed,
+                    device=device,
                     augment=augment,
                     **_hidden_options(hidden),
                     image_options=opts,

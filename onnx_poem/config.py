@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .calibration.augment import MAX_COPIES
+from .device import DEVICES
 from .errors import UsageError
 from .solvers import METHODS
 
@@ -60,6 +61,7 @@ class PruneConfig:
     hidden_rotation: str = "one"  # onnx_poem.hidden.run.ROTATIONS: one basis for the stream, or one per norm
     hidden_auto: bool = False  # --hidden auto: the fraction chosen among api.HIDDEN_CANDIDATES by measurement
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
+    device: str = "cpu"  # where the model's runs go (onnx_poem.device.DEVICES)
 
     @classmethod
     def of(cls, **options: object) -> PruneConfig:
@@ -116,6 +118,8 @@ class PruneConfig:
         for name in ("samples", "positions", "reservoir", "batch_size", "round_to", "latency_batch", "threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.device not in DEVICES:
+            raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.seed < 0:
             raise UsageError(f"seed must be >= 0, got {self.seed}")
         if not 0 <= self.augment <= MAX_COPIES:

@@ -25,6 +25,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .arena import release_arena, use_shared_arena
+from .device import deterministic
+from .device import providers as device_providers
 from .errors import ModelError, OutputError
 from .external import (
     FLOAT_TYPES,
@@ -555,7 +557,9 @@ def _start(
     use_shared_arena(so)  # one arena for all sessions, emptied between the stages (:mod:`onnx_poem.arena`)
     if not values or not prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
-    providers = ["CPUExecutionProvider"]
+    providers = device_providers(values=values)  # --device (:mod:`onnx_poem.device`); shapes on the CPU
+    if values and deterministic():
+        so.use_deterministic_compute = True
     if not large:
         return ort.InferenceSession(stub.SerializeToString(), so, providers=providers)
     arrays = [np.ascontiguousarray(a) for a in stub_values(large, values=values, shared=shared)]

@@ -138,6 +138,7 @@ def run_one(a: argparse.Namespace) -> dict:
 
     from onnx_poem import prune
     from onnx_poem.calibration.sources import load_calibration
+    from onnx_poem.device import use_device
     from onnx_poem.graph import release_segments
     from onnx_poem.report import count_macs, count_params
     from onnx_poem.verify import session
@@ -150,11 +151,17 @@ def run_one(a: argparse.Namespace) -> dict:
     calib = _write_calibration(path, a.samples, Path(a.work))
     model = onnx.load(str(path))
     data = load_calibration(model, calib, samples=a.samples, seed=0)
-    sess = session(model)
-    t = time.perf_counter()
-    for batch in data.batches(np.arange(a.samples), 32):
-        sess.run(None, batch)
-    fwd = time.perf_counter() - t
+    with use_device(a.device):
+        sess = session(model)
+        t = time.perf_counter()
+        for batch in data.batches(np.arange(a.samples), 32):
+            sess.run(None, batch)
+        fwd = time.perf_counter() - t
+        if a.device != "cpu":  # a second pass: the first one's time includes the CUDA libraries' start
+            t = time.perf_counter()
+            for batch in data.batches(np.arange(a.samples), 32):
+                sess.run(None, batch)
+            fwd_warm = time.perf_counter() - t
     del sess
     release_segments()  # what the forward pass's session left (the heap, onnxruntime's arena) goes back first
     t = time.perf_counter()
@@ -165,7 +172,9 @@ def run_one(a: argparse.Namespace) -> dict:
     _reset_peak()
     try:
         with _DiskWatch(private) as disk, _OrtClock() as ort_clock:
-            pruned, report = prune(model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples)
+            pruned, report = prune(
+                model, calib=calib, ratio=a.ratios, allocation=a.allocations, samples=a.samples, device=a.device
+            )
     finally:
         tempfile.tempdir = shared_tmp
         shutil.rmtree(private, ignore_errors=True)
@@ -183,6 +192,7 @@ def run_one(a: argparse.Namespace) -> dict:
         "model_mb": path.stat().st_size / 1e6,
         "samples": a.samples,
         "forward_s": fwd,
+        **({"device": a.device, "forward_warm_s": fwd_warm} if a.device != "cpu" else {}),
         "prune_s": prune_s,
         "prune_per_forward": prune_s / fwd,
         "macs_ratio": count_macs(pruned, one) / macs,
@@ -260,6 +270,14 @@ def _cpu(r: dict) -> str:
     return f"{c['onnxruntime_s']:.1f} | {c['user_s']:.0f} / {c['system_s']:.0f} | {c['minor_faults'] / 1e6:.2f}"
 
 
+def _on(r: dict) -> str:
+    """The model cell's device note: blank on the CPU; on another, the device and the forward pass after a
+    first one (the row's forward pass and ratio count the first, which starts the device's libraries)."""
+    if r.get("device", "cpu") == "cpu":
+        return ""
+    return f" ({r['device']}; warm forward {r['forward_warm_s']:.2f} s)"
+
+
 def _table(rows: list[dict]) -> str:
     head = (
         "| model | allocation | GMACs | params (M) | samples | forward (s) | prune (s) | prune / forward | "
@@ -274,7 +292,7 @@ def _table(rows: list[dict]) -> str:
         t = r["timings"]
         stages = " | ".join(f"{t.get(k, 0.0):.1f}" for k in STAGE_COLS)
         out.append(
-            f"| {r['model']} | {r['allocation']} | {r['gmacs']:.2f} | {r['params_m']:.1f} | {r['samples']} | "
+            f"| {r['model']}{_on(r)} | {r['allocation']} | {r['gmacs']:.2f} | {r['params_m']:.1f} | {r['samples']} | "
             f"{r['forward_s']:.1f} | {r['prune_s']:.1f} | **{r['prune_per_forward']:.1f}** | {r['macs_ratio']:.3f} | "
             f"{r['peak_rss_mb']:.0f} | {r['peak_tmp_mb']:.0f} | {stages} | {_cpu(r)} | {r.get('commit', '?')} |"
         )
@@ -291,6 +309,7 @@ def main() -> None:
     ap.add_argument("--allocations", default="pro,uniform")
     ap.add_argument("--out", default="benchmarks/scale")
     ap.add_argument("--work", default="/tmp/onnx-poem-scale")
+    ap.add_argument("--device", default="cpu", help="where the forward pass and the prune's runs go (cpu, cuda)")
     ap.add_argument("--resume", action="store_true", help="reuse cached rows")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -318,8 +337,11 @@ def main() -> None:
                 str(a.ratios),
                 "--work",
                 a.work,
+                "--device",
+                a.device,
             ]
-            cached = Path(a.work) / f"{model}.{alloc}.{a.samples}.{a.ratios}.json"
+            on = "" if a.device == "cpu" else f".{a.device}"
+            cached = Path(a.work) / f"{model}.{alloc}.{a.samples}.{a.ratios}{on}.json"
             row = run_row(cmd, cached, reuse=a.resume)
             row.setdefault("model", model)
             row.setdefault("allocation", alloc)

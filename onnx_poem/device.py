@@ -1,0 +1,87 @@
+"""Where the model's runs go (``--device cpu|cuda``): onnxruntime's execution providers for every session
+that runs the model on its real weights (calibration streams, PRO's probes, verification).
+
+``cpu`` (the default) is onnxruntime's CPU provider.  ``cuda`` puts the calibration passes on onnxruntime's
+CUDA provider (the ``onnxruntime-gpu`` package), with the CPU provider behind it for the ops CUDA lacks; the
+statistics and the solvers stay in numpy on the CPU.  Sessions that only count shapes (weights stubbed as
+zeros) stay on the CPU.
+
+[R, determinism] The same inputs and seed must give the same bytes: the CUDA sessions pick cuDNN's
+convolution algorithms by its heuristics (``cudnn_conv_algo_search=DEFAULT``) instead of by timing them
+(``EXHAUSTIVE``, onnxruntime's default, can choose another algorithm on another run), and ask for
+onnxruntime's deterministic kernels (``use_deterministic_compute``).  [R, accuracy] TF32 is off
+(``use_tf32=0``): the statistics are Gram matrices of the captured activations, and TF32's 10-bit
+mantissa would put a relative error of about 1e-3 on every product that feeds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from .errors import UsageError
+
+#: the devices ``--device`` takes
+DEVICES = ("cpu", "cuda")
+
+#: the onnxruntime provider each device needs
+PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+#: the CUDA provider's options (see the module docstring)
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "DEFAULT", "use_tf32": "0"}
+
+_DEVICE: ContextVar[str] = ContextVar("onnx_poem_device", default="cpu")
+
+
+def device() -> str:
+    """The device in force (:func:`use_device`; ``cpu`` outside one)."""
+    return _DEVICE.get()
+
+
+def available(name: str) -> bool:
+    """Whether this onnxruntime has the provider device ``name`` needs."""
+    import onnxruntime as ort
+
+    return PROVIDER[name] in ort.get_available_providers()
+
+
+def check_device(name: str) -> None:
+    """Raise :class:`UsageError` (one line) unless ``name`` is a device this onnxruntime can run on."""
+    if name not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if not available(name):
+        import onnxruntime as ort
+
+        raise UsageError(
+            f"--device {name} needs onnxruntime's {PROVIDER[name]} (the onnxruntime-gpu package, with CUDA and "
+            f"cuDNN libraries it can load); this onnxruntime {ort.__version__} has "
+            f"{', '.join(ort.get_available_providers())}"
+        )
+
+
+@contextmanager
+def use_device(name: str) -> Iterator[None]:
+    """Run the block's model sessions on device ``name`` (checked first, :func:`check_device`)."""
+    check_device(name)
+    token = _DEVICE.set(name)
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def providers(*, values: bool = True) -> list[Any]:
+    """onnxruntime's ``providers`` argument for a session in force: the device's, with the CPU provider behind
+    it; the CPU alone for a session whose weights are stubbed (``values=False``, shapes only)."""
+    name = device() if values else "cpu"
+    if name == "cpu":
+        return [PROVIDER["cpu"]]
+    return [(PROVIDER[name], dict(CUDA_OPTIONS)), PROVIDER["cpu"]]
+
+
+def deterministic() -> bool:
+    """Whether sessions in force should ask onnxruntime for deterministic kernels (any device but the CPU's,
+    whose kernels are deterministic already)."""
+    return device() != "cpu"

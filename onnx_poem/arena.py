@@ -82,7 +82,9 @@ def release_arena() -> None:
             x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
             y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
             g = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "shrink", [x], [y])
-            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+            # IR 7 (opset 13's): onnx's newest IR version can be past what the installed onnxruntime reads
+            # (onnx 1.23 writes 14 by default, onnxruntime 1.31 reads up to 13: every run failed here)
+            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
             _SHRINKER = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         _SHRINKER.run(None, {"x": _ONE}, _RUN)
 

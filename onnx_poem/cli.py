@@ -54,6 +54,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    import onnxruntime as ort
+
+    # onnxruntime's own warnings (the CUDA provider's "Conv running in Fallback mode" per layer) only with -vv
+    ort.set_default_logger_severity(3 if verbose < 2 else 2)
 
 
 def _fail(e: Exception, debug: bool) -> None:

@@ -81,6 +81,17 @@ def providers(*, values: bool = True) -> list[Any]:
     return [(PROVIDER[name], dict(CUDA_OPTIONS)), PROVIDER["cpu"]]
 
 
+def weights_in_place() -> bool:
+    """Whether sessions may read the host's weight arrays in place (:func:`onnx_poem.graph._start`): on the CPU
+    only.  [measured] With the CUDA provider, sessions given BERT-base's MatMul and Gather weights and
+    ResNet-50's Gemm weight that way computed wrong outputs (max |cuda - cpu| about max |cpu|, H200,
+    onnxruntime-gpu 1.31.1) while the same sessions with every weight copied matched the CPU's: some of the CUDA
+    provider's graph rewrites read the weights from the model, where such a weight is a stub of zeros.  Copying
+    costs no GPU memory (the weights are copied to the device either way) and host memory only while the
+    session is made."""
+    return device() == "cpu"
+
+
 def deterministic() -> bool:
     """Whether sessions in force should ask onnxruntime for deterministic kernels (any device but the CPU's,
     whose kernels are deterministic already)."""

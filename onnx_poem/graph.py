@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .arena import release_arena, use_shared_arena
-from .device import deterministic
+from .device import deterministic, weights_in_place
 from .device import providers as device_providers
 from .errors import ModelError, OutputError
 from .external import (
@@ -564,7 +564,7 @@ def _start(
         return ort.InferenceSession(stub.SerializeToString(), so, providers=providers)
     arrays = [np.ascontiguousarray(a) for a in stub_values(large, values=values, shared=shared)]
     held = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-    in_place = _in_place(stub)
+    in_place = _in_place(stub) if weights_in_place() else set()  # :func:`onnx_poem.device.weights_in_place`
     copied = [(t.name, v) for t, v in zip(large, held, strict=True) if t.name not in in_place]
     if copied:
         so.add_external_initializers([n for n, _ in copied], [v for _, v in copied])

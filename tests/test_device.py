@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from models import conv_chain, inputs_for
+from models import attention, attention_inputs, conv_chain, inputs_for
 from onnx_poem import prune
 from onnx_poem.cli import main
 from onnx_poem.config import PruneConfig
@@ -64,6 +64,18 @@ def test_an_unknown_device_is_refused() -> None:
         PruneConfig(ratio=0.5, device="tpu").validate()
     res = CliRunner().invoke(main, ["m.onnx", "--ratio", "0.5", "--device", "tpu"])
     assert res.exit_code == 2 and "tpu" in res.output
+
+
+@pytest.mark.skipif(not CUDA, reason="onnxruntime's CUDA provider is not available here")
+def test_cuda_sessions_match_the_cpu_on_large_matmul_weights() -> None:
+    """An encoder attention block whose MatMul weights (256 KB each) the CPU sessions read in place: on CUDA
+    they are copied (:func:`onnx_poem.device.weights_in_place`), and the outputs match the CPU's."""
+    model = attention(heads=8, size=32)
+    feed = attention_inputs(8, 16, e=256)
+    cpu = session(model).run(None, feed)[0]
+    with use_device("cuda"):
+        gpu = session(model).run(None, feed)[0]
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4 * float(np.abs(cpu).max()))
 
 
 @pytest.mark.skipif(not CUDA, reason="onnxruntime's CUDA provider is not available here")

@@ -16,7 +16,7 @@ mantissa would put a relative error of about 1e-3 on every product that feeds th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -61,10 +61,43 @@ def check_device(name: str) -> None:
         )
 
 
+#: devices whose provider has started in this process (:func:`_probe`)
+_STARTED: set[str] = set()
+
+
+def _probe(name: str) -> None:
+    """Start a one-node session on device ``name`` once per process, so that a provider onnxruntime lists but
+    cannot start (:func:`check_started`) stops a run before its work, not at its first calibration pass."""
+    if name == "cpu" or name in _STARTED:
+        return
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    asked = [(PROVIDER[name], dict(CUDA_OPTIONS)), PROVIDER["cpu"]]
+    try:
+        started = ort.InferenceSession(m.SerializeToString(), so, providers=asked).get_providers()
+    except Exception as e:  # onnxruntime's own error types
+        raise UsageError(f"--device {name}: onnxruntime's {PROVIDER[name]} failed to start: {e}") from e
+    token = _DEVICE.set(name)
+    try:
+        check_started(started)
+    finally:
+        _DEVICE.reset(token)
+    _STARTED.add(name)
+
+
 @contextmanager
 def use_device(name: str) -> Iterator[None]:
-    """Run the block's model sessions on device ``name`` (checked first, :func:`check_device`)."""
+    """Run the block's model sessions on device ``name`` (checked first: :func:`check_device`, and a session
+    that must start on it, :func:`_probe`)."""
     check_device(name)
+    _probe(name)
     token = _DEVICE.set(name)
     try:
         yield
@@ -79,6 +112,18 @@ def providers(*, values: bool = True) -> list[Any]:
     if name == "cpu":
         return [PROVIDER["cpu"]]
     return [(PROVIDER[name], dict(CUDA_OPTIONS)), PROVIDER["cpu"]]
+
+
+def check_started(started: Sequence[str], *, values: bool = True) -> None:
+    """Raise :class:`UsageError` (one line) if a session of the device in force did not get its provider:
+    onnxruntime falls back to the CPU with a warning when the CUDA provider cannot start (no GPU visible, or
+    its CUDA / cuDNN libraries not found), and a run would then go on, slowly, on the CPU."""
+    name = device() if values else "cpu"
+    if name != "cpu" and PROVIDER[name] not in started:
+        raise UsageError(
+            f"--device {name}: onnxruntime's {PROVIDER[name]} did not start (no GPU visible, or the CUDA and "
+            "cuDNN libraries it needs were not found); its session runs on " + ", ".join(started)
+        )
 
 
 def weights_in_place() -> bool:

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from .arena import release_arena, use_shared_arena
-from .device import deterministic, weights_in_place
+from .device import check_started, deterministic, weights_in_place
 from .device import providers as device_providers
 from .errors import ModelError, OutputError
 from .external import (
@@ -561,7 +561,7 @@ def _start(
     if values and deterministic():
         so.use_deterministic_compute = True
     if not large:
-        return ort.InferenceSession(stub.SerializeToString(), so, providers=providers)
+        return _open(stub.SerializeToString(), so, providers, values=values)
     arrays = [np.ascontiguousarray(a) for a in stub_values(large, values=values, shared=shared)]
     held = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
     in_place = _in_place(stub) if weights_in_place() else set()  # :func:`onnx_poem.device.weights_in_place`
@@ -570,7 +570,7 @@ def _start(
         so.add_external_initializers([n for n, _ in copied], [v for _, v in copied])
     shared_here = [(t.name, v, a.nbytes) for t, v, a in zip(large, held, arrays, strict=True) if t.name in in_place]
     if not shared_here:
-        return ort.InferenceSession(stub.SerializeToString(), so, providers=providers)
+        return _open(stub.SerializeToString(), so, providers, values=values)
     for name, v, _ in shared_here:
         so.add_initializer(name, v)
     with tempfile.TemporaryDirectory(prefix="onnx-poem-session-") as d:
@@ -579,8 +579,16 @@ def _start(
         path = os.path.join(d, "model.onnx")
         with open(path, "wb") as fh:
             fh.write(stub.SerializeToString())
-        sess = ort.InferenceSession(path, so, providers=providers)
+        sess = _open(path, so, providers, values=values)
     sess._poem_weights = (arrays, held)  # type: ignore[attr-defined]  # onnxruntime reads them in place
+    return sess
+
+
+def _open(source: str | bytes, so: ort.SessionOptions, providers: list[Any], *, values: bool) -> ort.InferenceSession:
+    """The session of ``source`` (a serialised model or its path), checked to run on the device asked for
+    (:func:`onnx_poem.device.check_started`)."""
+    sess = ort.InferenceSession(source, so, providers=providers)
+    check_started(sess.get_providers(), values=values)
     return sess
 
 

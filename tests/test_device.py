@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from models import attention, attention_inputs, conv_chain, inputs_for
+from onnx_poem import device as device_module
 from onnx_poem import prune
 from onnx_poem.cli import main
 from onnx_poem.config import PruneConfig
@@ -34,6 +35,7 @@ def test_the_default_device_is_the_cpu() -> None:
 
 def test_cuda_sessions_ask_for_cuda_then_the_cpu_and_shapes_stay_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(device_module, "_STARTED", {"cuda"})  # as if its probe session had started
     with use_device("cuda"):
         assert device() == "cuda"
         assert providers() == [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
@@ -56,6 +58,32 @@ def test_cuda_without_its_provider_is_one_line_and_writes_nothing(
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "CUDAExecutionProvider" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "m.onnx"]
+
+
+@pytest.mark.skipif(CUDA, reason="here the CUDA provider is there: it starts")
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_a_cuda_provider_that_does_not_start_is_one_line_not_a_cpu_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime falls back to the CPU, with a warning, when the provider asked for cannot start; here a CPU
+    build claims CUDA (as onnxruntime-gpu does on a machine without a GPU): the run stops with one line."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(UsageError, match="did not start"), use_device("cuda"):
+        pass
+    monkeypatch.setattr(device_module, "device", lambda: "cuda")  # a session's own check, past the probe
+    with pytest.raises(UsageError, match="did not start"):
+        session(conv_chain())
+    model = conv_chain()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=inputs_for(model, 16))
+    res = CliRunner().invoke(
+        main, [str(tmp_path / "m.onnx"), "--ratio", "0.5", "--calib", str(tmp_path / "c.npz"), "--device", "cuda"]
+    )
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: --device cuda: onnxruntime's CUDAExecutionProvider did not start")
+    assert "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "m.onnx"]
 
 

@@ -8,7 +8,7 @@ allocation (``poem+pro``, ``poem+res+pro``), ``+d0.1`` (any ``+dX``) for
 ``--augment N``, ``+h0.2`` (any ``+hX``) for ``--hidden X`` (``+h0.2n``: with a rotation per normalisation,
 ``hidden_rotation="norm"``; ``+hauto``: ``--hidden auto``;
 at ac3936f-bc955a6 ``+hX`` meant that and ``+hXg`` one rotation), and ``+r8``
-(any ``+rK``) for ``--round-to K``;
+(any ``+rK``) for ``--round-to K``, ``+p256`` (any ``+pK``) for ``--positions K``;
 ``--target`` turns ``--ratios`` into MACs targets.
 
 Usage (development tool; needs the ``bench`` extra for the onnxsim peer)::
@@ -113,6 +113,10 @@ def run_one(args: argparse.Namespace) -> dict:
     else:
         method, *variants = args.method.split("+")
         amount = {"target_macs": args.ratio} if args.target else {"ratio": args.ratio}
+        positions: dict[str, int] = {}
+        for v in variants:
+            if v[:1] == "p" and v[1:].isdigit():
+                positions = {"positions": int(v[1:])}
         pruned, rep = prune(
             original,
             calib=calib,
@@ -127,6 +131,7 @@ def run_one(args: argparse.Namespace) -> dict:
             hidden=next((float(v[1:].rstrip("n")) for v in variants if v[:1] == "h" and v != "hauto"), 0.0),
             hidden_auto="hauto" in variants,
             hidden_rotation="norm" if any(v[:1] == "h" and v.endswith("n") for v in variants) else "one",
+            **positions,
             **amount,
         )
         if rep.residual_auto:

@@ -13,7 +13,9 @@ of the run's temporary directory, polled every 0.2 s) and the report's stage
 timings.  Calibration data are seeded random: images ``N(0, 1)`` for image
 inputs, for token inputs random ids with a random valid length per sequence
 (16..seq) marked in ``attention_mask``; the timing does not depend on the
-values, and the models have random weights anyway.
+values, and the models have random weights anyway.  ``--device cuda`` runs the forward pass and the prune's
+model runs on onnxruntime's CUDA provider (``onnx_poem.device``); the row then also gives a second, warm
+forward pass, since the first includes the CUDA libraries' start (``benchmarks/gpu.md``).
 
 Usage (development tool)::
 

@@ -133,8 +133,9 @@ def weights_in_place() -> bool:
     onnxruntime-gpu 1.31.1): some of the CUDA provider's graph rewrites read the weights from the model, where
     such a weight is a stub of zeros.  With every weight copied, an attention block's outputs on CUDA matched
     the CPU's to 1e-4 (``tests/test_device.py``, on the same machine).  Copying costs no GPU memory (the weights
-    go to the device either way) but host memory: BERT-base's peak RSS was 3085 MiB on CUDA against 2371 on the
-    CPU (``benchmarks/gpu.md``)."""
+    go to the device either way); the host's peak was higher on CUDA (BERT-base 3085 MiB against 2371 on the CPU,
+    ResNet-50 1972 against 1600, ``benchmarks/gpu.md``), the CUDA libraries' resident code and the copies
+    together, not measured apart."""
     return device() == "cpu"
 
 

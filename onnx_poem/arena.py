@@ -60,6 +60,18 @@ def _register() -> bool:
         return _REGISTERED
 
 
+def one_node_model() -> bytes:
+    """A serialised one-node model ``y = −x`` on a float ``(1,)`` input ``x``, for the tool's own small sessions
+    (the arena's shrinking run; :func:`onnx_poem.device.use_device`'s start check).
+
+    At IR 7 (opset 13's): onnx's newest IR version can be past what the installed onnxruntime reads (onnx 1.23
+    writes 14 by default, onnxruntime 1.31 reads up to 13: every run failed at its first step)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "one_node", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7).SerializeToString()
+
+
 def use_shared_arena(so: ort.SessionOptions) -> None:
     """Make sessions built with ``so`` take their tensors from the shared arena (see the module docstring)."""
     so.enable_cpu_mem_arena = False  # the session's own arena; the shared one replaces it
@@ -79,13 +91,7 @@ def release_arena() -> None:
             so.log_severity_level = 3
             so.intra_op_num_threads = 1
             use_shared_arena(so)
-            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-            g = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "shrink", [x], [y])
-            # IR 7 (opset 13's): onnx's newest IR version can be past what the installed onnxruntime reads
-            # (onnx 1.23 writes 14 by default, onnxruntime 1.31 reads up to 13: every run failed here)
-            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
-            _SHRINKER = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            _SHRINKER = ort.InferenceSession(one_node_model(), so, providers=["CPUExecutionProvider"])
         _SHRINKER.run(None, {"x": _ONE}, _RUN)
 
 

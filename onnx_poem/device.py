@@ -71,24 +71,16 @@ def _probe(name: str) -> None:
     if name == "cpu" or name in _STARTED:
         return
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    from .arena import one_node_model
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    asked = [(PROVIDER[name], dict(CUDA_OPTIONS)), PROVIDER["cpu"]]
     try:
-        started = ort.InferenceSession(m.SerializeToString(), so, providers=asked).get_providers()
+        started = ort.InferenceSession(one_node_model(), so, providers=_providers_of(name)).get_providers()
     except Exception as e:  # onnxruntime's own error types
         raise UsageError(f"--device {name}: onnxruntime's {PROVIDER[name]} failed to start: {e}") from e
-    token = _DEVICE.set(name)
-    try:
-        check_started(started)
-    finally:
-        _DEVICE.reset(token)
+    _check(name, started)
     _STARTED.add(name)
 
 
@@ -108,7 +100,11 @@ def use_device(name: str) -> Iterator[None]:
 def providers(*, values: bool = True) -> list[Any]:
     """onnxruntime's ``providers`` argument for a session in force: the device's, with the CPU provider behind
     it; the CPU alone for a session whose weights are stubbed (``values=False``, shapes only)."""
-    name = device() if values else "cpu"
+    return _providers_of(device() if values else "cpu")
+
+
+def _providers_of(name: str) -> list[Any]:
+    """onnxruntime's ``providers`` argument for device ``name``: its provider (with its options), then the CPU's."""
     if name == "cpu":
         return [PROVIDER["cpu"]]
     return [(PROVIDER[name], dict(CUDA_OPTIONS)), PROVIDER["cpu"]]
@@ -118,7 +114,11 @@ def check_started(started: Sequence[str], *, values: bool = True) -> None:
     """Raise :class:`UsageError` (one line) if a session of the device in force did not get its provider:
     onnxruntime falls back to the CPU with a warning when the CUDA provider cannot start (no GPU visible, or
     its CUDA / cuDNN libraries not found), and a run would then go on, slowly, on the CPU."""
-    name = device() if values else "cpu"
+    _check(device() if values else "cpu", started)
+
+
+def _check(name: str, started: Sequence[str]) -> None:
+    """:func:`check_started` for device ``name``."""
     if name != "cpu" and PROVIDER[name] not in started:
         raise UsageError(
             f"--device {name}: onnxruntime's {PROVIDER[name]} did not start (no GPU visible, or the CUDA and "

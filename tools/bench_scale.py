@@ -155,15 +155,17 @@ def run_one(a: argparse.Namespace) -> dict:
     data = load_calibration(model, calib, samples=a.samples, seed=0)
     with use_device(a.device):
         sess = session(model)
-        t = time.perf_counter()
-        for batch in data.batches(np.arange(a.samples), 32):
-            sess.run(None, batch)
-        fwd = time.perf_counter() - t
-        if a.device != "cpu":  # a second pass: the first one's time includes the CUDA libraries' start
+
+        def forward(s: Any) -> float:
+            """Seconds of one pass of the samples through session ``s``, batch 32."""
             t = time.perf_counter()
             for batch in data.batches(np.arange(a.samples), 32):
-                sess.run(None, batch)
-            fwd_warm = time.perf_counter() - t
+                s.run(None, batch)
+            return time.perf_counter() - t
+
+        fwd = forward(sess)
+        # a second pass on a device: the first one's time includes the CUDA libraries' start
+        fwd_warm = forward(sess) if a.device != "cpu" else None
     del sess
     release_segments()  # what the forward pass's session left (the heap, onnxruntime's arena) goes back first
     t = time.perf_counter()

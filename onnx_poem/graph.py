@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -587,7 +588,16 @@ def _start(
 def _open(source: str | bytes, so: ort.SessionOptions, providers: list[Any], *, values: bool) -> ort.InferenceSession:
     """The session of ``source`` (a serialised model or its path), checked to run on the device asked for
     (:func:`onnx_poem.device.check_started`)."""
-    sess = ort.InferenceSession(source, so, providers=providers)
+    try:
+        sess = ort.InferenceSession(source, so, providers=providers)
+    except Exception as e:  # onnxruntime's errors have no public classes to catch
+        found = re.search(r"Unsupported model IR version: \d+, max supported IR version: \d+", str(e))
+        if found is None:
+            raise
+        raise ModelError(
+            f"onnxruntime {ort.__version__} cannot run this model ({found.group(0)}): install a newer onnxruntime, "
+            "or save the model at that IR version if its operators allow it"
+        ) from e
     check_started(sess.get_providers(), values=values)
     return sess
 

@@ -331,3 +331,22 @@ def test_a_sigterm_whose_interrupt_a_finalizer_dropped_still_stops_the_writing()
         del f
         with pytest.raises(KeyboardInterrupt):
             term.check()
+
+
+def test_a_model_past_onnxruntimes_ir_version_is_one_line(work: Path, monkeypatch) -> None:
+    """onnx may write IR versions the installed onnxruntime cannot read (onnx 1.23 writes 14, onnxruntime 1.31
+    reads up to 13): onnxruntime's refusal, imitated here, becomes one line naming both versions."""
+    real = ort.InferenceSession
+
+    def refuse(source, *args, **kwargs):
+        if isinstance(source, bytes) and b"Conv" in source:  # the model's sessions, not the one-node probes
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 1 : FAIL : Load model from <bytes> failed:/onnxruntime_src/onnxruntime/core/"
+                "graph/model.cc:181 Unsupported model IR version: 14, max supported IR version: 13"
+            )
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr("onnx_poem.graph.ort.InferenceSession", refuse)
+    res = invoke(work / "m.onnx", "--ratio", 0.5, "--calib", work / "c.npz", "-o", work / "o.onnx")
+    one_error(res, 1, "cannot run this model (Unsupported model IR version: 14, max supported IR version: 13)")
+    assert not (work / "o.onnx").exists()

@@ -13,7 +13,8 @@ from test_solvers import _layer, _ls_error
 
 from models import _B, BUILDERS, inputs_for
 from onnx_poem import prune
-from onnx_poem.allocation import MacsTable, pro_keeps, region_keeps
+from onnx_poem.allocation import MacsTable, pro_cap, pro_keeps, region_keeps
+from onnx_poem.api import run_family
 from onnx_poem.solvers.greedy import QuadProblem, greedy_eliminate
 from onnx_poem.verify import session
 
@@ -71,19 +72,23 @@ def test_pro_stops_at_the_curves_end() -> None:
     assert keeps == {"a": 2}  # the target is out of reach: at most len(curve) removals
 
 
-def _redundant_chain(seed: int = 0) -> onnx.ModelProto:
-    """conv(3→8) → relu → conv(8→12) → relu → conv(12→4), the first conv's filters 4-7 copies of 0-3."""
+def _redundant_chain(seed: int = 0, width: int = 8, distinct: int = 4, tail: int = 0) -> onnx.ModelProto:
+    """conv(3→width) → relu → conv(width→12) → relu → conv(12→4), the first conv's filters past ``distinct``
+    copies of filters ``0 … distinct − 1`` (default: 4-7 copies of 0-3); ``tail`` > 0 puts a wider
+    relu → conv(12→tail) before the last conv (tail→4), where most of the MACs are."""
     b = _B(seed)
-    t = b.conv("x", 3, 8)
+    t = b.conv("x", 3, width)
     w = next(i for i in b.inits if i.name == b.nodes[-1].input[1])
     arr = numpy_helper.to_array(w).copy()
-    arr[4:] = arr[:4]
+    arr[distinct:] = arr[np.arange(distinct, width) % distinct]
     bias = next(i for i in b.inits if i.name == b.nodes[-1].input[2])
     barr = numpy_helper.to_array(bias).copy()
-    barr[4:] = barr[:4]
+    barr[distinct:] = barr[np.arange(distinct, width) % distinct]
     w.CopyFrom(numpy_helper.from_array(arr, w.name))
     bias.CopyFrom(numpy_helper.from_array(barr, bias.name))
-    t = b.node("Relu", [b.conv(b.node("Relu", [t]), 8, 12)])
+    t = b.node("Relu", [b.conv(b.node("Relu", [t]), width, 12)])
+    if tail:
+        return b.model([("x", ["N", 3, 8, 8])], [b.conv(b.node("Relu", [b.conv(t, 12, tail)]), tail, 4, k=1, pad=0)])
     return b.model([("x", ["N", 3, 8, 8])], [b.conv(t, 12, 4, k=1, pad=0)])
 
 
@@ -104,6 +109,24 @@ def test_pro_prunes_the_redundant_layer_first_at_equal_macs() -> None:
     assert first[8] == 4  # the four copies go, at no error
     assert pro.macs_ratio <= uni.macs_ratio + 1e-9
     assert out["pro"][1] < out["uniform"][1]
+
+
+@pytest.mark.parametrize(("ratio", "kept"), [(0.2, 7), (0.5, 2)])
+def test_pro_removes_at_most_the_budgets_cap(ratio: float, kept: int) -> None:
+    """Eighteen of twenty channels are copies (free to remove), a quarter of the MACs: PRO removes at most
+    ``pro_cap(ratio)`` of the group, ``min(0.9, ratio + 0.45)`` — 13 at a light budget (ratio 0.2: cap 0.65),
+    18 at a heavy one, and takes the rest of the budget from the other groups."""
+    assert pro_cap(0.2) == pytest.approx(0.65) and pro_cap(0.5) == 0.9
+    model = _redundant_chain(width=20, distinct=2, tail=64)
+    _, rep = prune(model, ratio=ratio, calib=inputs_for(model, 160), method="poem", allocation="pro")
+    assert {g["channels"]: g["kept"] for g in rep.groups}[20] == kept
+
+
+def test_each_budget_of_a_family_has_its_own_cap() -> None:
+    """A family's curves are measured for its largest ratio (cap 0.9); the lighter budget still stops at its own."""
+    model = _redundant_chain(width=20, distinct=2, tail=64)
+    family = run_family(model, [0.2, 0.5], calib=inputs_for(model, 160), method="poem", allocation="pro")
+    assert [{g["channels"]: g["kept"] for g in r.report.groups}[20] for r in family] == [7, 2]
 
 
 def test_pro_is_deterministic() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..allocation import keep_counts, predicted_error, pro_keeps, region_keeps
+from ..allocation import capped_curves, keep_counts, predicted_error, pro_keeps, region_keeps
 from ..latency import LatencyCost, fit_best, ratio_for_latency
 from ..latency.widths import width_model
 from ..pro import PROBE_SAMPLES, error_curves
@@ -42,9 +42,9 @@ def allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: Cu
     if cfg.allocation == "pro" and a.free and a.ratio > 0:
         target = a.target if a.target is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
         measured = shared if shared is not None else measure_curves(ctx, a, progress)
-        failed, curves = dict(measured.failed), measured.curves
+        failed, curves = dict(measured.failed), capped_curves(a.free, measured.curves, a.ratio)
         t1 = time.perf_counter()
-        kept_by_pro = pro_keeps(a.free, measured.curves, a.table, target, step=a.step)
+        kept_by_pro = pro_keeps(a.free, curves, a.table, target, step=a.step)
         ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in a.free}
         pro_seconds = time.perf_counter() - t1 + (measured.seconds if shared is None else 0.0)
     quotas = {g.id: region_keeps(g, ratios[g.id], a.step) for g in a.free}
@@ -60,7 +60,7 @@ def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, s
     t1 = time.perf_counter()
     if ctx.cfg.allocation == "pro":
         measured = shared if shared is not None else measure_curves(ctx, a, progress)
-        failed, curves = dict(measured.failed), measured.curves
+        failed, curves = dict(measured.failed), capped_curves(a.free, measured.curves, a.ratio)
 
     def uniform(target: float) -> dict[str, np.ndarray]:
         r = ratio_for_latency(a.free, table, target, a.step)

@@ -17,7 +17,8 @@
   curve ``e_g(j)`` (normalised error after ``j`` greedy removals, measured once on
   the original model's statistics) is given; removals are taken one at a time from
   the group with the smallest error increase per MAC saved,
-  ``(e_g(j+1) − e_g(j)) / ΔMACs_g``, until the MACs target is met.
+  ``(e_g(j+1) − e_g(j)) / ΔMACs_g``, until the MACs target is met; no group loses
+  more than :func:`pro_cap` of the budget's uniform ratio (at most 90 %).
 """
 
 from __future__ import annotations

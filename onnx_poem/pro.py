@@ -56,7 +56,7 @@ def error_curves(
 
     Local curve (one parallel pass over the original model's statistics):
     ``e_g(j)`` after greedily removing ``j`` atoms of ``g`` (up to
-    :data:`PRO_MAX_RATIO` of every region), summed over the consumers, each
+    :func:`onnx_poem.allocation.pro_cap` of ``ratio`` of every region), summed over the consumers, each
     relative to the variance of its original output ``V = tr(W0 Σ_x W0ᵀ)·N``
     (POEM: on the activation-weighted Gram).  Local errors of different layers
     are not worth the same at the model's output, so each curve is rescaled

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import session, tasks
+from bench_data import beside, session, tasks
 
 FIELDS = [
     "model",
@@ -243,7 +243,7 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
     base = {(r["model"]): r["metric"] for r in rows if r["method"] == "original"}
     for r in rows:
         r["drop"] = base.get(r["model"], float("nan")) - r.get("metric", float("nan"))
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
+    with open(beside(out, ".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*FIELDS, "error"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -269,7 +269,7 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
             f"{mean:.2f} ± {sd:.2f} | {len(vals)} |"
         )
     lines += _pivot(groups)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    beside(out, ".md").write_text("\n".join(lines) + "\n")
 
 
 def _pivot(groups: dict[tuple, list[dict]]) -> list[str]:

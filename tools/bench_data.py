@@ -21,6 +21,13 @@ CIFAR_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[None, :, None, None]
 CIFAR_STD = np.array([0.229, 0.224, 0.225], np.float32)[None, :, None, None]
 
 
+def beside(stem: str | Path, suffix: str) -> Path:
+    """``STEM`` + ``suffix``: a tool's ``--out`` is a stem, and ``Path.with_suffix`` would replace a dot in it
+    (``--out x/r0.7`` wrote ``x/r0.csv``)."""
+    p = Path(stem)
+    return p.with_name(p.name + suffix)
+
+
 def session(path_or_bytes: str | bytes, threads: int = 2, *, spin: bool = True) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

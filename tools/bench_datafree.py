@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import _commit, run_row
-from bench_data import session, tasks
+from bench_data import beside, session, tasks
 
 SOURCES = ("real", "gauss", "pink", "l1")
 
@@ -132,7 +132,7 @@ def _write(rows: dict[str, dict[str, dict]], out: Path, command: str) -> None:
             share = f"{100 * (max(free) - l1) / (real - l1):.0f} %" if free else "n/a"
         lines.append(f"| {model} | " + " | ".join(cell(r.get(s, {})) for s in SOURCES) + f" | {share} |")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    beside(out, ".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import session, tasks
+from bench_data import beside, session, tasks
 
 from onnx_poem import prune
 from onnx_poem.latency import Runtime, Timing
@@ -129,7 +129,7 @@ def main() -> None:
         f"{r['latency']:.3f} | {r['metric']:.2f} |"
         for r in rows
     ]
-    Path(a.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    beside(Path(a.out), ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

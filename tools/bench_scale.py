@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import run_row
+from bench_data import beside
 
 SHARED_MODELS = {"efficientnet_lite0": "imagenet_efficientnet_lite0.onnx"}
 
@@ -354,8 +355,8 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python tools/bench_scale.py " + " ".join(sys.argv[1:])
-    out.with_suffix(".md").write_text(f"`{cmd}`\n\n" + _table(rows))
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    beside(out, ".md").write_text(f"`{cmd}`\n\n" + _table(rows))
+    beside(out, ".json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -156,13 +156,17 @@ def pro_cap(ratio: float) -> float:
     return min(PRO_MAX_RATIO, ratio + PRO_MAX_EXCESS)
 
 
+def pro_quota(g: ChannelGroup, ratio: float) -> np.ndarray:
+    """Atoms PRO keeps at least in each region of ``g`` at uniform ratio ``ratio`` (:func:`pro_cap`)."""
+    return region_keeps(g, pro_cap(ratio))
+
+
 def capped_curves(
     groups: Sequence[ChannelGroup], curves: Mapping[str, np.ndarray], ratio: float
 ) -> dict[str, np.ndarray]:
-    """``curves`` cut to the removals :func:`pro_cap` allows at uniform ratio ``ratio`` (curves measured for
+    """``curves`` cut to the removals :func:`pro_quota` allows at uniform ratio ``ratio`` (curves measured for
     another budget, a family's largest, are longer than this budget allows)."""
-    cap = pro_cap(ratio)
-    return {g.id: curves[g.id][: g.channels - int(region_keeps(g, cap).sum())] for g in groups if g.id in curves}
+    return {g.id: curves[g.id][: g.channels - int(pro_quota(g, ratio).sum())] for g in groups if g.id in curves}
 
 
 class Cost(Protocol):

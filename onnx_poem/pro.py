@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocation import pro_cap, region_keeps
+from .allocation import pro_quota
 from .calibration.collect import collect, layer_data
 from .calibration.sources import CalibrationData
 from .cascade import Current, Stream, cut_position
@@ -119,7 +119,7 @@ def _error_curve(
         # for a BERT-base FFN, 40 % of its PRO pass)
         V = float(np.sum((M @ G[:n, :n]) * M) - count * np.sum((M @ mean) ** 2))
         scales.append(1.0 / max(V, 1e-12 * float(np.sum(M * M)) + 1e-30))
-    quota = region_keeps(g, pro_cap(ratio))
+    quota = pro_quota(g, ratio)
     trace: list[float] = []
     removed: list[int] = []
     greedy_eliminate(

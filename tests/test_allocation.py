@@ -86,10 +86,10 @@ def _redundant_chain(seed: int = 0, width: int = 8, distinct: int = 4, tail: int
     barr[distinct:] = barr[np.arange(distinct, width) % distinct]
     w.CopyFrom(numpy_helper.from_array(arr, w.name))
     bias.CopyFrom(numpy_helper.from_array(barr, bias.name))
-    t = b.node("Relu", [b.conv(b.node("Relu", [t]), width, 12)])
+    t, cin = b.node("Relu", [b.conv(b.node("Relu", [t]), width, 12)]), 12
     if tail:
-        return b.model([("x", ["N", 3, 8, 8])], [b.conv(b.node("Relu", [b.conv(t, 12, tail)]), tail, 4, k=1, pad=0)])
-    return b.model([("x", ["N", 3, 8, 8])], [b.conv(t, 12, 4, k=1, pad=0)])
+        t, cin = b.node("Relu", [b.conv(t, 12, tail)]), tail
+    return b.model([("x", ["N", 3, 8, 8])], [b.conv(t, cin, 4, k=1, pad=0)])
 
 
 def test_pro_prunes_the_redundant_layer_first_at_equal_macs() -> None:

@@ -157,12 +157,12 @@ def _add_batch(
     keep = ok.reshape(-1)
     x = input_samples(c, x_hat, pos)[keep].astype(np.float32)  # the statistics take float32 rows
     y = output_samples(c, y_full, pos).astype(np.float64)[keep]
-    rows = st.held if held else st.fit  # a reservoir of capacity 0 keeps nothing: no z, no s computed for it
+    rows = st.held if held else st.fit  # a reservoir of capacity 0 keeps nothing: no z computed for it
     s_orig = s_hat = np.zeros_like(y)
     if c.offset:
         s_orig = output_samples(c, np.broadcast_to(orig[c.offset], y_full.shape), pos).astype(np.float64)[keep]
         s_hat = s_orig
-        if rows.capacity and cur[c.offset].shape == orig[c.offset].shape:  # else pruned already: the original's
+        if cur is not orig and cur[c.offset].shape == orig[c.offset].shape:  # else pruned already: the original's
             s_hat = output_samples(c, np.broadcast_to(cur[c.offset], y_full.shape), pos).astype(np.float64)[keep]
     a = y + s_orig
     kind, params = c.activation.kind, c.activation.params
@@ -171,4 +171,20 @@ def _add_batch(
         st.held.add(x=x, y=y, **extra)
         return
     w = np.mean(act_derivative(kind, params, a) ** 2, axis=1) if weighted else None
-    st.add_fit(x, y, w, extra)
+    st.add_fit(x, compensated(y, s_orig, s_hat), w, extra)
+
+
+def compensated(y: np.ndarray, s: np.ndarray, s_hat: np.ndarray) -> np.ndarray:
+    """The least-squares target of a consumer whose output is added to a residual shortcut: ``y + s − ŝ``.
+
+    ``y``, ``s``: ``(N, m)`` the original model's consumer output and shortcut; ``ŝ``: the pruned model's
+    shortcut (``s`` itself when nothing upstream changed it: then ``y``, no copy).
+
+    [R, measured; RESULTS.md 27] The Add's output ``y + s`` is what the rest of the model reads, so the fit
+    that matches it (``W x̂ + ŝ ≈ y + s``) also corrects the error the residual stream carries from earlier
+    blocks, as far as the consumer's inputs can express it; fitting ``y`` alone left that error in the stream
+    for good (a block-internal group's consumer is the only layer that writes into it).  POEM's
+    post-activation fit already had this target (``f(W x̂ + ŝ) ≈ f(y + s)``); the least-squares ``P`` (its
+    warm start, the selection's and REAP's target) now has it too.
+    """
+    return y if s_hat is s else y + (s - s_hat)

@@ -155,7 +155,11 @@ def _matmul(view: GraphView, node: int, slot: int, edge: Edge, channels: int) ->
 
 
 def _post(view: GraphView, out: str) -> dict[str, object]:
-    """Follow a consumer's output through BN, a residual Add and an activation."""
+    """Follow a consumer's output through BN, a residual Add and an activation.
+
+    The Add's other input is the consumer's ``offset`` (its reconstruction target is the Add's output, see
+    :func:`onnx_poem.calibration.collect.compensated`) when an activation follows it, or, without one, when it
+    has the output's own shape (a linear residual Add: MobileNetV2/EfficientNet blocks, transformers)."""
     post: dict[str, object] = {"output": out}
     nxt = single_user(view, out)
     if nxt is not None and view.nodes[nxt[0]].op_type == "BatchNormalization" and nxt[1] == 0:
@@ -175,9 +179,15 @@ def _post(view: GraphView, out: str) -> dict[str, object]:
     if nxt is not None and nxt[1] == 0 and (act := activation_of(view, nxt[0])) is not None:
         post["activation"] = act
         post["act_out"] = view.nodes[nxt[0]].output[0]
-    elif "offset" in post:
-        del post["offset"]  # an add without a following activation: plain identity target
+    elif "offset" in post and not _same_shape(view, out, str(post["offset"])):
+        del post["offset"]  # a linear residual Add (inverted residuals, transformers) of the output's own shape only
     return post
+
+
+def _same_shape(view: GraphView, a: str, b: str) -> bool:
+    """Whether tensors ``a`` and ``b`` have the same known shape (symbolic dimensions equal by name)."""
+    sa, sb = view.shapes.get(a), view.shapes.get(b)
+    return sa is not None and sa == sb
 
 
 def _auto_pad(view: GraphView, node: int) -> str:

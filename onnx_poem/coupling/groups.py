@@ -119,8 +119,8 @@ class Consumer:
         alpha, beta, trans_b: Gemm attributes (1, 1, False for others).
         bn: index of a BatchNormalization node applied directly to the output, or ``None``.
         output: the tensor holding ``y`` after that BN (the reconstruction target).
-        offset: a tensor added to ``output`` before the activation, or of its shape without one (a residual
-            shortcut), or ``None``.
+        offset: a tensor added to ``output`` before the activation, or in a linear residual sum without one
+            (a residual shortcut), or ``None``.
         activation: the nonlinearity after that.
         act_out: the tensor holding ``f(y + offset)``, ``None`` for identity.
         bias_add: index of an ``Add`` node that adds the bias of a MatMul, or ``None``.

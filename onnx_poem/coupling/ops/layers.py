@@ -158,8 +158,8 @@ def _post(view: GraphView, out: str) -> dict[str, object]:
     """Follow a consumer's output through BN, a residual Add and an activation.
 
     The Add's other input is the consumer's ``offset`` (its reconstruction target is the Add's output, see
-    :func:`onnx_poem.calibration.collect.compensated`) when an activation follows it, or, without one, when it
-    has the output's own shape (a linear residual Add: MobileNetV2/EfficientNet blocks, transformers)."""
+    :func:`onnx_poem.calibration.collect.compensated`) when an activation follows it, or, without one, in a
+    linear residual sum (:func:`_linear_residual`: MobileNetV2/EfficientNet blocks)."""
     post: dict[str, object] = {"output": out}
     nxt = single_user(view, out)
     if nxt is not None and view.nodes[nxt[0]].op_type == "BatchNormalization" and nxt[1] == 0:
@@ -179,15 +179,29 @@ def _post(view: GraphView, out: str) -> dict[str, object]:
     if nxt is not None and nxt[1] == 0 and (act := activation_of(view, nxt[0])) is not None:
         post["activation"] = act
         post["act_out"] = view.nodes[nxt[0]].output[0]
-    elif "offset" in post and not _same_shape(view, out, str(post["offset"])):
-        del post["offset"]  # a linear residual Add (inverted residuals, transformers) of the output's own shape only
+    elif "offset" in post and not _linear_residual(view, out, str(post["offset"]), cur):
+        del post["offset"]
     return post
 
 
-def _same_shape(view: GraphView, a: str, b: str) -> bool:
-    """Whether tensors ``a`` and ``b`` have the same known shape (symbolic dimensions equal by name)."""
-    sa, sb = view.shapes.get(a), view.shapes.get(b)
-    return sa is not None and sa == sb
+#: ops that normalise what they read (a residual sum they read is not fitted with its shortcut, see _post);
+#: ``ReduceMean`` is a decomposed LayerNorm's first step (a global pooling right after a sum goes with it)
+NORMALISATIONS = frozenset(
+    {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "GroupNormalization", "ReduceMean"}
+)
+
+
+def _linear_residual(view: GraphView, out: str, other: str, total: str) -> bool:
+    """Whether ``total = out + other`` (no activation after it) is a residual sum whose shortcut ``other`` is a
+    consumer's offset: ``other`` has ``out``'s known shape and no normalisation reads ``total``.
+
+    [R, measured; benchmarks/compensation.md] Fitting the sum helps inverted residuals (EfficientNet-Lite0
+    +1.3 points at 0.70 of the MACs) but cost post-LN MiniLM 0.25 points at 0.50 (three seeds, each lower),
+    where a LayerNorm reads the sum at once; transformers keep fitting the branch's own output."""
+    sa, sb = view.shapes.get(out), view.shapes.get(other)
+    if sa is None or sa != sb:
+        return False
+    return not any(view.nodes[u.node].op_type in NORMALISATIONS for u in view.users(total))
 
 
 def _auto_pad(view: GraphView, node: int) -> str:

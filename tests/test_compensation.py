@@ -26,12 +26,12 @@ def _rows(t: np.ndarray) -> np.ndarray:
 def test_a_linear_residual_add_is_the_consumers_offset() -> None:
     view = GraphView.build(inverted_residual())
     adds = [n for n in view.model.graph.node if n.op_type == "Add"]
-    for g in find_groups(view).groups:
-        (c,) = g.consumers
-        if c.kernel == (1, 1):  # a block's projection: its output meets the skip in an Add, no activation after
-            add = next(a for a in adds if c.output in a.input)
-            assert c.offset == next(t for t in add.input if t != c.output)
-            assert c.activation.kind == "identity" and c.act_out is None
+    projections = [c for g in find_groups(view).groups for c in g.consumers if c.kernel == (1, 1)]
+    assert len(projections) == 2  # each block's: its output meets the skip in an Add, no activation after
+    for c in projections:
+        add = next(a for a in adds if c.output in a.input)
+        assert c.offset == next(t for t in add.input if t != c.output)
+        assert c.activation.kind == "identity" and c.act_out is None
 
 
 def test_a_sum_that_a_layernorm_reads_gives_no_offset() -> None:

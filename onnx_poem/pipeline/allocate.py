@@ -29,6 +29,16 @@ def measure_curves(ctx: RunContext, a: Analysis, progress: Progress | None) -> C
     return Curves(curves, failed, time.perf_counter() - t1)
 
 
+def _capped_curves(
+    ctx: RunContext, a: Analysis, progress: Progress | None, shared: Curves | None
+) -> tuple[Curves, dict[str, np.ndarray]]:
+    """PRO's curves as measured (``shared`` when a family measured them once, for its largest ratio) and the
+    same curves cut to this budget's cap (:func:`onnx_poem.allocation.capped_curves`): every PRO allocation,
+    by MACs or by latency, spends from the cut ones."""
+    measured = shared if shared is not None else measure_curves(ctx, a, progress)
+    return measured, capped_curves(a.free, measured.curves, a.ratio)
+
+
 def allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: Curves | None = None) -> Allocation:
     """Atoms to keep per group: one ratio everywhere (uniform), or PRO's by error per MAC at the output
     (from ``shared`` curves when a family of budgets measured them once)."""
@@ -41,8 +51,8 @@ def allocate(ctx: RunContext, a: Analysis, progress: Progress | None, shared: Cu
         return _allocate_latency(ctx, a, progress, shared)
     if cfg.allocation == "pro" and a.free and a.ratio > 0:
         target = a.target if a.target is not None else a.table.predict(a.free, keep_counts(a.free, a.ratio))
-        measured = shared if shared is not None else measure_curves(ctx, a, progress)
-        failed, curves = dict(measured.failed), capped_curves(a.free, measured.curves, a.ratio)
+        measured, curves = _capped_curves(ctx, a, progress, shared)
+        failed = dict(measured.failed)
         t1 = time.perf_counter()
         kept_by_pro = pro_keeps(a.free, curves, a.table, target, step=a.step)
         ratios = {g.id: 1.0 - kept_by_pro[g.id] / g.channels for g in a.free}
@@ -59,8 +69,8 @@ def _allocate_latency(ctx: RunContext, a: Analysis, progress: Progress | None, s
     table, timing, failed, curves = a.latency_table, a.timing, dict[str, str](), None
     t1 = time.perf_counter()
     if ctx.cfg.allocation == "pro":
-        measured = shared if shared is not None else measure_curves(ctx, a, progress)
-        failed, curves = dict(measured.failed), capped_curves(a.free, measured.curves, a.ratio)
+        measured, curves = _capped_curves(ctx, a, progress, shared)
+        failed = dict(measured.failed)
 
     def uniform(target: float) -> dict[str, np.ndarray]:
         r = ratio_for_latency(a.free, table, target, a.step)

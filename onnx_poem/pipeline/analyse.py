@@ -41,7 +41,8 @@ def analyse(ctx: RunContext) -> Analysis:
     per_node = node_macs(ctx.model, sample)
     skipped = underdetermined_outputs(ctx.view, coupling.groups, len(ctx.split.fit), cfg.positions)
     free = [g for g in coupling.groups if g.id not in skipped]
-    table = MacsTable.build(free, per_node)
+    weights = {i: n.input[1] for i, n in enumerate(ctx.view.nodes) if len(n.input) > 1}  # regions a producer writes
+    table = MacsTable.build(free, per_node, weights)
     groups = {g.id: g for g in coupling.groups}
     step = cfg.round_to or 1
     timing = lat_table = lat_target = None

@@ -56,7 +56,7 @@ def build_report(ctx: RunContext, a: Analysis, alloc: Allocation, solved: Solved
     if solved is None:
         report.groups = group_rows(ctx.view, a.coupling.groups, keeps)
         macs = sum(a.per_node.values())  # the analysed model's (serialised with --residual srn)
-        report.macs_after = round(macs * a.table.predict(a.free, {g.id: keeps[g.id] for g in a.free}))
+        report.macs_after = round(macs * a.table.predict(a.free, {g.id: keeps[g.id] for g in a.free}, alloc.quotas))
         report.warnings.append("dry run: nothing was solved or written; MACs after are predicted")
         report.dry_run = True
         return report

@@ -241,7 +241,7 @@ def main() -> None:
     default="internal",
     show_default=True,
     help="Residual streams: internal prunes inside the blocks only (measured best or tied with PRO on the "
-    "CIFAR ResNets and EfficientNet-Lite0, except ResNet-20 at half the MACs, where project won by 2 points); "
+    "CIFAR ResNets and EfficientNet-Lite0, except ResNet-20 at half the MACs, where project won by 1.5 points); "
     "stream also the channels residual adds join (one set per stream); srn "
     "serialises each block first (its input carried through as channels, ALGORITHMS.md 8) so every block's "
     "channels, the residual ones included, are pruned on their own; project turns every identity or strided "

@@ -87,11 +87,14 @@ def test_cifar10_resnet20_residual_stream(cifar) -> None:
     x, y = cifar
     xn = ((x / 255 - CIFAR_MEAN) / CIFAR_STD).astype(np.float32)
     model = onnx.load(shared_file("models/cifar10_resnet20.onnx"))
-    pruned, rep = prune(model, target_macs=0.5, calib=xn[5000:5256], method="reap", prune_residual=True)
+    # uniform: every group loses its share, the stream too (PRO, counting the stream's MACs per region since
+    # session 29, keeps it whole here: 72.7 %)
+    opts = {"method": "reap", "prune_residual": True, "allocation": "uniform"}
+    pruned, rep = prune(model, target_macs=0.5, calib=xn[5000:5256], **opts)
     _check(pruned, rep, 0.56)
     stream = [g for g in rep.groups if g["residual"]]
     assert len(stream) == 1 and len(stream[0]["producers"]) == 10 and stream[0]["kept"] < stream[0]["channels"]
-    assert _top1(pruned, xn[:2000], y[:2000]) > 61.0  # measured 63.45 (session 4); original 81
+    assert _top1(pruned, xn[:2000], y[:2000]) > 62.5  # measured 64.8 (session 29); original 81
 
 
 @pytest.mark.parametrize("samples", [64, 512])

@@ -254,38 +254,62 @@ class MacsCost:
         self.total = float(self.m.sum()) or 1.0
         self.frac = np.ones(none + 1)
         self.rows_of = [np.flatnonzero((self.ri == i) | (self.ro == i)) for i in range(none)]
-        # the rows that see only some regions of a group: (row, side 0 input / 1 output, those region ids)
-        self.partial: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(none)]
+        # per group, the rows that see only some of its regions: (rows, their positions in rows_of, sides (0 input,
+        # 1 output), a (rows × regions) membership matrix)
+        found: list[list[tuple[int, int, int, Sequence[int]]]] = [[] for _ in range(none)]
         self.pin, self.pout = np.zeros(len(self.m), dtype=bool), np.zeros(len(self.m), dtype=bool)
         for row, sides in enumerate(table.regions):
             for side, (gi, regs) in enumerate(zip((int(self.ri[row]), int(self.ro[row])), sides, strict=True)):
                 if regs is not None and gi < none and groups[gi].regions is not None:
-                    self.partial[gi].append((row, side, np.asarray(regs, dtype=np.int64)))
+                    found[gi].append((row, int(np.searchsorted(self.rows_of[gi], row)), side, regs))
                     (self.pin if side == 0 else self.pout)[row] = True
+        self.partial: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = []
+        self.region_sizes: list[np.ndarray | None] = []
+        for gi, entries in enumerate(found):
+            if not entries:
+                self.partial.append(None)
+                self.region_sizes.append(None)
+                continue
+            sizes = np.bincount(np.asarray(groups[gi].regions))
+            member = np.zeros((len(entries), len(sizes)))
+            for k, entry in enumerate(entries):
+                member[k, list(entry[3])] = 1.0
+            cols = [np.array([e[j] for e in entries], dtype=np.int64) for j in range(3)]
+            self.partial.append((cols[0], cols[1], cols[2], member))
+            self.region_sizes.append(sizes)
         self.regional = bool(self.pin.any() or self.pout.any())
         self.kept = np.array([g.channels for g in groups], dtype=np.int64)
         self.fin, self.fout = np.ones(len(self.m)), np.ones(len(self.m))  # the partial rows' fractions
-        self.macs = float((self.m * self._fractions(self.frac, self.fin, self.fout, np.arange(len(self.m)))).sum())
+        every = np.arange(len(self.m))
+        self.macs = float((self.m * self._fractions(self.frac, self.fin, self.fout, every)).sum())
 
     def _fractions(self, frac: np.ndarray, fin: np.ndarray, fout: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """Kept fraction of rows ``r``: input × output group fraction, a partial row's own where it has one."""
+        """Kept fraction of rows ``r``: input × output group fraction, a partial row's own (``fin``, ``fout``:
+        the partial fractions of the rows ``r``) where it has one."""
         a, b = frac[self.ri[r]], frac[self.ro[r]]
         if self.regional:
-            a, b = np.where(self.pin[r], fin[r], a), np.where(self.pout[r], fout[r], b)
+            a, b = np.where(self.pin[r], fin, a), np.where(self.pout[r], fout, b)
         return a * b
 
-    def _regional(self, i: int, kept: int, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The partial rows' fractions with group ``i`` keeping ``kept`` atoms (:func:`region_split`), or the
-        per-region counts ``q``."""
-        if not self.partial[i]:
-            return self.fin, self.fout
-        fin, fout = self.fin.copy(), self.fout.copy()
-        g = self.groups[i]
-        q = region_split(g, kept, self.round_to) if q is None else q
-        n = np.bincount(np.asarray(g.regions), minlength=len(q))
-        for row, side, regs in self.partial[i]:
-            (fin if side == 0 else fout)[row] = q[regs].sum() / n[regs].sum()
-        return fin, fout
+    def _partial(self, i: int, kept: int, q: np.ndarray | None = None) -> tuple[np.ndarray, ...] | None:
+        """Group ``i``'s partial rows ``(rows, positions in rows_of[i], sides, fractions)`` when it keeps ``kept``
+        atoms (:func:`region_split`), or the per-region counts ``q``; ``None`` without such rows."""
+        part = self.partial[i]
+        if part is None:
+            return None
+        rows, at, side, member = part
+        n = self.region_sizes[i]
+        assert n is not None
+        if q is None:  # region_split(g, kept, round_to), vectorised: round half to even as Python's round
+            k = np.minimum(n, np.maximum(1, np.rint((1.0 - (1.0 - kept / self.size[i])) * n)))
+            q = np.minimum(n, -(-k // self.round_to) * self.round_to)
+        return rows, at, side, (member @ q) / (member @ n)
+
+    def _set(self, values: tuple[np.ndarray, ...] | None) -> None:
+        if values is not None:
+            rows, _, side, value = values
+            self.fin[rows[side == 0]] = value[side == 0]
+            self.fout[rows[side == 1]] = value[side == 1]
 
     def fraction(self) -> float:
         return self.macs / self.total
@@ -297,19 +321,25 @@ class MacsCost:
         if not self.regional:  # the plain product, as before regions were counted
             ri, ro = self.ri, self.ro
             return float((self.m[r] * (frac[ri[r]] * frac[ro[r]] - f[ri[r]] * f[ro[r]])).sum())
-        fin, fout = self._regional(i, int(self.kept[i]) - n)
-        before, after = self._fractions(frac, self.fin, self.fout, r), self._fractions(f, fin, fout, r)
+        fin, fout = self.fin[r], self.fout[r]
+        new_in, new_out = fin.copy(), fout.copy()
+        values = self._partial(i, int(self.kept[i]) - n)
+        if values is not None:
+            _, at, side, value = values
+            new_in[at[side == 0]], new_out[at[side == 1]] = value[side == 0], value[side == 1]
+        before, after = self._fractions(frac, fin, fout, r), self._fractions(f, new_in, new_out, r)
         return float((self.m[r] * (before - after)).sum())
 
     def set_quota(self, i: int, q: np.ndarray) -> None:
         """Group ``i`` keeps ``q`` atoms per region (its whole count where it has none)."""
-        self.fin, self.fout = self._regional(i, int(q.sum()), q)
+        self._set(self._partial(i, int(q.sum()), q))
         self.kept[i] = int(q.sum())
         self.frac[i] = q.sum() / self.size[i]
-        self.macs = float((self.m * self._fractions(self.frac, self.fin, self.fout, np.arange(len(self.m)))).sum())
+        every = np.arange(len(self.m))
+        self.macs = float((self.m * self._fractions(self.frac, self.fin, self.fout, every)).sum())
 
     def apply(self, i: int, n: int, saving: float) -> None:
-        self.fin, self.fout = self._regional(i, int(self.kept[i]) - n)
+        self._set(self._partial(i, int(self.kept[i]) - n))
         self.kept[i] -= n
         self.frac[i] -= n / self.size[i]
         self.macs -= saving
@@ -355,7 +385,7 @@ def pro_keeps(
     none = len(ids)
     removed = np.zeros(none, dtype=np.int64)
     err = [cumulative_error(curves.get(gid, [])) for gid in ids]
-    lumpy = [isinstance(cost, MacsCost) and bool(cost.partial[i]) for i in range(none)]
+    lumpy = [isinstance(cost, MacsCost) and cost.partial[i] is not None for i in range(none)]
     while cost.fraction() > target:
         best, best_score, best_saving = -1, np.inf, 0.0
         moves = np.zeros(none, dtype=np.int64)

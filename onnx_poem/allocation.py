@@ -134,7 +134,7 @@ class MacsTable:
         quotas: Mapping[str, np.ndarray] | None = None,
     ) -> float:
         """Predicted MACs as a fraction of the original for ``keeps`` (a group with regions keeps its ``quotas``
-        in each, or else :func:`region_split` of its count)."""
+        in each, or else its count split as the allocation stage splits it, see :class:`MacsCost`)."""
         if self.regions and quotas is not None:
             cost = MacsCost(groups, self)
             for i, g in enumerate(groups):
@@ -158,12 +158,6 @@ def _regions_in(g: ChannelGroup, index: tuple[int, ...] | None) -> Regions:
         return None
     present = np.asarray(g.regions)[np.asarray(index) >= 0]
     return tuple(sorted({int(r) for r in present}))
-
-
-def region_split(g: ChannelGroup, keep: int, round_to: int = 1) -> np.ndarray:
-    """Atoms kept in each region when ``g`` keeps ``keep`` in all, as the allocation stage splits a group's
-    count into quotas (:func:`region_keeps` at the ratio ``1 − keep / channels``)."""
-    return region_keeps(g, 1.0 - keep / g.channels, round_to)
 
 
 def ratio_for_macs(groups: Sequence[ChannelGroup], table: MacsTable, target: float, round_to: int = 1) -> float:
@@ -236,11 +230,13 @@ class Cost(Protocol):
 class MacsCost:
     """:class:`Cost` in MACs from a :class:`MacsTable` (a layer scales with its input × output fractions).
 
-    [R, measured] A group with regions keeps its count split over them as the allocation stage splits it
-    (:func:`region_split`, with the same ``round_to``), and a layer that sees only some of its regions scales with
-    their kept fraction: an option-A stream's first-stage layers see 16 of its 64 channels, and with the group's
-    fraction for every layer PRO's ResNet-20 with ``--residual stream`` ended at 0.716 of the MACs for a 0.70
-    target (its regions' counts rounded up, the first stage's most of all).
+    [R, measured] A group with regions keeps its count ``K`` split over them as the allocation stage splits it
+    (:func:`region_keeps` at the ratio ``1 − K / channels``, with the same ``round_to``), and a layer that sees
+    only some of its regions (a member with an explicit index) scales with their kept fraction: an option-A
+    stream's first-stage layers see 16 of its 64 channels, and with the group's fraction for every layer PRO's
+    ResNet-20 with ``--residual stream`` ended at 0.716 of the MACs for a 0.70 target (its regions' counts rounded
+    up, the first stage's most of all). A member without an index (every atom, in order) keeps ``K / channels``
+    during the allocation, which can differ by a rounding from the quotas' sum (the dry run counts the quotas).
     """
 
     def __init__(self, groups: Sequence[ChannelGroup], table: MacsTable, round_to: int = 1) -> None:
@@ -293,14 +289,15 @@ class MacsCost:
 
     def _partial(self, i: int, kept: int, q: np.ndarray | None = None) -> tuple[np.ndarray, ...] | None:
         """Group ``i``'s partial rows ``(rows, positions in rows_of[i], sides, fractions)`` when it keeps ``kept``
-        atoms (:func:`region_split`), or the per-region counts ``q``; ``None`` without such rows."""
+        atoms (split as :func:`region_keeps` at ``1 − kept / channels``), or the per-region counts ``q``; ``None``
+        without such rows."""
         part = self.partial[i]
         if part is None:
             return None
         rows, at, side, member = part
         n = self.region_sizes[i]
         assert n is not None
-        if q is None:  # region_split(g, kept, round_to), vectorised: round half to even as Python's round
+        if q is None:  # region_keeps(g, 1 − kept / channels, round_to), vectorised (rint: half to even, as round)
             k = np.minimum(n, np.maximum(1, np.rint((1.0 - (1.0 - kept / self.size[i])) * n)))
             q = np.minimum(n, -(-k // self.round_to) * self.round_to)
         return rows, at, side, (member @ q) / (member @ n)

@@ -195,3 +195,22 @@ def test_pro_meets_a_macs_target_on_an_option_a_stream() -> None:
     assert any(g.get("kept", 0) < g["channels"] for g in rep.groups)
     assert rep.macs_ratio <= 0.7 + 1e-9
     assert planned.macs_after == rep.macs_after
+
+
+def test_macs_of_a_group_with_regions_follow_the_allocation_split() -> None:
+    """A group with regions (16 + 16 + 32 atoms, an option-A stream's stages) keeping ``K`` atoms is counted with
+    the per-region quotas the allocation stage applies, ``region_keeps(g, 1 − K / 64)``: a layer that reads only
+    the first region scales with that region's kept fraction; given the quotas, every layer follows them."""
+    g = SimpleNamespace(id="s", channels=64, regions=(0,) * 16 + (1,) * 16 + (2,) * 32)
+    table = MacsTable(
+        ((1000, "s", None), (2000, None, "s"), (500, "s", None), (700, None, None)),
+        (((0,), None), (None, (0, 1)), (None, None), (None, None)),
+    )
+    for kept in range(1, 65):
+        q = region_keeps(g, 1.0 - kept / 64)
+        rows = 1000 * q[0] / 16 + 2000 * q[:2].sum() / 32 + 500 * kept / 64 + 700
+        assert table.predict([g], {"s": kept}) == pytest.approx(rows / 4200, abs=1e-12)
+        for step in (1, 4):
+            q = region_keeps(g, 1.0 - kept / 64, step)
+            rows = 1000 * q[0] / 16 + 2000 * q[:2].sum() / 32 + 500 * q.sum() / 64 + 700
+            assert table.predict([g], {"s": int(q.sum())}, {"s": q}) == pytest.approx(rows / 4200, abs=1e-12)

@@ -68,17 +68,17 @@ def underdetermined_outputs(
     return out
 
 
-def _keep(n: int, ratio: float, round_to: int = 1) -> int:
-    k = min(n, max(1, round((1.0 - ratio) * n)))
-    return min(n, -(-k // round_to) * round_to)
+def _keeps(sizes: np.ndarray, ratio: float, round_to: int = 1) -> np.ndarray:
+    """Atoms kept of each count in ``sizes`` at ``ratio``: ``max(1, round((1 − ratio)·n))`` (half to even, as
+    Python's ``round``), rounded up to a multiple of ``round_to``, at most ``n``."""
+    k = np.minimum(sizes, np.maximum(1, np.rint((1.0 - ratio) * sizes).astype(np.int64)))
+    return np.minimum(sizes, -(-k // round_to) * round_to)
 
 
 def region_keeps(g: ChannelGroup, ratio: float, round_to: int = 1) -> np.ndarray:
     """Atoms kept in each region of ``g`` (one entry per region id), rounded up to multiples of ``round_to``."""
-    if g.regions is None:
-        return np.array([_keep(g.channels, ratio, round_to)])
-    sizes = np.bincount(np.asarray(g.regions))
-    return np.array([_keep(int(n), ratio, round_to) for n in sizes])
+    sizes = np.array([g.channels]) if g.regions is None else np.bincount(np.asarray(g.regions))
+    return _keeps(sizes, ratio, round_to)
 
 
 def keep_counts(groups: Sequence[ChannelGroup], ratio: float, round_to: int = 1) -> dict[str, int]:
@@ -297,9 +297,8 @@ class MacsCost:
         rows, at, side, member = part
         n = self.region_sizes[i]
         assert n is not None
-        if q is None:  # region_keeps(g, 1 − kept / channels, round_to), vectorised (rint: half to even, as round)
-            k = np.minimum(n, np.maximum(1, np.rint((1.0 - (1.0 - kept / self.size[i])) * n)))
-            q = np.minimum(n, -(-k // self.round_to) * self.round_to)
+        if q is None:  # region_keeps(g, 1 − kept / channels, round_to) on the cached region sizes
+            q = _keeps(n, 1.0 - kept / self.size[i], self.round_to)
         return rows, at, side, (member @ q) / (member @ n)
 
     def _set(self, values: tuple[np.ndarray, ...] | None) -> None:

@@ -1,7 +1,7 @@
 """Orchestration: load → couple → calibrate → allocate → solve → rewrite → verify → report.
 
 :func:`run` calls the stages of :mod:`onnx_poem.pipeline` in that order (``load_inputs`` and ``build_context``
-in ``context``, then ``analyse``, ``allocate``, ``solve_cascade`` and ``verify_solved`` in ``solving``,
+in ``context``, then ``analyse`` (with ``sized_batches``), ``allocate``, ``solve_cascade`` and ``verify_solved`` in ``solving``,
 ``build_report`` in ``summary``); ``--residual auto`` and ``--hidden auto`` run them once per candidate
 (``candidates``).
 
@@ -29,7 +29,7 @@ from .config import ALLOCATIONS, PruneConfig
 from .device import use_device
 from .errors import UsageError
 from .pipeline.allocate import allocate, measure_curves
-from .pipeline.analyse import analyse
+from .pipeline.analyse import analyse, sized_batches
 from .pipeline.candidates import prune_auto, prune_hidden_auto
 from .pipeline.context import Inputs, Progress, PruneResult, build_context, load_inputs
 from .pipeline.solving import solve_cascade, verify_solved
@@ -168,6 +168,8 @@ def run_family(
             top = max(range(len(cfgs)), key=lambda i: cfgs[i].ratio or 0.0)
             ctx_top = replace(base, cfg=replace(base.cfg, ratio=cfgs[top].ratio))
             analysis_top = analyse(ctx_top)
+            base = sized_batches(base, analysis_top)  # the groups, and so the batches, do not depend on the ratio
+            ctx_top = replace(base, cfg=replace(base.cfg, ratio=cfgs[top].ratio))
             curves = None
             if ctx_top.cfg.allocation == "pro" and analysis_top.free and analysis_top.ratio > 0:
                 curves = measure_curves(ctx_top, analysis_top, progress)
@@ -200,6 +202,7 @@ def _prune(inputs: Inputs, progress: Progress | None) -> PruneResult:
     with tempfile.TemporaryDirectory(prefix="onnx-poem-") as tmp:
         ctx = build_context(inputs, Path(tmp))
         analysis = analyse(ctx)
+        ctx = sized_batches(ctx, analysis)
         allocation = allocate(ctx, analysis, progress)
         if ctx.cfg.dry_run:
             return PruneResult(None, build_report(ctx, analysis, allocation, None), PrunePlan(), plan_context(ctx))

@@ -99,7 +99,8 @@ class Stream:
         equal the model the frontier was computed with on every node before the
         frontier's cut. ``cut`` defaults to ``start``; a cut before the frontier
         records nothing.  ``shared``: arrays holding ``model``'s initializers of those names (for the
-        original model, its view's :attr:`GraphView.weights`, the default).
+        original model, its view's :attr:`GraphView.weights`, the default).  A yielded dict is emptied when the
+        next batch is asked for (copy what must outlive it).
         """
         cut = start if cut is None else cut
         if not self.enabled or start < self.position:
@@ -142,7 +143,13 @@ class Stream:
                             np.save(fh, have[n], allow_pickle=False)
                     if k == 0:
                         dtypes = {n: have[n].dtype for n in names}
-                yield {n: have[n] for n in wanted}
+                out = {n: have[n] for n in wanted}
+                yield out
+                # [R, memory] the caller asked for the next batch: its tensors of this one go before the next
+                # run, not after (the caller's loop variable still holds the dict; DenseNet-121's first group
+                # wants 809 MB per batch of 32, and two batches' worth sat beside every run)
+                out.clear()
+                have.clear()
             complete = True
         finally:
             if not complete:  # stopped part-way (an error, or the caller let go): neither frontier is whole

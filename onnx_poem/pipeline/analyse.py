@@ -28,7 +28,7 @@ from ..latency import (
 from ..modelio import digest
 from ..report import node_macs
 from ..timing import stage
-from .context import Analysis, RunContext, fixed_batches
+from .context import Analysis, RunContext, batch_chunks, fixed_batches
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,44 @@ def analyse(ctx: RunContext) -> Analysis:
         coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target, target,
         macs_original,
     )  # fmt: skip
+
+
+#: [R, memory] the tensors one calibration batch hands the statistics (every consumer input, output and residual
+#: offset of the group being collected) at most this many bytes
+BATCH_BYTES = 256 * 2**20
+
+
+def sized_batches(ctx: RunContext, analysis: Analysis) -> RunContext:
+    """``ctx`` with batches small enough that no group's calibration tensors of one batch exceed
+    :data:`BATCH_BYTES` (fewer samples per batch than ``--batch-size`` only where they would).
+
+    [R, memory] A group's collection holds, per batch, the inputs and outputs of all its consumers, and
+    onnxruntime's intermediates beside them.  In a torchvision DenseNet-121 every layer of a dense block reads a
+    ``Concat`` of all earlier ones, so the first block's group has seven consumers whose tensors take 25 MB per
+    sample: 809 MB per batch of 32, and a 2.6 GB peak (issue 11's target for it: 2.1 GB).  Batches of 10 there;
+    the six benchmark models, ResNet-50 (8 MB per sample), BERT-base and the mobile models keep 32.  A model
+    exported with a fixed batch keeps it.
+    """
+    per = max((_sample_bytes(ctx.view, g) for g in analysis.free), default=0)
+    size = min(ctx.cfg.batch_size, max(1, BATCH_BYTES // per)) if per else ctx.cfg.batch_size
+    if size == ctx.cfg.batch_size or fixed_batches(ctx.model, ctx.data.arrays):
+        return ctx
+    logger.info("batches of %d samples: a group's calibration tensors take %.0f MB per sample", size, per / 1e6)
+    return replace(ctx, cfg=replace(ctx.cfg, batch_size=size), chunks=batch_chunks(ctx.split, size))
+
+
+def _sample_bytes(view: GraphView, g: ChannelGroup) -> int:
+    """Bytes per sample of the tensors group ``g``'s collection takes from one batch (shapes with an unknown
+    dimension count it as 1; float32 where the type is not known)."""
+    names = {t for c in g.consumers for t in (c.input, c.output, c.offset) if t}
+    total = 0
+    for name in names:
+        shape = view.shapes.get(name)
+        if not shape:
+            continue
+        size = int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]], dtype=np.int64))
+        total += size * view.dtypes.get(name, np.dtype(np.float32)).itemsize
+    return total
 
 
 def _original_fraction(ctx: RunContext, ratio: float, original_nodes: Mapping[int, int]) -> float:

@@ -18,7 +18,7 @@ from ..srn import serialise
 from ..timing import stage
 from ..verify import Pruned, sample_errors
 from .allocate import allocate
-from .analyse import analyse
+from .analyse import analyse, sized_batches
 from .context import Inputs, Progress, PruneResult, RunContext, Tried, build_context, fit_chunks, with_hidden_sliced
 from .solving import runnable, solve_cascade, verify_solved
 from .summary import build_report, plan_context
@@ -58,6 +58,7 @@ def _pruned_candidates(
     for label, ctx in candidates:
         ctx.workdir.mkdir()
         analysis = analyse(ctx)
+        ctx = sized_batches(ctx, analysis)
         allocation = allocate(ctx, analysis, progress)
         solved = solve_cascade(ctx, analysis, allocation, progress)
         errors = choice_errors(ctx, runnable(ctx, analysis, solved.plan))

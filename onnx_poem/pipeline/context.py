@@ -143,9 +143,7 @@ def build_context(inputs: Inputs, workdir: Path) -> RunContext:
         data, copies = augment_fit(data, split.fit, cfg.augment, cfg.seed, workdir)
         split = replace(split, fit=np.concatenate([split.fit, copies]))
     view = GraphView.build(inputs.model, input_shapes=data.sample_shapes())
-    chunks = [
-        idx[i : i + cfg.batch_size] for idx in (split.fit, split.select) for i in range(0, len(idx), cfg.batch_size)
-    ]
+    chunks = batch_chunks(split, cfg.batch_size)
     ctx = RunContext(
         cfg, inputs.name, inputs.model, inputs.original, inputs.serialised, data, inputs.checks, split, view, chunks,
         workdir, inputs.loaded,
@@ -157,6 +155,11 @@ def build_context(inputs: Inputs, workdir: Path) -> RunContext:
     if isinstance(measured, NotSliceable):
         return replace(ctx, hidden=Sliced(None, reason=measured.reason))
     return with_hidden_sliced(ctx, cfg.hidden, measured)
+
+
+def batch_chunks(split: Split, size: int) -> list[np.ndarray]:
+    """The calibration runs' batches: the fitting samples, then the selection samples, ``size`` at a time."""
+    return [idx[i : i + size] for idx in (split.fit, split.select) for i in range(0, len(idx), size)]
 
 
 def fit_chunks(ctx: RunContext) -> list[np.ndarray]:

@@ -1,8 +1,8 @@
 """Orchestration: load → couple → calibrate → allocate → solve → rewrite → verify → report.
 
 :func:`run` calls the stages of :mod:`onnx_poem.pipeline` in that order (``load_inputs`` and ``build_context``
-in ``context``, then ``analyse`` (with ``sized_batches``), ``allocate``, ``solve_cascade`` and ``verify_solved`` in ``solving``,
-``build_report`` in ``summary``); ``--residual auto`` and ``--hidden auto`` run them once per candidate
+in ``context``, then ``analyse`` with ``sized_batches``, ``allocate``, ``solve_cascade`` and ``verify_solved``
+in ``solving``, ``build_report`` in ``summary``); ``--residual auto`` and ``--hidden auto`` run them once per candidate
 (``candidates``).
 
 Cascade mode (default): groups are solved in topological order of their

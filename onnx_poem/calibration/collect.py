@@ -90,15 +90,9 @@ def collect(
     weighted = cfg.method == "poem"
     n_all = sum(len(c) for c in orig_stream.chunks)
     stats: list[LayerStats] = []
-    for j, (c, W0) in enumerate(zip(g.consumers, W0s, strict=True)):
+    caps = reservoir_caps(view, g, W0s, n_fit, n_all, cfg) if reservoirs else [(0, 0)] * len(W0s)
+    for j, (W0, (fit_cap, held_cap)) in enumerate(zip(W0s, caps, strict=True)):
         seed = int(np.random.SeedSequence([cfg.seed, index, j, 1]).generate_state(1)[0])
-        # a reservoir never needs more rows than the samples can give (its buffer is sized by it)
-        per = _rows_per_sample(view, c, cfg.positions)
-        fit_cap = cfg.reservoir if per is None else max(1, min(cfg.reservoir, n_fit * per))
-        held_cap = max(cfg.reservoir // 2, 1)
-        held_cap = held_cap if per is None else max(1, min(held_cap, (n_all - n_fit) * per))
-        if not reservoirs:
-            fit_cap = held_cap = 0
         stats.append(LayerStats.empty(W0.shape[1], W0.shape[0], capacity=fit_cap, held_capacity=held_cap, seed=seed))
     rngs = [np.random.default_rng([cfg.seed, index, j]) for j in range(len(g.consumers))]
     seen = 0
@@ -119,6 +113,46 @@ def collect(
     for st in stats:
         st.finish(weighted)
     return stats
+
+
+#: [R, memory] the reservoirs of one group's consumers hold at most this many bytes together (or one full reservoir
+#: of its widest consumer, when that is more)
+GROUP_RESERVOIR_BYTES = 512 * 2**20
+
+
+def reservoir_caps(
+    view: GraphView, g: ChannelGroup, W0s: list[np.ndarray], n_fit: int, n_all: int, cfg: PruneConfig
+) -> list[tuple[int, int]]:
+    """Rows each consumer of ``g`` keeps of its fitting and of its held-out samples: ``--reservoir`` (half of it
+    held out), never more than the samples give, and scaled down together where the group's reservoirs would
+    take more than :data:`GROUP_RESERVOIR_BYTES` (or than its widest consumer's alone, if larger).
+
+    A fitting row of a consumer with ``W0: (m, n+1)`` holds its ``n`` inputs and ``m`` post-activation targets
+    (and ``m`` shortcut values where it writes into a residual sum), a held-out row ``m`` outputs more; float32.
+
+    [R, memory] A reservoir's size does not grow with the samples past its cap, but a group's reservoirs add up:
+    a torchvision DenseNet-121's third dense block is one group read by 25 consumers (its 24 layers' ``Concat``
+    s and the transition), 1948 MiB of full reservoirs at 2048 samples; ResNet-50's last-stage stream under
+    ``--residual stream``, 7 consumers, 1344 MiB.  Their rows shrink by one factor (a consumer keeps at least
+    one); a group of one consumer is never scaled, and at 512 samples neither is any group of the benchmark
+    models (EfficientNet-Lite0's widest, with ``--residual stream``: 455 MiB).
+    """
+    caps, sizes = [], []
+    for c, W0 in zip(g.consumers, W0s, strict=True):
+        # a reservoir never needs more rows than the samples can give (its buffer is sized by it)
+        per = _rows_per_sample(view, c, cfg.positions)
+        fit_cap = cfg.reservoir if per is None else max(1, min(cfg.reservoir, n_fit * per))
+        held_cap = max(cfg.reservoir // 2, 1)
+        held_cap = held_cap if per is None else max(1, min(held_cap, (n_all - n_fit) * per))
+        m, n = W0.shape[0], W0.shape[1] - 1
+        extra = m if c.offset else 0
+        caps.append((fit_cap, held_cap))
+        sizes.append(4 * (fit_cap * (n + m + extra) + held_cap * (n + 2 * m + extra)))
+    budget = max(GROUP_RESERVOIR_BYTES, max(sizes, default=0))
+    if sum(sizes) <= budget:
+        return caps
+    scale = budget / sum(sizes)
+    return [(max(1, int(f * scale)), max(1, int(h * scale))) for f, h in caps]
 
 
 def _rows_per_sample(view: GraphView, c: Consumer, positions: int) -> int | None:

@@ -80,7 +80,7 @@ BATCH_BYTES = 256 * 2**20
 
 def sized_batches(ctx: RunContext, analysis: Analysis) -> RunContext:
     """``ctx`` with batches small enough that no group's calibration tensors of one batch exceed
-    :data:`BATCH_BYTES` (fewer samples per batch than ``--batch-size`` only where they would).
+    :data:`BATCH_BYTES` (fewer samples per batch than ``batch_size`` (32) only where they would).
 
     [R, memory] A group's collection holds, per batch, the inputs and outputs of all its consumers, and
     onnxruntime's intermediates beside them.  In a torchvision DenseNet-121 every layer of a dense block reads a

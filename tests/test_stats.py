@@ -204,3 +204,26 @@ def _check_sums_only(name, cfg, fit, every, tmp_path: Path) -> int:
 
 def _streams(view, data, chunks, tmp_path: Path, tag: str) -> tuple[Stream, Stream]:
     return Stream(view, data, chunks, tmp_path, f"o{tag}"), Stream(view, data, chunks, tmp_path, f"c{tag}")
+
+
+def test_a_consumer_without_an_activation_shares_its_sums(tmp_path: Path) -> None:
+    """POEM's weighted sums ``Gw, Pw`` weigh each row by ``mean f'(y)²``; a consumer whose output goes on without
+    an activation has weights 1, so they are ``G, P`` themselves (not a second Gram of the same rows); a consumer
+    with an activation has sums of its own."""
+    cfg = PruneConfig(ratio=0.5, mode="parallel", positions=8)
+    model = BUILDERS["conv_chain"]()  # conv → relu → conv → relu → conv (the output: no activation)
+    data = load_calibration(model, inputs_for(model, 16), samples=16, seed=0)
+    view = GraphView.build(model, input_shapes=data.sample_shapes())
+    groups = sorted(find_groups(view, residual=False).groups, key=lambda g: cut_position(view, g))
+    kinds = set()
+    for i, g in enumerate(groups):
+        W0s = [effective(view, c)[0] for c in g.consumers]
+        stats = collect(view, Current.original(view), g, W0s, _streams(view, data, [np.arange(16)], tmp_path, f"w{i}"),
+                        None, 16, cfg, i)  # fmt: skip
+        for c, st_ in zip(g.consumers, stats, strict=True):
+            identity = c.activation.kind == "identity"
+            kinds.add(identity)
+            assert (st_.Gw is st_.G and st_.Pw is st_.P) == identity
+            if not identity:
+                assert not np.array_equal(st_.Gw, st_.G)  # ReLU's weights zero the inactive rows
+    assert kinds == {True, False}

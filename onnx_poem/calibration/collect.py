@@ -87,7 +87,9 @@ def collect(
     orig_stream, cur_stream = streams
     cur_runs = None if same else cur_stream.run(current.model, cur_names, cut, shared=current.shared)
     orig_cut = next_cut if (next_cut is not None and not (same and cfg.mode == "cascade")) else cut
-    weighted = cfg.method == "poem"
+    # [R, speed] POEM's activation-weighted sums; a consumer without an activation has weights 1, so its ``Gw``
+    # and ``Pw`` are ``G`` and ``P`` (the same sums, not computed twice: BERT-base's FFN outputs, 3073-input Grams)
+    weighted = [cfg.method == "poem" and c.activation.kind != "identity" for c in g.consumers]
     n_all = sum(len(c) for c in orig_stream.chunks)
     stats: list[LayerStats] = []
     caps = reservoir_caps(view, g, W0s, n_fit, n_all, cfg) if reservoirs else [(0, 0)] * len(W0s)
@@ -101,8 +103,8 @@ def collect(
         held = seen >= n_fit
         seen += len(next(iter(orig.values())))
         mask = token_mask({n: orig[n] for n in view.inputs})
-        for c, st, rng in zip(g.consumers, stats, rngs, strict=True):
-            _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=weighted, cfg=cfg)
+        for c, st, rng, w in zip(g.consumers, stats, rngs, weighted, strict=True):
+            _add_batch(c, st, rng, cur[c.input], orig, cur, mask, held=held, weighted=w, cfg=cfg)
     if cur_runs:
         for _ in cur_runs:  # not reached: both streams visit the same batches; this commits the frontier
             pass
@@ -110,8 +112,8 @@ def collect(
         cur_stream.adopt(orig_stream)
     orig = cur = {}  # the last batch's tensors: the calibration runs' memory goes back before the solvers run
     release_arena()
-    for st in stats:
-        st.finish(weighted)
+    for st, w in zip(stats, weighted, strict=True):
+        st.finish(w)
     return stats
 
 

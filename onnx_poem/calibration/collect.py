@@ -133,11 +133,11 @@ def reservoir_caps(
     (and ``m`` shortcut values where it writes into a residual sum), a held-out row ``m`` outputs more; float32.
 
     [R, memory] A reservoir's size does not grow with the samples past its cap, but a group's reservoirs add up:
-    a torchvision DenseNet-121's third dense block is one group read by 25 consumers (its 24 layers' ``Concat``
-    s and the transition), 1948 MiB of full reservoirs at 2048 samples; ResNet-50's last-stage stream under
-    ``--residual stream``, 7 consumers, 1344 MiB.  Their rows shrink by one factor (a consumer keeps at least
-    one); a group of one consumer is never scaled, and at 512 samples neither is any group of the benchmark
-    models (EfficientNet-Lite0's widest, with ``--residual stream``: 455 MiB).
+    a torchvision DenseNet-121's third dense block is one group read by 25 consumers (the first convolution of
+    each of its 24 layers and the transition), 1948 MiB of full reservoirs at 2048 samples; ResNet-50's
+    last-stage stream under ``--residual stream``, 7 consumers, 1344 MiB.  Their rows shrink by one factor (a
+    consumer keeps at least one); a group of one consumer is never scaled, and at 512 samples neither is any
+    group of the benchmark models (EfficientNet-Lite0's widest, with ``--residual stream``: 455 MiB).
     """
     caps, sizes = [], []
     for c, W0 in zip(g.consumers, W0s, strict=True):

@@ -85,7 +85,7 @@ def sized_batches(ctx: RunContext, analysis: Analysis) -> RunContext:
     [R, memory] A group's collection holds, per batch, the inputs and outputs of all its consumers, and
     onnxruntime's intermediates beside them.  In a torchvision DenseNet-121 every layer of a dense block reads a
     ``Concat`` of all earlier ones, so the first block's group has seven consumers whose tensors take 25 MB per
-    sample: 809 MB per batch of 32, and a 2.6 GB peak (issue 11's target for it: 2.1 GB).  Batches of 10 there;
+    sample: 809 MB per batch of 32, and a 3.1 GB peak (issue 11's target for it: 2.1 GB).  Batches of 10 there;
     the six benchmark models, ResNet-50 (8 MB per sample), BERT-base and the mobile models keep 32.  A model
     exported with a fixed batch keeps it.
     """

@@ -113,10 +113,8 @@ def test_a_group_s_reservoirs_keep_to_the_byte_budget(monkeypatch: pytest.Monkey
     full = collect_mod.reservoir_caps(view, g, W0s, 300, 400, cfg)
     pers = [collect_mod._rows_per_sample(view, c, cfg.positions) or 0 for c in g.consumers]
     # --reservoir rows (half of them held out), or what the samples give: the conv's 64 positions per sample, the
-    # classifier's one, and no fitting rows for the classifier (no activation: no solver reads them)
-    assert [c.activation.kind for c in g.consumers] == ["relu", "identity"]
-    assert full == [(min(1000, 300 * pers[0]), min(500, 100 * pers[0])), (0, min(500, 100 * pers[1]))]
-    assert full == [(1000, 500), (0, 100)]
+    # classifier's one
+    assert full == [(min(1000, 300 * p), min(500, 100 * p)) for p in pers] == [(1000, 500), (300, 100)]
     widest = max(_bytes([c], [W0], [cap]) for c, W0, cap in zip(g.consumers, W0s, full, strict=True))
     total = _bytes(g.consumers, W0s, full)
     assert widest < total
@@ -127,8 +125,8 @@ def test_a_group_s_reservoirs_keep_to_the_byte_budget(monkeypatch: pytest.Monkey
     monkeypatch.setattr(collect_mod, "GROUP_RESERVOIR_BYTES", budget)
     scaled = collect_mod.reservoir_caps(view, g, W0s, 300, 400, cfg)
     assert budget - one_row <= _bytes(g.consumers, W0s, scaled) <= budget  # rows rounded down
-    assert all((f < f0 or f == f0 == 0) and h < h0 for (f, h), (f0, h0) in zip(scaled, full, strict=True))
-    ratios = [r for (f, h), (f0, h0) in zip(scaled, full, strict=True) for r in (f / (f0 or 1), h / h0) if f0]
+    assert all(f < f0 and h < h0 for (f, h), (f0, h0) in zip(scaled, full, strict=True))
+    ratios = [r for (f, h), (f0, h0) in zip(scaled, full, strict=True) for r in (f / f0, h / h0)]
     assert max(ratios) - min(ratios) < 0.02  # one factor for every consumer (each rounded down)
     monkeypatch.setattr(collect_mod, "GROUP_RESERVOIR_BYTES", 1)
     assert _bytes(g.consumers, W0s, collect_mod.reservoir_caps(view, g, W0s, 300, 400, cfg)) <= widest  # the widest's
@@ -169,12 +167,3 @@ def test_a_prune_collects_into_the_budgeted_reservoirs(monkeypatch: pytest.Monke
     assert len(runs[0]) == len(runs[1])
     assert all(f1 <= f0 and h1 <= h0 for (f0, h0), (f1, h1) in zip(*runs, strict=True))
     assert any(f1 < f0 for (f0, _), (f1, _) in zip(*runs, strict=True))  # the stream group's two consumers
-
-
-def test_apoz_keeps_fitting_rows_of_a_consumer_without_an_activation(tmp_path: Path) -> None:
-    """APoZ's selection counts the zeros in the fitting rows of every consumer; the other methods read no fitting
-    rows of a consumer without an activation (least squares), so it keeps none."""
-    view, g, W0s = _stream_group(tmp_path)
-    for method, fit in (("poem", 0), ("reap", 0), ("apoz", 300)):
-        cfg = PruneConfig.of(ratio=0.5, reservoir=1000, method=method)
-        assert collect_mod.reservoir_caps(view, g, W0s, 300, 400, cfg)[1] == (fit, 100)

@@ -156,12 +156,10 @@ def _check_reservoirs(view, groups, streams, cfg) -> set[bool]:
         stats = collect(view, Current.original(view), g, W0s, streams, None, 8, cfg, i)  # the second batch is held out
         for c, W0, st_ in zip(g.consumers, W0s, stats, strict=True):
             d = layer_data(c, W0, st_)
-            # no fitting rows where no solver reads them (a consumer without an activation: least squares)
-            assert (len(st_.fit) > 0) == (c.activation.kind != "identity")
-            assert "y" not in st_.fit and (d.fit.Y is None or len(d.fit) == 0)
+            assert "y" not in st_.fit and d.fit.Y is None
             assert "y" in st_.held and d.held.Y is not None and d.held.Y.shape == (len(d.held), W0.shape[0])
             for r, s in ((st_.fit, d.fit), (st_.held, d.held)):
-                assert ("s" in r) == (bool(c.offset) and len(r) > 0)
+                assert ("s" in r) == bool(c.offset)
                 assert s.S.shape == s.Z.shape == (len(s), W0.shape[0])
                 if not c.offset:
                     assert s.S.strides == (0, 0) and not s.S.any()
@@ -195,9 +193,8 @@ def _check_sums_only(name, cfg, fit, every, tmp_path: Path) -> int:
             view, Current.original(view), g, W0s, _streams(view, data, fit, tmp_path, f"b{name}{i}"), None, 8, cfg, i,
             reservoirs=False,
         )  # fmt: skip
-        for c, a, b in zip(g.consumers, full, sums, strict=True):
-            # the full pass kept rows of both kinds (fitting rows only where a solver reads them)
-            assert len(a.held) > 0 and (len(a.fit) > 0) == (c.activation.kind != "identity")
+        for a, b in zip(full, sums, strict=True):
+            assert len(a.fit) > 0 and len(a.held) > 0  # the full pass kept rows of both kinds
             assert len(b.fit) == len(b.held) == 0 and b.fit.seen == a.fit.seen and b.count == a.count
             for attr in ("G", "P", "Gw", "Pw"):
                 assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr

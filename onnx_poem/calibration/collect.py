@@ -127,9 +127,7 @@ def reservoir_caps(
 ) -> list[tuple[int, int]]:
     """Rows each consumer of ``g`` keeps of its fitting and of its held-out samples: ``--reservoir`` (half of it
     held out), never more than the samples give, and scaled down together where the group's reservoirs would
-    take more than :data:`GROUP_RESERVOIR_BYTES` (or than its widest consumer's alone, if larger).  A consumer
-    without an activation keeps no fitting rows (its reconstruction is least squares from ``G`` and ``P``; the
-    held-out rows measure it), except for APoZ, whose selection counts zeros in them.
+    take more than :data:`GROUP_RESERVOIR_BYTES` (or than its widest consumer's alone, if larger).
 
     A fitting row of a consumer with ``W0: (m, n+1)`` holds its ``n`` inputs and ``m`` post-activation targets
     (and ``m`` shortcut values where it writes into a residual sum), a held-out row ``m`` outputs more; float32.
@@ -146,8 +144,6 @@ def reservoir_caps(
         # a reservoir never needs more rows than the samples can give (its buffer is sized by it)
         per = _rows_per_sample(view, c, cfg.positions)
         fit_cap = cfg.reservoir if per is None else max(1, min(cfg.reservoir, n_fit * per))
-        if c.activation.kind == "identity" and cfg.method != "apoz":
-            fit_cap = 0  # [R, memory] no solver reads its fitting rows: its fit is least squares on G and P
         held_cap = max(cfg.reservoir // 2, 1)
         held_cap = held_cap if per is None else max(1, min(held_cap, (n_all - n_fit) * per))
         m, n = W0.shape[0], W0.shape[1] - 1
@@ -158,7 +154,7 @@ def reservoir_caps(
     if sum(sizes) <= budget:
         return caps
     scale = budget / sum(sizes)
-    return [(max(1, int(f * scale)) if f else 0, max(1, int(h * scale))) for f, h in caps]
+    return [(max(1, int(f * scale)), max(1, int(h * scale))) for f, h in caps]
 
 
 def _rows_per_sample(view: GraphView, c: Consumer, positions: int) -> int | None:

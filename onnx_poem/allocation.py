@@ -276,6 +276,10 @@ class MacsCost:
         self.regional = bool(self.pin.any() or self.pout.any())
         self.kept = np.array([g.channels for g in groups], dtype=np.int64)
         self.fin, self.fout = np.ones(len(self.m)), np.ones(len(self.m))  # the partial rows' fractions
+        self._recount()
+
+    def _recount(self) -> None:
+        """The kept MACs summed over every row again (construction, a quota set)."""
         every = np.arange(len(self.m))
         self.macs = float((self.m * self._fractions(self.frac, self.fin, self.fout, every)).sum())
 
@@ -331,8 +335,7 @@ class MacsCost:
         self._set(self._partial(i, int(q.sum()), q))
         self.kept[i] = int(q.sum())
         self.frac[i] = q.sum() / self.size[i]
-        every = np.arange(len(self.m))
-        self.macs = float((self.m * self._fractions(self.frac, self.fin, self.fout, every)).sum())
+        self._recount()
 
     def apply(self, i: int, n: int, saving: float) -> None:
         self._set(self._partial(i, int(self.kept[i]) - n))

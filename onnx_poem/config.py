@@ -62,6 +62,7 @@ class PruneConfig:
     hidden_auto: bool = False  # --hidden auto: the fraction chosen among api.HIDDEN_CANDIDATES by measurement
     threads: int | None = None  # onnxruntime and BLAS threads (None: their defaults, every core)
     device: str = "cpu"  # where the model's runs go (onnx_poem.device.DEVICES)
+    refit_readers: bool = True  # cascade: refit each block's stream-reading first layer first (coupling.refit)
 
     @classmethod
     def of(cls, **options: object) -> PruneConfig:

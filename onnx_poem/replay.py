@@ -13,6 +13,7 @@ from . import planfile
 from .calibration.sources import ImageOptions, load_calibration
 from .config import SERIALISED_FORMS, STREAM_GROUPS
 from .coupling import find_groups
+from .coupling.refit import reader_refits
 from .errors import UsageError
 from .external import legacy_digest
 from .fold import fold_constants
@@ -55,7 +56,10 @@ def apply_saved_plan(
             if digest(model) != ctx.model_sha256 and legacy_digest(model) != ctx.model_sha256:
                 raise UsageError(f"{plan_file} was computed for another model ({ctx.model_name}), not {name}")
             view = GraphView.build(model, input_shapes=ctx.input_shapes)
-            groups = {g.id: g for g in find_groups(view, residual=ctx.residual in STREAM_GROUPS).groups}
+            coupling = find_groups(view, residual=ctx.residual in STREAM_GROUPS).groups
+            groups = {g.id: g for g in coupling}
+            # the plan's refits of stream readers (coupling.refit), where the run made them
+            groups |= {r.id: r for rs in reader_refits(view, coupling).values() for r in rs}
         for d in plan.decisions:
             if d.group_id not in groups or groups[d.group_id].channels != d.channels:
                 raise UsageError(f"{plan_file}: group {d.group_id} ({d.channels} channels) is not in this model")

@@ -58,6 +58,8 @@ def _select(
     lam: float,
 ) -> np.ndarray:
     """Sorted kept atoms of ``g`` (``quota``: atoms to keep per region) by ``cfg.method``, ridge ``lam``."""
+    if int(quota.sum()) >= g.channels:  # nothing to select (a refit of a stream reader, coupling.refit)
+        return np.arange(g.channels)
     return select_channels(
         cfg.method,
         layers,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from ..allocation import MacsTable, keep_counts, ratio_for_macs, underdetermined_outputs
 from ..coupling import ChannelGroup, find_groups
+from ..coupling.refit import reader_refits
 from ..errors import UsageError, one_line
 from ..graph import GraphView
 from ..latency import (
@@ -27,10 +28,14 @@ from ..latency import (
 )
 from ..modelio import digest
 from ..report import node_macs
+from ..solvers import RECONSTRUCTION
 from ..timing import stage
 from .context import Analysis, RunContext, batch_chunks, fixed_batches
 
 logger = logging.getLogger(__name__)
+
+#: reconstructions that refit a stream reader (RESULTS.md [R] 32): POEM's and least squares (REAP)
+REFITTING = ("poem", "ls")
 
 
 def analyse(ctx: RunContext) -> Analysis:
@@ -67,10 +72,21 @@ def analyse(ctx: RunContext) -> Analysis:
         if ctx.transformed:
             target = target * macs_original / macs if target < 1.0 else 1.0
         ratio = ratio_for_macs(free, table, target, step) if free and target < 1.0 else 0.0
+    refits = _refits(ctx, coupling.groups)
+    groups |= {r.id: r for rs in refits.values() for r in rs}
     return Analysis(
         coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target, target,
-        macs_original,
+        macs_original, refits,
     )  # fmt: skip
+
+
+def _refits(ctx: RunContext, groups: Sequence[ChannelGroup]) -> dict[str, tuple[ChannelGroup, ...]]:
+    """The stream readers refitted before each group (:mod:`onnx_poem.coupling.refit`): in cascade mode, with a
+    reconstructing least-squares method (POEM, REAP), where the residual streams keep their channels."""
+    cfg = ctx.cfg
+    if not cfg.refit_readers or cfg.mode != "cascade" or cfg.stream or RECONSTRUCTION[cfg.method] not in REFITTING:
+        return {}
+    return reader_refits(ctx.view, groups)
 
 
 #: [R, memory] the tensors one calibration batch hands the statistics (every consumer input, output and residual

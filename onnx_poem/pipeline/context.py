@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,9 @@ class Analysis:
     latency_target: float | None = None  # --target-latency as a fraction of the original's latency
     target: float | None = None  # the MACs budget as a fraction of the analysed model's (None: --ratio's uniform)
     macs_original: int = 0  # the original's MACs (more than the analysed model's with --residual srn)
+    #: per group id, the layers reading a residual stream refitted just before it (coupling.refit; their
+    #: pseudo-groups are in :attr:`groups`, not in :attr:`coupling`)
+    refits: dict[str, tuple[ChannelGroup, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import onnx
 
 from ..cascade import Current, Stream, cut_position
 from ..coupling import ChannelGroup
+from ..coupling.refit import full_quota
 from ..errors import VerificationError, one_line
 from ..graph import GraphView, check_model, check_structure, release_segments
 from ..modelio import infer_or_keep
@@ -35,6 +36,8 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
     # and no group reads a tensor whose channels an earlier decision already removed
     todo = [g for g in a.coupling.groups if alloc.keeps[g.id] < g.channels and not g.residual]
     todo += [g for g in a.coupling.groups if alloc.keeps[g.id] < g.channels and g.residual]
+    # the layers reading a residual stream refitted just before their group (coupling.refit)
+    todo = [r for g in todo for r in (*a.refits.get(g.id, ()), g)]
     streams = (
         Stream(view, ctx.data, ctx.chunks, ctx.workdir, "orig"),
         Stream(view, ctx.data, ctx.chunks, ctx.workdir, "cur"),
@@ -57,8 +60,9 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
                 applied = _current(view, groups, plan, weights, None)
             current = applied if cfg.mode == "cascade" else Current.original(view)
             try:
+                quota = alloc.quotas[g.id] if g.id in alloc.quotas else full_quota(g)  # a refit keeps every atom
                 decision, group_layers = solve_group(
-                    view, current, g, alloc.quotas[g.id], streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
+                    view, current, g, quota, streams, nxt, len(ctx.split.fit), cfg, len(plan.decisions)
                 )
                 # the current model goes before the next is built (its weights' files are updated in place)
                 current = applied = None

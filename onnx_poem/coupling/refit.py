@@ -4,10 +4,11 @@ Under ``--residual internal`` a residual stream keeps its channels, but in the c
 every earlier block left, and each block's first layer (the producer of the block's own group) reads it with its
 original weights.  A *refit* is a pseudo-group of one such layer: the stream's channel group (as
 :func:`find_groups` with ``residual=True`` traces it) cut down to that layer as its only consumer, with nothing
-to slice.  Solved with every atom kept, just before the block's group, it reconstructs the layer from the pruned
-model's stream to the original's outputs (the method's own reconstruction: POEM's after the layer's
-activation), so the block's group is then selected and fitted on the repaired layer's outputs.  Its decision
-keeps every atom, so the rewrite only writes the layer's new weights, which the block's decision then slices.
+to slice.  Solved with every atom kept, just before the block's group, it refits the layer from the pruned
+model's stream to the original's outputs (by least squares, whatever the method:
+:func:`onnx_poem.pipeline.solving.refit_config`), so the block's group is then selected and fitted on the repaired
+layer's outputs.  Its decision keeps every atom, so the rewrite only writes the layer's new weights, which the
+block's decision then slices.
 """
 
 from __future__ import annotations

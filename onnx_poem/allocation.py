@@ -75,10 +75,14 @@ def _keeps(sizes: np.ndarray, ratio: float, round_to: int = 1) -> np.ndarray:
     return np.minimum(sizes, -(-k // round_to) * round_to)
 
 
+def region_sizes(g: ChannelGroup) -> np.ndarray:
+    """Atoms in each region of ``g`` (one entry per region id): the quota that keeps every atom."""
+    return np.array([g.channels]) if g.regions is None else np.bincount(np.asarray(g.regions))
+
+
 def region_keeps(g: ChannelGroup, ratio: float, round_to: int = 1) -> np.ndarray:
     """Atoms kept in each region of ``g`` (one entry per region id), rounded up to multiples of ``round_to``."""
-    sizes = np.array([g.channels]) if g.regions is None else np.bincount(np.asarray(g.regions))
-    return _keeps(sizes, ratio, round_to)
+    return _keeps(region_sizes(g), ratio, round_to)
 
 
 def keep_counts(groups: Sequence[ChannelGroup], ratio: float, round_to: int = 1) -> dict[str, int]:

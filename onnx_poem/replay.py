@@ -13,7 +13,7 @@ from . import planfile
 from .calibration.sources import ImageOptions, load_calibration
 from .config import SERIALISED_FORMS, STREAM_GROUPS
 from .coupling import find_groups
-from .coupling.refit import reader_refits
+from .coupling.refit import reader_refits, refit_groups
 from .errors import UsageError
 from .external import legacy_digest
 from .fold import fold_constants
@@ -59,7 +59,7 @@ def apply_saved_plan(
             coupling = find_groups(view, residual=ctx.residual in STREAM_GROUPS).groups
             groups = {g.id: g for g in coupling}
             # the plan's refits of stream readers (coupling.refit), where the run made them
-            groups |= {r.id: r for rs in reader_refits(view, coupling).values() for r in rs}
+            groups |= refit_groups(reader_refits(view, coupling))
         for d in plan.decisions:
             if d.group_id not in groups or groups[d.group_id].channels != d.channels:
                 raise UsageError(f"{plan_file}: group {d.group_id} ({d.channels} channels) is not in this model")

@@ -13,9 +13,10 @@ from onnx import numpy_helper
 
 from models import BUILDERS, inputs_for
 from onnx_poem import prune
+from onnx_poem.allocation import region_sizes
 from onnx_poem.cli import main
 from onnx_poem.coupling import find_groups
-from onnx_poem.coupling.refit import MARK, full_quota, reader_refits
+from onnx_poem.coupling.refit import MARK, reader_refits
 from onnx_poem.graph import GraphView
 
 
@@ -43,7 +44,7 @@ def test_the_layer_that_reads_the_stream_is_its_groups_refit() -> None:
     (r,) = refits[gid]
     g = next(g for g in groups if g.id == gid)
     assert g.channels == 6 and r.consumers[0].node == g.producer and r.id.endswith(MARK + r.consumers[0].label)
-    assert r.channels == 8 and int(full_quota(r).sum()) == 8 and not r.params and not r.producers
+    assert r.channels == 8 and int(region_sizes(r).sum()) == 8 and not r.params and not r.producers
     assert reader_refits(view, find_groups(view, residual=True).groups) == {}  # the stream itself pruned: none
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-import numpy as np
-
 from ..graph import GraphView
 from .groups import ChannelGroup, Consumer
 from .trace import find_groups
@@ -56,8 +54,6 @@ def _refit(stream: ChannelGroup, c: Consumer) -> ChannelGroup:
     )
 
 
-def full_quota(g: ChannelGroup) -> np.ndarray:
-    """Every atom of ``g`` kept, per region (an allocation's quota of a group left whole)."""
-    if g.regions is None:
-        return np.array([g.channels], dtype=np.int64)
-    return np.bincount(np.asarray(g.regions, dtype=np.int64)).astype(np.int64)
+def refit_groups(refits: dict[str, tuple[ChannelGroup, ...]]) -> dict[str, ChannelGroup]:
+    """The refits of :func:`reader_refits` by their own ids (what a plan's decisions name)."""
+    return {r.id: r for rs in refits.values() for r in rs}

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..allocation import MacsTable, keep_counts, ratio_for_macs, underdetermined_outputs
 from ..coupling import ChannelGroup, find_groups
-from ..coupling.refit import reader_refits
+from ..coupling.refit import reader_refits, refit_groups
 from ..errors import UsageError, one_line
 from ..graph import GraphView
 from ..latency import (
@@ -73,7 +73,7 @@ def analyse(ctx: RunContext) -> Analysis:
             target = target * macs_original / macs if target < 1.0 else 1.0
         ratio = ratio_for_macs(free, table, target, step) if free and target < 1.0 else 0.0
     refits = _refits(ctx, coupling.groups)
-    groups |= {r.id: r for rs in refits.values() for r in rs}
+    groups |= refit_groups(refits)
     return Analysis(
         coupling, groups, free, skipped, per_node, table, ratio, sample, step, timing, lat_table, lat_target, target,
         macs_original, refits,

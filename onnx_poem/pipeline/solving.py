@@ -10,10 +10,10 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
+from ..allocation import region_sizes
 from ..cascade import Current, Stream, cut_position
 from ..config import PruneConfig
 from ..coupling import ChannelGroup
-from ..coupling.refit import full_quota
 from ..errors import VerificationError, one_line
 from ..graph import GraphView, check_model, check_structure, release_segments
 from ..modelio import infer_or_keep
@@ -74,7 +74,7 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
             try:
                 refit = g.id not in alloc.quotas  # a stream reader's refit (coupling.refit): every atom kept
                 decision, group_layers = solve_group(
-                    view, current, g, full_quota(g) if refit else alloc.quotas[g.id], streams, nxt,
+                    view, current, g, region_sizes(g) if refit else alloc.quotas[g.id], streams, nxt,
                     len(ctx.split.fit), refit_config(cfg) if refit else cfg, len(plan.decisions),
                 )  # fmt: skip
                 # the current model goes before the next is built (its weights' files are updated in place)

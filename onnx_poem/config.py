@@ -127,3 +127,5 @@ class PruneConfig:
             raise UsageError(f"augment must be in 0..{MAX_COPIES} copies per image, got {self.augment}")
         if self.damping is not None and not self.damping > 0:
             raise UsageError(f"damping must be > 0, got {self.damping}")
+        if not isinstance(self.refit_readers, bool):  # a string such as "no" would read as on
+            raise UsageError(f"refit_readers must be True or False, got {self.refit_readers!r}")

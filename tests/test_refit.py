@@ -17,6 +17,7 @@ from onnx_poem.allocation import region_sizes
 from onnx_poem.cli import main
 from onnx_poem.coupling import find_groups
 from onnx_poem.coupling.refit import MARK, reader_refits
+from onnx_poem.errors import UsageError
 from onnx_poem.graph import GraphView
 
 
@@ -82,3 +83,12 @@ def test_a_saved_plan_carries_the_refits(tmp_path: Path) -> None:
     run = CliRunner().invoke(main, [m, "--apply-plan", plan, "-o", str(tmp_path / "b.onnx")])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_refit_readers_takes_only_true_or_false(value: object) -> None:
+    """An API option (no CLI flag): a wrong value is one line before any work."""
+    model = BUILDERS["residual"]()
+    with pytest.raises(UsageError, match=r"^refit_readers must be True or False, got ") as err:
+        prune(model, ratio=0.5, calib={"x": inputs_for(model, 16)}, samples=16, refit_readers=value)
+    assert "\n" not in str(err.value)

@@ -120,6 +120,7 @@ def run_one(args: argparse.Namespace) -> dict:
         pruned, rep = prune(
             original,
             calib=calib,
+            samples=args.samples,
             method=method,
             seed=args.seed,
             mode=args.mode,

@@ -14,6 +14,7 @@ from ..allocation import region_sizes
 from ..cascade import Current, Stream, cut_position
 from ..config import PruneConfig
 from ..coupling import ChannelGroup
+from ..coupling.refit import refit_groups
 from ..errors import VerificationError, one_line
 from ..graph import GraphView, check_model, check_structure, release_segments
 from ..modelio import infer_or_keep
@@ -50,6 +51,7 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
     todo += [g for g in a.coupling.groups if alloc.keeps[g.id] < g.channels and g.residual]
     # the layers reading a residual stream refitted just before their group (coupling.refit)
     todo = [r for g in todo for r in (*a.refits.get(g.id, ()), g)]
+    refit_ids = set(refit_groups(a.refits))  # those keep every atom and are fitted by least squares
     streams = (
         Stream(view, ctx.data, ctx.chunks, ctx.workdir, "orig"),
         Stream(view, ctx.data, ctx.chunks, ctx.workdir, "cur"),
@@ -72,11 +74,12 @@ def solve_cascade(ctx: RunContext, a: Analysis, alloc: Allocation, progress: Pro
                 applied = _current(view, groups, plan, weights, None)
             current = applied if cfg.mode == "cascade" else Current.original(view)
             try:
-                refit = g.id not in alloc.quotas  # a stream reader's refit (coupling.refit): every atom kept
+                refit = g.id in refit_ids
+                quota = region_sizes(g) if refit else alloc.quotas[g.id]
+                group_cfg = refit_config(cfg) if refit else cfg
                 decision, group_layers = solve_group(
-                    view, current, g, region_sizes(g) if refit else alloc.quotas[g.id], streams, nxt,
-                    len(ctx.split.fit), refit_config(cfg) if refit else cfg, len(plan.decisions),
-                )  # fmt: skip
+                    view, current, g, quota, streams, nxt, len(ctx.split.fit), group_cfg, len(plan.decisions)
+                )
                 # the current model goes before the next is built (its weights' files are updated in place)
                 current = applied = None
                 # [R, memory] the arrays are shared within one group's statistics and converted again (the next
